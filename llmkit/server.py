@@ -1,0 +1,216 @@
+"""`llmkit serve`: llama_cpp.server's app with llmkit's routes, run by uvicorn, stopped cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmkit import settings
+from llmkit.errors import LlmkitError
+
+# llama_cpp.server's generation and model routes: llmkit's replace them (see api.py for why).
+_REPLACED_ROUTES = {"/v1/completions", "/v1/engines/copilot-codex/completions", "/v1/chat/completions",
+                    "/v1/models", "/v1/embeddings"}
+
+
+@dataclass
+class ServeConfig:
+    model: str
+    host: str = settings.DEFAULT_HOST
+    port: int = settings.DEFAULT_PORT
+    threads: int | None = None
+    ctx: int | None = None
+    chat_format: str | None = None
+    api_key: str | None = None
+    max_queue: int = settings.DEFAULT_MAX_QUEUE
+    grace: float = settings.DEFAULT_GRACE_SECONDS
+    offline: bool = False
+    models_dir: Path | None = None
+    verbose: bool = False
+
+
+@dataclass
+class Prepared:
+    """Everything decided before the model loads: what to load and how."""
+
+    name: str
+    path: Path
+    threads: int
+    n_ctx: int
+    chat_format: str | None  # None: the GGUF's own template
+
+
+def prepare(config: ServeConfig, log: Any = print) -> Prepared:
+    """Resolve the model (pulling it unless offline), pick context and chat format, check memory."""
+    from llmkit.catalog import LocalModel, load_catalog, resolve
+    from llmkit.modelinfo import check_fits, read_model_info
+    from llmkit.store import Store
+
+    catalog = load_catalog()
+    reference = resolve(config.model, catalog)
+    store = Store(config.models_dir or settings.default_models_dir(),
+                  offline=config.offline or settings.hub_offline())
+    pulled = store.ensure(reference, log=log, show_progress=sys.stderr.isatty())
+    spec = pulled.spec
+    info = read_model_info(pulled.path)
+    if config.ctx is not None:
+        n_ctx = config.ctx
+    else:
+        trained = (spec.context_length if spec else None) or info.context_length or settings.DEFAULT_CTX_CAP
+        n_ctx = min(trained, settings.DEFAULT_CTX_CAP)
+    chat_format = config.chat_format or (spec.chat_format if spec else None)
+    if chat_format is None and not info.chat_template:
+        raise LlmkitError(
+            f"{pulled.path.name} has no chat template and the catalog does not know it: "
+            "pass --chat-format (e.g. chatml, llama-2, gemma, mistral-instruct)"
+        )
+    if chat_format is not None:
+        from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
+
+        known = LlamaChatCompletionHandlerRegistry()._chat_handlers
+        if chat_format not in known:
+            raise LlmkitError(f"unknown chat format {chat_format!r}; known: {', '.join(sorted(known))}")
+    check_fits(info, n_ctx)
+    name = spec.name if spec else pulled.path.stem
+    return Prepared(name, pulled.path, config.threads or settings.physical_cores(), n_ctx, chat_format)
+
+
+def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyped-def]
+    """Load the model through llama_cpp.server's create_app and put llmkit's routes on top."""
+    from fastapi import HTTPException
+    from fastapi.exceptions import RequestValidationError
+    from llama_cpp.server import app as llama_server
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    from llmkit.api import Api, BadRequest, Unauthorized, openai_error
+    from llmkit.engine import Engine
+
+    app = llama_server.create_app(
+        server_settings=ServerSettings(host=config.host, port=config.port, api_key=config.api_key,
+                                       interrupt_requests=False),
+        model_settings=[ModelSettings(model=str(prepared.path), model_alias=prepared.name,
+                                      n_ctx=prepared.n_ctx, n_threads=prepared.threads,
+                                      n_threads_batch=prepared.threads, n_gpu_layers=0,
+                                      chat_format=prepared.chat_format, verbose=config.verbose)],
+    )
+    llama = llama_server._llama_proxy(None)  # type: ignore[misc]  # the model create_app loaded
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in _REPLACED_ROUTES]
+    engine = Engine(llama, max_queue=config.max_queue)
+    api = Api(engine, prepared.name, config.api_key)
+    app.include_router(api.router())
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Any, exc: RequestValidationError) -> Any:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return openai_error(400, f"{where}: {first.get('msg', 'invalid request')}" if where
+                            else str(first.get("msg", "invalid request")), param=where or None)
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_: Any, exc: BadRequest) -> Any:
+        return openai_error(400, str(exc), param=exc.param)
+
+    @app.exception_handler(ValueError)
+    async def value_error(_: Any, exc: ValueError) -> Any:
+        # llama_cpp raises ValueError for what the request asked (context overflow, logprobs, ...).
+        return openai_error(400, str(exc))
+
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(_: Any, exc: Unauthorized) -> Any:
+        return openai_error(401, "invalid or missing API key (send Authorization: Bearer KEY)",
+                            code="invalid_api_key")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Any, exc: HTTPException) -> Any:
+        return openai_error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Any, exc: Exception) -> Any:
+        logging.getLogger("llmkit").exception("request failed")
+        return openai_error(500, f"internal error: {exc}", kind="server_error")
+
+    return app, api, engine
+
+
+def banner(config: ServeConfig, prepared: Prepared) -> str:
+    url = f"http://{_url_host(config.host)}:{config.port}/v1"
+    lines = [
+        f"llmkit serving {prepared.name}",
+        f"  url          {url}",
+        f"  model file   {prepared.path}",
+        f"  threads      {prepared.threads}",
+        f"  context      {prepared.n_ctx} tokens",
+        f"  chat format  {prepared.chat_format or 'from the model (GGUF chat template)'}",
+        f"  queue        {config.max_queue} waiting at most; grace {config.grace:g} s on shutdown",
+        f"  api key      {'required' if config.api_key else 'none'}",
+    ]
+    return "\n".join(lines)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def run(config: ServeConfig) -> None:
+    """Serve until SIGTERM or Ctrl-C; in-flight requests get `grace` seconds to finish."""
+    import uvicorn
+
+    from llmkit.notify import notify
+
+    if not is_loopback(config.host) and not config.api_key:
+        print(f"warning: serving on {config.host} without an API key: anyone who can reach this "
+              "port can use the model (set --api-key or --api-key-file)", file=sys.stderr, flush=True)
+    prepared = prepare(config, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(banner(config, prepared), flush=True)
+    app, api, engine = build_app(config, prepared)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(f"ready: {prepared.name} on http://{_url_host(config.host)}:{config.port}/v1", flush=True)
+                notify("READY=1")
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not api.shutting_down:
+                api.shutting_down = True
+                notify("STOPPING=1")
+                print(f"shutting down: finishing accepted requests (at most {config.grace:g} s)", flush=True)
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises the signal after shutdown, which turns a clean stop into exit 143
+            # (SIGTERM) or a KeyboardInterrupt; a service manager wants exit 0.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
+                               access_log=True, timeout_graceful_shutdown=config.grace,
+                               timeout_keep_alive=5)
+    server = Server(uv_config)
+    try:
+        server.run()
+    finally:
+        engine.close(timeout=5.0)
+    if not server.started:
+        raise LlmkitError(f"could not listen on {config.host}:{config.port} (is the port in use?)")
+    print("stopped", flush=True)

