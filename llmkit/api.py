@@ -137,12 +137,15 @@ def seeds_for(seed: int | None, n: int) -> list[int]:
     return [(seed + i) % 2**32 for i in range(n)]
 
 
-_DROP = {"n", "stream", "stream_options", "user", "logit_bias_type", "min_tokens", "model",
+_DROP = {"n", "best_of", "stream", "stream_options", "user", "logit_bias_type", "min_tokens", "model",
          "max_completion_tokens", "response_format", "grammar", "seed"}
 
 
 def llama_kwargs(body: _Common) -> dict[str, Any]:
     """The request as keyword arguments for llama_cpp's create_(chat_)completion."""
+    best_of = getattr(body, "best_of", None)
+    if best_of not in (None, 1, body.n):
+        raise BadRequest("best_of is not supported (ask for n choices instead)", param="best_of")
     kwargs = body.model_dump(exclude=_DROP)
     if isinstance(body, ChatRequest):
         kwargs["messages"] = normalize_messages(body.messages)

@@ -24,7 +24,100 @@ app = typer.Typer(
 service_app = typer.Typer(help="Run `llmkit serve` as a systemd service.", no_args_is_help=True)
 app.add_typer(service_app, name="service")
 
-out = Console()
+UserMode = Annotated[bool, typer.Option("--user", help="A user service (systemctl --user).")]
+
+
+@service_app.command("install")
+def service_install(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", show_default=False,
+                     help="What to serve (pulled now, into the store the service reads).")] = None,
+    host: str = settings.DEFAULT_HOST,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = settings.DEFAULT_PORT,
+    api_key_file: Annotated[Optional[Path], typer.Option(show_default=False,
+                            help="Require this key; the env file keeps it, mode 0600.")] = None,
+    user: UserMode = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run",
+                       help="Print the unit and env file; change nothing.")] = False,
+) -> None:
+    """Pull the model, write a hardened unit and its env file, enable and start the service."""
+    from llmkit import service
+
+    spec, where = service.plan(model, host, port, api_key_file, user)
+    if dry_run:
+        for warning in service.warnings(spec, where):
+            _note(warning)
+        print(service.preview(spec, where), end="")
+        return
+    done = service.install(spec, where, log=_note, show_progress=sys.stderr.isatty())
+    out.print(f"model     {done.model_path}\nunit      {done.unit}\nsettings  {done.env_file}",
+              highlight=False, soft_wrap=True)
+    _ran_or_print(done.not_run, done.commands, "llmkit is running; `llmkit service logs` follows it")
+
+
+@service_app.command("uninstall")
+def service_uninstall(user: UserMode = False) -> None:
+    """Stop and disable the service and delete its unit and env file (the models stay)."""
+    from llmkit import service
+
+    done = service.uninstall(service.layout(user))
+    lines = [*(f"removed {path}" for path in done.removed), f"models kept in {done.models_dir}"]
+    out.print("\n".join(lines), highlight=False, soft_wrap=True)
+    _ran_or_print(done.not_run, done.commands, "llmkit service uninstalled")
+
+
+def _ran_or_print(not_run: str, commands: list[list[str]], success: str) -> None:
+    import shlex
+
+    if not not_run:
+        out.print(success, highlight=False, soft_wrap=True)
+        return
+    lines = [f"{not_run}, so llmkit ran nothing; where systemd runs, run:",
+             *(f"  {shlex.join(command)}" for command in commands)]
+    out.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
+
+
+def _service_command(user: bool, *args: str) -> None:
+    from llmkit import service
+
+    argv = service.systemctl(user, *args, service.NAME)
+    raise typer.Exit(service.control(service.layout(user), argv))
+
+
+@service_app.command("status")
+def service_status(user: UserMode = False) -> None:
+    """Show the service's state and latest log lines (systemctl status llmkit)."""
+    _service_command(user, "status", "--no-pager")
+
+
+@service_app.command("start")
+def service_start(user: UserMode = False) -> None:
+    """Start the service; returns once the server answers."""
+    _service_command(user, "start")
+
+
+@service_app.command("stop")
+def service_stop(user: UserMode = False) -> None:
+    """Stop the service (accepted requests finish first)."""
+    _service_command(user, "stop")
+
+
+@service_app.command("restart")
+def service_restart(user: UserMode = False) -> None:
+    """Restart the service, e.g. after editing its env file."""
+    _service_command(user, "restart")
+
+
+@service_app.command("logs")
+def service_logs(lines: Annotated[int, typer.Option("--lines", "-n", min=0)] = 50,
+                 follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f/-F")] = True,
+                 user: UserMode = False) -> None:
+    """The service's journal, followed (journalctl -u llmkit -f)."""
+    from llmkit import service
+
+    raise typer.Exit(service.control(service.layout(user), service.journalctl(user, lines, follow)))
+
+
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 ModelsDir = Annotated[
@@ -82,7 +175,7 @@ def list_models(available: Annotated[bool, typer.Option("--available", "-a", hel
             table.add_row(r["name"], human_size(r["size"]), "yes" if r["present"] else "", r["ref"], r["description"])
         out.print(table)
         return
-    models = _store(models_dir).list(catalog)
+    models = _store(models_dir).installed(catalog)
     if as_json:
         print(json.dumps([{"name": m.name, "ref": m.ref, "size": m.size, "path": str(m.path), "sha256": m.sha256}
                           for m in models], indent=2))
@@ -153,6 +246,63 @@ def serve(
     run(ServeConfig(model=model, host=host, port=port, threads=threads, ctx=ctx, chat_format=chat_format,
                     api_key=api_key, max_queue=max_queue, grace=grace, offline=offline,
                     models_dir=models_dir, verbose=verbose))
+
+
+@app.command()
+def chat(
+    prompt: Annotated[Optional[str], typer.Argument(help="Ask this once and print the answer; "
+                      "without it (and with no piped stdin) chat interactively.", show_default=False)] = None,
+    url: Annotated[Optional[str], typer.Option(help="The server's API URL (else LLMKIT_URL, OPENAI_BASE_URL, "
+                   "http://127.0.0.1:8000/v1).", show_default=False)] = None,
+    api_key: Annotated[Optional[str], typer.Option(help="API key (else LLMKIT_API_KEY, OPENAI_API_KEY).",
+                       show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", show_default=False,
+                     help="Model to request (default: the server's first).")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.", show_default=False)] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", min=0.0, max=2.0,
+                           show_default=False, help="Sampling temperature (default: the server's).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(min=1, show_default=False,
+                          help="Longest answer in tokens (default: the server's).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Sampling seed, for repeatable answers.",
+                    show_default=False)] = None,
+    json_mode: Annotated[bool, typer.Option("--json", help="JSON mode: answers are JSON objects.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No stats line after a one-shot answer.")] = False,
+) -> None:
+    """Chat with a running server (llmkit serve or any OpenAI-compatible one)."""
+    from llmkit.repl import run as run_chat
+
+    run_chat(prompt, url=url, api_key=api_key, model=model, system=system, temperature=temperature,
+             max_tokens=max_tokens, seed=seed, json_mode=json_mode, quiet=quiet)
+
+
+@app.command()
+def bench(
+    model: Annotated[str, typer.Option("--model", "-m", help="What to serve and measure.")] = "gemma-3-270m",
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads, for the server and in-process.")] = 2,
+    ctx: Annotated[Optional[int], typer.Option("--ctx", min=16, show_default=False,
+                   help="Context length [default: as llmkit serve picks it].")] = None,
+    peer_url: Annotated[Optional[list[str]], typer.Option("--peer-url", show_default=False,
+                        help="Also measure this OpenAI-compatible server: URL or NAME=URL; repeatable.")] = None,
+    repeats: Annotated[Optional[int], typer.Option(min=1, show_default=False,
+                       help="Runs of each figure, reported as the median [default: 3; --quick: 1].")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(min=2, show_default=False,
+                          help="Tokens a generation stream [default: 128; --quick: 32].")] = None,
+    concurrency: Annotated[Optional[str], typer.Option(show_default=False,
+                           help="Concurrent clients to measure [default: 1,2,4,8; --quick: 1,2].")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A smoke run: 1 repeat, short streams.")] = False,
+    json_file: Annotated[Optional[Path], typer.Option("--json", show_default=False,
+                         help="Write every figure and sample to this file.")] = None,
+    plot_file: Annotated[Optional[Path], typer.Option("--plot", show_default=False,
+                         help="Draw tokens/s by concurrency to this PNG (needs matplotlib).")] = None,
+    models_dir: ModelsDir = None,
+) -> None:
+    """Measure llmkit serve against llama-cpp-python in-process and other servers (--peer-url)."""
+    from llmkit import bench as benchmark
+
+    config = benchmark.configure(quick=quick, peers=peer_url or [], concurrency=concurrency, model=model,
+                                 threads=threads, ctx=ctx, models_dir=models_dir, repeats=repeats,
+                                 max_tokens=max_tokens)
+    benchmark.main(config, json_file, plot_file, console=out, log=_note)
 
 
 def main() -> None:

@@ -10,11 +10,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 
 from llmkit.errors import LlmkitError
@@ -74,9 +75,10 @@ def _wait_ready(proc: subprocess.Popen[bytes], health: str, log: Path, timeout: 
             tail = log.read_text(errors="replace").strip().splitlines()[-5:]
             raise LlmkitError(f"llmkit serve exited ({proc.returncode}): {' | '.join(tail)}")
         try:
-            if httpx.get(health, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
+            with urllib.request.urlopen(health, timeout=1.0) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
     raise LlmkitError(f"llmkit serve was not ready after {timeout:g} s (log: {log})")

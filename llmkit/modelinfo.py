@@ -36,15 +36,18 @@ class ModelInfo:
 def read_model_info(path: Path) -> ModelInfo:
     """Read the GGUF's metadata with llama.cpp itself (vocab only: no weights are loaded)."""
     import llama_cpp
+    from llama_cpp._internals import LlamaModel
 
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
     try:
-        llama = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+        model = LlamaModel(path_model=str(path), params=params, verbose=False)
     except (ValueError, RuntimeError) as exc:
         from llmkit.errors import UnknownModel
 
         raise UnknownModel(f"{path} is not a GGUF model llama.cpp can load ({exc})") from None
-    meta = dict(llama.metadata)
-    llama.close()
+    meta = model.metadata()
+    model.close()
     arch = meta.get("general.architecture", "llama")
 
     def num(key: str, default: int = 0) -> int:

@@ -92,6 +92,9 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
     from llmkit.api import Api, BadRequest, Unauthorized, openai_error
     from llmkit.engine import Engine
 
+    # Drop the routes llmkit replaces from llama_cpp.server's router before the app includes it.
+    llama_server.router.routes[:] = [r for r in llama_server.router.routes
+                                     if getattr(r, "path", None) not in _REPLACED_ROUTES]
     app = llama_server.create_app(
         server_settings=ServerSettings(host=config.host, port=config.port, api_key=config.api_key,
                                        interrupt_requests=False),
@@ -101,7 +104,6 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
                                       chat_format=prepared.chat_format, verbose=config.verbose)],
     )
     llama = llama_server._llama_proxy(None)  # type: ignore[misc]  # the model create_app loaded
-    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in _REPLACED_ROUTES]
     engine = Engine(llama, max_queue=config.max_queue)
     api = Api(engine, prepared.name, config.api_key)
     app.include_router(api.router())
@@ -187,6 +189,11 @@ def run(config: ServeConfig) -> None:
                 api.shutting_down = True
                 notify("STOPPING=1")
                 print(f"shutting down: finishing accepted requests (at most {config.grace:g} s)", flush=True)
+                # After the grace period, stop what still runs, so that each unfinished response
+                # ends with an error event instead of being cut by uvicorn's task cancellation.
+                timer = threading.Timer(config.grace, engine.close)
+                timer.daemon = True
+                timer.start()
             super().handle_exit(sig, frame)
 
         @contextlib.contextmanager
@@ -204,7 +211,7 @@ def run(config: ServeConfig) -> None:
                     signal.signal(sig, handler)
 
     uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
-                               access_log=True, timeout_graceful_shutdown=config.grace,
+                               access_log=True, timeout_graceful_shutdown=config.grace + 3,
                                timeout_keep_alive=5)
     server = Server(uv_config)
     try:

@@ -25,7 +25,12 @@ def default_models_dir() -> Path:
     configured = env("MODELS_DIR")
     if configured:
         return Path(configured).expanduser()
-    return Path(platformdirs.user_data_dir("llmkit")) / "models"
+    try:
+        return Path(platformdirs.user_data_dir("llmkit")) / "models"
+    except RuntimeError:  # no HOME (a systemd DynamicUser, `env -i`)
+        from llmkit.errors import LlmkitError
+
+        raise LlmkitError("no home directory to keep models in: set LLMKIT_MODELS_DIR") from None
 
 
 def user_catalog_dir() -> Path:
@@ -33,7 +38,10 @@ def user_catalog_dir() -> Path:
     configured = env("CATALOG_DIR")
     if configured:
         return Path(configured).expanduser()
-    return Path(platformdirs.user_config_dir("llmkit")) / "models"
+    try:
+        return Path(platformdirs.user_config_dir("llmkit")) / "models"
+    except RuntimeError:  # no HOME: no user catalog
+        return Path("/nonexistent/llmkit/models")
 
 
 def physical_cores() -> int:

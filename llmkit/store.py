@@ -111,7 +111,7 @@ class Store:
 
     # -- listing and removing --------------------------------------------------------------
 
-    def list(self, catalog: Catalog) -> list[StoredModel]:
+    def installed(self, catalog: Catalog) -> list[StoredModel]:
         """Every verified .gguf in the store (half-downloaded and unverified files are not models)."""
         found: list[StoredModel] = []
         if not self.root.is_dir():
@@ -140,6 +140,7 @@ class Store:
                 break
             _rmdir_if_empty(parent / _MARKER_DIR)
             _rmdir_if_empty(parent / ".cache" / "huggingface" / "download")
+            _drop_hf_tags(parent / ".cache" / "huggingface")
             _rmdir_if_empty(parent / ".cache" / "huggingface")
             _rmdir_if_empty(parent / ".cache")
             _rmdir_if_empty(parent)
@@ -209,26 +210,25 @@ class Store:
         return meta.etag if meta and _HEX64.match(meta.etag or "") else None
 
     def _download(self, spec: ModelSpec, log: Log, show_progress: bool) -> Pulled:
-        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
         try:
             meta = get_hf_file_metadata(hf_hub_url(spec.repo, spec.file, revision=spec.revision))
         except Exception as exc:  # noqa: BLE001
             raise DownloadError(f"could not find {spec.ref} on the Hub: {_one_line(exc)}") from None
+        if not meta.etag or not meta.commit_hash:
+            raise DownloadError(f"{spec.ref}: the server does not answer like the Hub (no ETag)")
         size = meta.size or spec.size
         if size:
             self._check_space(spec, size)
         log(f"Downloading {spec.ref} ({human_size(size)})" if size else f"Downloading {spec.ref}")
-        previous = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        were_disabled = are_progress_bars_disabled()
         if not show_progress:
-            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+            disable_progress_bars()
         try:
-            hf_hub_download(
-                repo_id=spec.repo,
-                filename=spec.file,
-                revision=spec.revision,
-                local_dir=self.root / spec.repo,
-            )
+            self._fetch(spec, meta.commit_hash, meta.etag, meta.size)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -236,8 +236,8 @@ class Store:
                 f"download of {spec.ref} failed: {_one_line(exc)} (run the same command again to resume)"
             ) from None
         finally:
-            if previous is None:
-                os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+            if not were_disabled:
+                enable_progress_bars()
         etag = meta.etag if meta.etag and _HEX64.match(meta.etag) else None
         expected = [s for s in (spec.sha256, etag) if s]
         if not expected:
@@ -247,6 +247,39 @@ class Store:
         else:
             self._verify(spec, expected, log, show_progress)
         return Pulled(self.path_for(spec), "downloaded", spec)
+
+    def _fetch(self, spec: ModelSpec, commit: str, etag: str, size: int | None) -> None:
+        """Download the file at this commit into the store, resuming what an earlier run left.
+
+        huggingface-hub's hf_hub_download (recent 1.x, 2.x) writes each attempt to a new temporary file
+        and deletes it when interrupted, so a pull stopped by Ctrl-C, a crash or a dropped network
+        would start over. llmkit keeps one partial per etag, named after the file so that rm and a
+        failed checksum clean it up, and lets huggingface-hub's http_get resume it with a Range.
+        """
+        from huggingface_hub import hf_hub_url, try_to_load_from_cache
+        from huggingface_hub._local_folder import get_local_download_paths, write_download_metadata
+        from huggingface_hub.file_download import http_get
+        from huggingface_hub.utils import WeakFileLock, build_hf_headers
+
+        local_dir = self.root / spec.repo
+        paths = get_local_download_paths(local_dir, spec.file)  # huggingface-hub's lock, metadata
+        partial = self._hf_dir(spec) / f"{spec.file}.{etag}.incomplete"
+        with WeakFileLock(paths.lock_path):
+            for stale in self._partials(spec):  # left by a download of an older version of the file
+                if stale.name.endswith(".incomplete") and stale != partial:
+                    stale.unlink()
+            cached = try_to_load_from_cache(spec.repo, spec.file, revision=commit)
+            if isinstance(cached, str):  # already in the user's Hugging Face cache (HF_HOME)
+                shutil.copyfile(cached, partial)
+            with partial.open("ab") as fh:
+                if size is not None and fh.tell() > size:  # not a prefix of this file
+                    fh.truncate(0)
+                    fh.seek(0)
+                url = hf_hub_url(spec.repo, spec.file, revision=commit)
+                http_get(url, fh, resume_size=fh.tell(), headers=build_hf_headers(),
+                         expected_size=size, displayed_filename=Path(spec.file).name)
+            os.replace(partial, self.path_for(spec))
+        write_download_metadata(local_dir, spec.file, commit_hash=commit, etag=etag)
 
     def _check_space(self, spec: ModelSpec, size: int) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -303,6 +336,14 @@ def _rmdir_if_empty(path: Path) -> None:
         path.rmdir()
     except OSError:
         pass
+
+
+def _drop_hf_tags(folder: Path) -> None:
+    """Delete the files huggingface-hub tags its folder with, once the folder holds nothing else."""
+    tags = {".gitignore", "CACHEDIR.TAG"}
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= tags:
+        for name in tags:
+            (folder / name).unlink(missing_ok=True)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,3 +56,25 @@ def env(models_dir: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
     """A child environment whose store and catalog overrides live in this test's temp dir."""
     yield clean_env(LLMKIT_MODELS_DIR=str(models_dir), LLMKIT_CATALOG_DIR=str(tmp_path / "catalog"),
                     HF_HOME=str(tmp_path / "hf-home"))
+
+
+@pytest.fixture(scope="session")
+def server_models_dir(tmp_path_factory: pytest.TempPathFactory, gemma_gguf: Path) -> Path:
+    """A store holding the gemma model under its catalog path, as `llmkit pull gemma-3-270m` leaves it."""
+    root = tmp_path_factory.mktemp("server-models")
+    result = run_llmkit("pull", "gemma-3-270m", env=clean_env(LLMKIT_MODELS_DIR=str(root)))
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+@pytest.fixture(scope="session")
+def llmkit_server(server_models_dir: Path) -> Iterator[Any]:
+    """One real `llmkit serve` with the gemma model for the whole session; yields an openai.OpenAI client.
+
+    `str(client.base_url)` is the server's /v1 URL; `client.llmkit_log` its log file.
+    """
+    import llmkit
+
+    with llmkit.serve("gemma-3-270m", threads=2, ctx=4096, offline=True,
+                      env=clean_env(LLMKIT_MODELS_DIR=str(server_models_dir))) as client:
+        yield client

@@ -6,8 +6,9 @@ It answers what huggingface-hub calls for a download and a listing:
   files, ``X-Linked-Etag``/``X-Linked-Size`` (the sha256 and size the client verifies against),
   ``Accept-Ranges`` and ``Range`` requests (206 with ``Content-Range``);
 - ``GET /api/models/{repo}/tree/{revision}?recursive=...``, paginated with a ``Link`` header;
-- 404s with ``X-Error-Code: RepoNotFound`` / ``EntryNotFound``, as the real Hub sends them, so
-  that huggingface-hub raises its typed errors.
+- errors as the real Hub sends them, so that huggingface-hub raises its typed errors: an unknown
+  repo is a 401 with ``X-Error-Code: RepoNotFound`` (the Hub does not tell a missing repo from a
+  private one to an anonymous client), a missing file a 404 with ``X-Error-Code: EntryNotFound``.
 
 A test registers files, turns the knobs (cut connections, corrupt bodies, throttle) and then
 reads back every request the client made.
@@ -31,7 +32,7 @@ import pytest
 
 _CHUNK = 256 * 1024
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<file>.+)$")
-_TREE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<revision>[^/]+)(?:/(?P<path>.*))?$")
+_TREE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<revision>[^/]+)(/(?P<path>.*))?$")
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -67,7 +68,7 @@ class HubFile:
 
 @dataclass
 class Request:
-    """What the client asked for and how many body bytes the Hub sent back (updated while sending)."""
+    """What the client asked for, and how many body bytes the Hub sent (updated while sending)."""
 
     method: str
     path: str
@@ -95,7 +96,8 @@ class Hub:
             sha256: str | None = None, lfs: bool | None = None) -> HubFile:
         """Publish a file from disk or from bytes; .gguf files are LFS files.
 
-        A file on disk is hashed here unless its sha256 is given (the gemma file is big)."""
+        A file on disk is hashed here unless its sha256 is given (the gemma file is big).
+        """
         if (path is None) == (data is None):
             raise ValueError("give exactly one of path and data")
         if path is not None:
@@ -122,8 +124,8 @@ class Hub:
 
     def gets(self, name: str | None = None) -> list[Request]:
         """GETs of file bodies (resolve URLs), optionally only those of one file."""
-        return [r for r in list(self.requests)
-                if r.method == "GET" and "/resolve/" in r.path and (name is None or r.path.endswith("/" + name))]
+        return [r for r in list(self.requests) if r.method == "GET" and "/resolve/" in r.path
+                and (name is None or r.path.endswith("/" + name))]
 
     def bytes_sent(self, name: str | None = None) -> int:
         return sum(r.sent for r in self.gets(name))
@@ -177,13 +179,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif match := _RESOLVE.match(path):
             self._resolve(request, match["repo"], match["file"], body)
             return
-        self._error(request, 404, "RepoNotFound", "Repository not found")
+        self._error(request, 401, "RepoNotFound", "Repository not found")
 
     # -- /{repo}/resolve/{revision}/{file} ------------------------------------------------
 
     def _resolve(self, request: Request, repo: str, name: str, body: bool) -> None:
         if not self.hub.has_repo(repo):
-            self._error(request, 404, "RepoNotFound", "Repository not found")
+            self._error(request, 401, "RepoNotFound", "Repository not found")
             return
         entry = self.hub.files.get((repo, name))
         if entry is None:
@@ -259,7 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _tree(self, request: Request, repo: str, folder: str, query: dict[str, list[str]]) -> None:
         if not self.hub.has_repo(repo):
-            self._error(request, 404, "RepoNotFound", "Repository not found")
+            self._error(request, 401, "RepoNotFound", "Repository not found")
             return
         recursive = query.get("recursive", ["false"])[0].lower() == "true"
         prefix = f"{folder.strip('/')}/" if folder.strip("/") else ""
@@ -274,8 +276,8 @@ class _Handler(BaseHTTPRequestHandler):
                 sub = prefix + "/".join(parts[:depth])
                 if sub not in folders and (recursive or depth == 1):
                     folders.add(sub)
-                    entries.append({"type": "directory", "oid": hashlib.sha1(sub.encode()).hexdigest(),
-                                    "size": 0, "path": sub})
+                    oid = hashlib.sha1(sub.encode()).hexdigest()
+                    entries.append({"type": "directory", "oid": oid, "size": 0, "path": sub})
             if len(parts) > 1 and not recursive:
                 continue
             item = {"type": "file", "oid": entry.git_sha1, "size": entry.size, "path": name}

@@ -1,4 +1,4 @@
-"""The catalog (models/*.toml) and resolving what a user types into what it names: pure, no network."""
+"""The catalog (models/*.toml) and resolving what a user types into what it names: no I/O."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def test_every_catalog_file_loads_into_a_complete_spec() -> None:
     for path in files:
         spec = spec_from_toml(tomllib.loads(path.read_text()), str(path))
         assert spec.name == path.stem, f"{path.name}: the file should be named for the model"
-        assert spec.repo.count("/") == 1 and all(spec.repo.split("/")), f"{path.name}: repo is OWNER/REPO"
+        owner, _, name = spec.repo.partition("/")
+        assert owner and name and "/" not in name, f"{path.name}: repo is OWNER/REPO"
         assert spec.file.endswith(".gguf"), f"{path.name}: file is a .gguf"
         assert spec.sha256 or spec.size, f"{path.name}: a pin (sha256) or at least a size"
         assert spec.description and spec.chat_format and spec.context_length and spec.license
@@ -108,7 +109,8 @@ def test_an_alias_resolves_case_insensitively(catalog: Catalog) -> None:
 
 def test_owner_repo_file_names_a_file_on_the_hub(catalog: Catalog) -> None:
     ref = resolve("someone/Some-GGUF/some-model.Q5_K_M.gguf", catalog)
-    assert ref == ModelSpec(name="some-model.Q5_K_M", repo="someone/Some-GGUF", file="some-model.Q5_K_M.gguf")
+    assert ref == ModelSpec(name="some-model.Q5_K_M", repo="someone/Some-GGUF",
+                            file="some-model.Q5_K_M.gguf")
     assert ref.ref == "someone/Some-GGUF/some-model.Q5_K_M.gguf"  # type: ignore[union-attr]
 
 
@@ -126,7 +128,8 @@ def test_owner_repo_file_of_a_catalog_model_gets_the_catalog_pin(catalog: Catalo
 
 
 def test_owner_repo_quant_names_a_quant_to_look_up(catalog: Catalog) -> None:
-    assert resolve("bartowski/Qwen-GGUF:Q4_K_M", catalog) == QuantRef(repo="bartowski/Qwen-GGUF", quant="Q4_K_M")
+    ref = resolve("bartowski/Qwen-GGUF:Q4_K_M", catalog)
+    assert ref == QuantRef(repo="bartowski/Qwen-GGUF", quant="Q4_K_M")
 
 
 @pytest.mark.parametrize("ref", ["bartowski/Qwen-GGUF", "bartowski/Qwen-GGUF:", "/Qwen-GGUF:Q4_0",
@@ -158,9 +161,12 @@ def test_an_empty_reference_is_refused(catalog: Catalog) -> None:
         resolve("   ", catalog)
 
 
-@pytest.mark.parametrize(("typo", "meant"), [("gema-3-270m", "gemma-3-270m"), ("gemma3", "gemma-3-270m"),
-                                             ("llama-2-7b", "llama-2-7b-chat"), ("lama2", "llama-2-7b-chat")])
-def test_an_unknown_name_suggests_close_catalog_names(catalog: Catalog, typo: str, meant: str) -> None:
+@pytest.mark.parametrize(("typo", "meant"), [
+    ("gema-3-270m", "gemma-3-270m"), ("gemma3", "gemma-3-270m"),
+    ("llama-2-7b", "llama-2-7b-chat"), ("lama2", "llama-2-7b-chat"),
+])
+def test_an_unknown_name_suggests_close_catalog_names(catalog: Catalog, typo: str,
+                                                      meant: str) -> None:
     with pytest.raises(UnknownModel) as info:
         resolve(typo, catalog)
     message = str(info.value)

@@ -1,0 +1,413 @@
+"""End to end under a real systemd: `llmkit service install` in a systemd-nspawn container.
+
+The container comes from the systemd-sandbox scripts beside this repository
+(`<repo>/../shared/systemd-sandbox`): Debian bookworm booted with systemd as PID 1, which enforces
+the unit's hardening (MemoryDenyWriteExecute, SystemCallFilter, DynamicUser, IPAddressDeny, ...).
+Its only network is lo, so nothing in it can download. llmkit goes in as wheels made on this
+machine: llmkit's own built from the checkout, every dependency repacked from the files this venv
+runs (the same llama-cpp-python build, compile flags and all, that the rest of the suite tests).
+
+Needs root. LLMKIT_E2E_DIR (default /var/tmp/llmkit-e2e) keeps the container's root file system
+and the wheels between runs, so that a second run boots in a second; the container itself is
+powered off at the end.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.parser
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from llmkit.service import parse_exposure
+
+REPO = Path(__file__).resolve().parents[1]
+SANDBOX = REPO.parent / "shared" / "systemd-sandbox"
+WORK = Path(os.environ.get("LLMKIT_E2E_DIR") or "/var/tmp/llmkit-e2e")
+MACHINE = "llmkit-e2e"
+VENV = "/opt/llmkit"
+KEY = 'e2e "secret" $key\\'
+USER = "llmkit-e2e"
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+
+# -- wheels ----------------------------------------------------------------------------------
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def _wheel_name(dist: importlib.metadata.Distribution) -> str:
+    """name-version-pythons-abis-platforms.whl from the tags in the installed WHEEL file."""
+    tags = [line.split(":", 1)[1].strip().split("-") for line in (dist.read_text("WHEEL") or "")
+            .splitlines() if line.startswith("Tag:")]
+    parts = [".".join(dict.fromkeys(tag[i] for tag in tags)) for i in range(3)]
+    name = re.sub(r"[-_.]+", "_", dist.metadata["Name"])
+    return f"{name}-{dist.version}-{'-'.join(parts)}.whl"
+
+
+def repack(dist: importlib.metadata.Distribution, folder: Path) -> Path:
+    """A wheel holding exactly the files of an installed distribution, listed by its RECORD.
+
+    Entry-point scripts are left out (pip writes them on install), and so are byte code and
+    pip's own markers (INSTALLER, REQUESTED, direct_url.json).
+    """
+    target = folder / _wheel_name(dist)
+    files = [f for f in dist.files or [] if not str(f).startswith("..")
+             and "__pycache__" not in f.parts
+             and f.name not in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")]
+    info = next(f.parts[0] for f in files if f.parts[0].endswith(".dist-info"))
+    partial = target.with_suffix(".partial")
+    record = []
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as wheel:
+        for file in sorted(files, key=lambda f: (f.parts[0] == info, str(f))):  # dist-info last
+            path = Path(str(dist.locate_file(file)))
+            data = path.read_bytes()
+            entry = zipfile.ZipInfo(str(file), (1980, 1, 1, 0, 0, 0))
+            entry.external_attr = (path.stat().st_mode & 0xFFFF) << 16
+            wheel.writestr(entry, data)
+            record.append(f"{file},{_record_hash(data)},{len(data)}")
+        record.append(f"{info}/RECORD,,")
+        wheel.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    partial.replace(target)
+    return target
+
+
+def closure(requirements: list[str]) -> dict[str, importlib.metadata.Distribution]:
+    """The installed distributions that satisfy requirements, and theirs, recursively."""
+    found: dict[str, importlib.metadata.Distribution] = {}
+    done: set[tuple[str, str]] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        extras = sorted(req.extras) or [""]
+        name = canonicalize_name(req.name)
+        try:
+            dist = found.get(name) or importlib.metadata.distribution(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.fail(f"{req.name} (needed by the wheels) is not installed in this venv")
+        found[name] = dist
+        for extra in extras:
+            if (name, extra) in done:
+                continue
+            done.add((name, extra))
+            for line in dist.requires or []:
+                sub = Requirement(line)
+                if sub.marker is None or sub.marker.evaluate({"extra": extra}):
+                    todo.append(Requirement(str(sub).split(";")[0]))
+    return found
+
+
+@pytest.fixture(scope="module")
+def wheels() -> Path:
+    return build_wheels(WORK / "wheels")
+
+
+def build_wheels(folder: Path) -> Path:
+    """A folder of wheels: llmkit built from this checkout, its dependencies repacked from the venv.
+
+    requirements.txt pins them all; stamp.txt changes whenever any of them does.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("llmkit-*.whl"):
+        old.unlink()
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                            str(folder), str(REPO)], capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stderr
+    (ours,) = folder.glob("llmkit-*.whl")
+    with zipfile.ZipFile(ours) as wheel:
+        meta = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+        metadata = email.parser.Parser().parsestr(wheel.read(meta).decode())
+    requires = [Requirement(r) for r in metadata.get_all("Requires-Dist") or []]
+    deps = closure([str(r).split(";")[0] for r in requires  # llmkit[tiny]'s
+                    if r.marker is None or r.marker.evaluate({"extra": "tiny"})])
+
+    stamps_file = folder / "stamps.json"
+    stamps = json.loads(stamps_file.read_text()) if stamps_file.exists() else {}
+    keep = {ours.name, "stamps.json", "requirements.txt", "stamp.txt"}
+    for dist in deps.values():
+        name = _wheel_name(dist)
+        stamp = hashlib.sha256((dist.read_text("RECORD") or "").encode()).hexdigest()
+        if stamps.get(name) != stamp or not (folder / name).exists():
+            repack(dist, folder)
+            stamps[name] = stamp
+        keep.add(name)
+    for stale in folder.iterdir():
+        if stale.name not in keep:
+            stale.unlink()
+    stamps = {k: v for k, v in stamps.items() if k in keep}
+    stamps_file.write_text(json.dumps(stamps, indent=1, sort_keys=True))
+    (folder / "requirements.txt").write_text("".join(f"{d.metadata['Name']}=={d.version}\n"
+                                                     for d in deps.values()))
+    (folder / "stamp.txt").write_text(hashlib.sha256(stamps_file.read_bytes()).hexdigest() + "\n")
+    return folder
+
+
+# -- the container ---------------------------------------------------------------------------
+
+
+class Container:
+    """systemd as PID 1 in a systemd-nspawn container; `run` is a root shell inside it."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def run(self, command: str, input: str | None = None, timeout: float = 300,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(SANDBOX / "run-in.sh"), command], env=self.env, input=input,
+                                capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert result.returncode == 0, (f"{command}: exit {result.returncode}\n"
+                                            f"{result.stdout}{result.stderr}")
+        return result
+
+    def show(self, *properties: str) -> dict[str, str]:
+        out = self.run(f"systemctl show llmkit -p {','.join(properties)}").stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def get(self, path: str, key: str | None = None, body: dict | None = None,
+            port: int = 8000) -> tuple[int, str]:
+        """One HTTP request from inside the container, no retries: (status, body)."""
+        args = [f"http://127.0.0.1:{port}{path}"]
+        if key:
+            args += ["--key-file", "/root/llmkit.key"]
+        if body is not None:
+            args += ["--json", json.dumps(body)]
+        out = self.run(f"{VENV}/bin/python /root/probe.py {shlex.join(args)}").stdout
+        status, _, text = out.partition("\n")
+        return int(status), text
+
+    def journal(self, invocation: str) -> str:
+        return self.run(f"journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID={invocation}").stdout
+
+
+PROBE = """\
+import json, sys, urllib.error, urllib.request
+args = sys.argv[1:]
+url, headers, data = args.pop(0), {}, None
+while args:
+    flag, value = args.pop(0), args.pop(0)
+    if flag == "--key-file":
+        headers["Authorization"] = "Bearer " + open(value).read().strip()
+    elif flag == "--json":
+        data, headers["Content-Type"] = value.encode(), "application/json"
+try:
+    with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=60) as r:
+        print(r.status); print(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code); print(e.read().decode())
+except OSError as e:
+    print(0); print(e)
+"""
+
+
+@pytest.fixture(scope="module")
+def container(wheels: Path) -> Iterator[Container]:
+    """The booted container with llmkit installed in /opt/llmkit, and no llmkit service yet."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("the systemd end-to-end test needs root")
+        pytest.skip("the systemd end-to-end test needs root")
+    assert (SANDBOX / "boot.sh").is_file(), f"no systemd-sandbox at {SANDBOX}"
+    env = {**os.environ, "ROOT": str(WORK / "root"), "STATE": str(WORK / "state"),
+           "MACHINE": MACHINE, "PRIVATE_NET": "1", "NSPAWN_ARGS": f"--bind-ro={wheels}:/wheels",
+           # llama.cpp's OpenMP runtime: the host's compiler brought it; minbase lacks it.
+           # libpam-systemd: a user's own systemd (user@.service), for --user.
+           "EXTRA_PKGS": "libgomp1 libpam-systemd"}
+    # A container left running by an interrupted run would lack this run's wheels: start afresh.
+    subprocess.run([str(SANDBOX / "stop.sh")], env=env, capture_output=True, timeout=120)
+    try:
+        boot = subprocess.run([str(SANDBOX / "boot.sh")], env=env, capture_output=True, text=True,
+                              timeout=1200)
+        assert boot.returncode == 0, boot.stdout + boot.stderr
+        box = Container(env)
+        box.run(f"""
+            set -e
+            if [ "$(cat {VENV}/.stamp 2>/dev/null)" != "$(cat /wheels/stamp.txt)" ]; then
+                rm -rf {VENV} && python3 -m venv {VENV}
+                {VENV}/bin/pip install -q --no-index --find-links /wheels \
+                    -r /wheels/requirements.txt
+                cp /wheels/stamp.txt {VENV}/.stamp
+            fi
+            {VENV}/bin/pip install -q --no-index --no-deps --force-reinstall /wheels/llmkit-*.whl
+            systemctl disable --now llmkit.service 2>/dev/null || true
+            rm -rf /etc/systemd/system/llmkit.service /etc/llmkit \
+                /var/lib/llmkit /var/lib/private/llmkit
+            systemctl daemon-reload
+            systemctl reset-failed
+            """, timeout=900)
+        box.run("cat > /root/probe.py", input=PROBE)
+        box.run("umask 077 && cat > /root/llmkit.key", input=KEY + "\n")
+        yield box
+    finally:
+        subprocess.run([str(SANDBOX / "stop.sh")], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def installed(container: Container) -> Container:
+    result = container.run(f"{VENV}/bin/llmkit service install --model gemma-3-270m "
+                           "--api-key-file /root/llmkit.key", timeout=600)
+    assert "llmkit is running" in result.stdout, result.stdout + result.stderr
+    return container
+
+
+def _wait(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+
+
+# -- the tests, in the order a user meets these things ---------------------------------------
+
+
+def test_install_pulls_the_model_and_starts_the_service_ready(installed: Container) -> None:
+    state = installed.show("ActiveState", "SubState", "Type", "UnitFileState")
+    assert state == {"ActiveState": "active", "SubState": "running", "Type": "notify",
+                     "UnitFileState": "enabled"}
+    assert installed.get("/health")[0] == 200
+    env_file = installed.run("stat -c '%a %U' /etc/llmkit/llmkit.env").stdout.split()
+    assert env_file == ["600", "root"]
+    models = installed.run("ls -R /var/lib/llmkit/models").stdout
+    assert "gemma-3-270m-q4_k_m.gguf" in models
+
+
+def test_systemctl_start_returns_only_once_health_answers(installed: Container) -> None:
+    installed.run("systemctl stop llmkit")
+    started = time.monotonic()
+    installed.run("systemctl start llmkit")
+    took = time.monotonic() - started
+    status, body = installed.get("/health")  # one try: start has returned, so it must answer
+    assert status == 200 and json.loads(body)["status"] == "ok", body
+    assert installed.show("ActiveState")["ActiveState"] == "active"
+    print(f"systemctl start took {took:.1f} s")
+
+
+def test_the_server_answers_requests_with_its_key_and_logs_them_to_the_journal(
+        installed: Container) -> None:
+    status, body = installed.get("/v1/chat/completions", key=KEY, body={
+        "model": "gemma-3-270m", "max_tokens": 8,
+        "messages": [{"role": "user", "content": "Say hello."}]})
+    assert status == 200, body
+    assert json.loads(body)["usage"]["completion_tokens"] > 0
+    assert installed.get("/v1/models")[0] == 401  # no key
+    assert installed.get("/v1/models", key=KEY)[0] == 200
+    invocation = installed.show("InvocationID")["InvocationID"]
+
+    def logged() -> str | None:
+        journal = installed.journal(invocation)
+        wanted = ['"POST /v1/chat/completions HTTP/1.1" 200', '"GET /v1/models HTTP/1.1" 401',
+                  '"GET /health HTTP/1.1" 200']
+        return journal if all(w in journal for w in wanted) else None
+
+    _wait(logged, 20, "the request lines in journalctl -u llmkit")
+
+
+def test_the_server_runs_under_the_full_hardening(installed: Container) -> None:
+    pid = installed.show("MainPID")["MainPID"]
+    status = installed.run(f"cat /proc/{pid}/status").stdout
+    fields = dict(re.split(r":\s*", line, maxsplit=1) for line in status.splitlines())
+    assert fields["Uid"].split()[0] != "0"  # DynamicUser
+    assert fields["NoNewPrivs"] == "1" and fields["Seccomp"] == "2"
+    assert fields["CapEff"] == "0000000000000000"
+    settings = installed.show("MemoryDenyWriteExecute", "DynamicUser", "ProtectSystem",
+                              "PrivateUsers", "RestrictAddressFamilies", "IPAddressDeny")
+    assert settings["MemoryDenyWriteExecute"] == "yes" and settings["DynamicUser"] == "yes"
+    assert settings["ProtectSystem"] == "strict" and settings["PrivateUsers"] == "yes"
+    exposure, verdict = parse_exposure(installed.run("systemd-analyze security llmkit --no-pager")
+                                       .stdout)
+    assert exposure <= 2.0, verdict
+
+
+def test_memory_deny_write_execute_is_enforced_and_ctypes_callbacks_still_work(
+        installed: Container) -> None:
+    def transient(code: str) -> subprocess.CompletedProcess[str]:
+        return installed.run(
+            "systemd-run --quiet --wait --pipe -p DynamicUser=yes -p MemoryDenyWriteExecute=yes "
+            f"-p SystemCallFilter=@system-service {VENV}/bin/python -c {shlex.quote(code)}",
+            check=False)
+
+    # The filter is really there: an anonymous mapping both writable and executable is refused...
+    wx = transient("import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_WRITE | mmap.PROT_EXEC)")
+    assert wx.returncode != 0 and "PermissionError" in wx.stderr, wx.stdout + wx.stderr
+    # ...yet a ctypes callback (a libffi closure, as llama-cpp-python's log hook) is fine.
+    callback = transient("import ctypes; f = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)"
+                         "(lambda x: x + 1); print(f(41))")
+    assert callback.returncode == 0 and callback.stdout.strip() == "42", callback.stderr
+
+
+def test_kill_9_of_the_main_process_brings_it_back_through_restart(installed: Container) -> None:
+    before = installed.show("MainPID", "NRestarts")
+    installed.run(f"kill -9 {before['MainPID']}")
+
+    def back() -> dict[str, str] | None:
+        now = installed.show("MainPID", "NRestarts", "ActiveState")
+        new_pid = now["MainPID"] not in ("0", before["MainPID"])
+        restarted = now["ActiveState"] == "active" and new_pid
+        return now if restarted else None
+
+    now = _wait(back, 120, "the service to come back")
+    assert int(now["NRestarts"]) == int(before["NRestarts"]) + 1
+    assert installed.get("/health")[0] == 200  # active again means ready again (Type=notify)
+
+
+def test_systemctl_stop_is_clean(installed: Container) -> None:
+    invocation = installed.show("InvocationID")["InvocationID"]
+    installed.run("systemctl stop llmkit", timeout=120)
+    state = installed.show("ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
+    assert state == {"ActiveState": "inactive", "Result": "success", "ExecMainCode": "1",
+                     "ExecMainStatus": "0"}  # exited (CLD_EXITED) with status 0
+    journal = _wait(lambda: (j := installed.journal(invocation)) and "stopped" in j.splitlines()
+                    and j, 20, "serve's last words in the journal")
+    assert "shutting down: finishing accepted requests" in journal
+
+
+def test_uninstall_removes_the_service_and_keeps_the_models(installed: Container) -> None:
+    result = installed.run(f"{VENV}/bin/llmkit service uninstall")
+    assert "models kept in /var/lib/llmkit/models" in result.stdout
+    assert installed.run("systemctl cat llmkit", check=False).returncode != 0
+    assert installed.run("test -e /etc/llmkit/llmkit.env", check=False).returncode != 0
+    assert "gemma-3-270m-q4_k_m.gguf" in installed.run("ls -R /var/lib/llmkit/models").stdout
+
+
+def test_a_user_service_runs_under_the_users_own_systemd(container: Container) -> None:
+    container.run(f"id {USER} >/dev/null 2>&1 || useradd -m {USER}; loginctl enable-linger {USER}")
+    _wait(lambda: container.run(f"systemctl is-active user@$(id -u {USER})", check=False)
+          .stdout.strip() == "active", 60, "the user's systemd")
+    as_user = (f"runuser -u {USER} -- "
+               f"env XDG_RUNTIME_DIR=/run/user/$(id -u {USER}) HOME=/home/{USER}")
+    container.run(f"{as_user} systemctl --user disable --now llmkit", check=False)  # a past run's
+
+    result = container.run(f"{as_user} {VENV}/bin/llmkit service install --user "
+                           "--model gemma-3-270m --port 8082")
+    assert "llmkit is running" in result.stdout, result.stdout + result.stderr
+    assert container.get("/health", port=8082)[0] == 200
+    pid = container.run(f"{as_user} systemctl --user show -p MainPID --value llmkit").stdout.strip()
+    status = container.run(f"cat /proc/{pid}/status").stdout
+    uid = container.run(f"id -u {USER}").stdout.strip()
+    assert re.search(rf"^Uid:\s+{uid}\s", status, re.M)
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+    assert re.search(r"^Seccomp:\s+2$", status, re.M)
+    assert "/home/" in result.stdout  # the unit and the model live in the user's home
+
+    container.run(f"{as_user} {VENV}/bin/llmkit service uninstall --user")
+    assert container.get("/health", port=8082)[0] == 0  # nobody listens any more
