@@ -1,4 +1,4 @@
-"""`llmkit bench`: how fast `llmkit serve` is, against llama-cpp-python in-process and other servers.
+"""`llmkit bench`: how fast `llmkit serve` is, next to llama-cpp-python in-process and other servers.
 
 Every server is measured the same way, through the openai SDK with streaming (the client users
 have): time to first token, generation and prompt speed, a growing conversation, concurrent clients
@@ -42,8 +42,8 @@ LLMKIT = "llmkit"
 
 # A prompt a base model keeps answering at temperature 0, so that streams run to max_tokens.
 GENERATION_PROMPT = "Count from 1 to 1000, separated by commas."
-JSON_PROMPT = ("Write a JSON object with a key \"people\": a list of 100 fictional people, each with "
-               "name, age, city, job and a one-sentence biography.")
+JSON_PROMPT = ("Write a JSON object with a key \"people\": a list of 100 fictional people, each "
+               "with name, age, city, job and a one-sentence biography.")
 TOPICS = ("the sea", "volcanoes", "bees", "the moon", "glass", "bread", "rivers", "owls", "copper",
           "clocks", "maps", "salt")
 
@@ -76,7 +76,7 @@ def parse_levels(text: str) -> tuple[int, ...]:
     try:
         levels = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
     except ValueError:
-        raise LlmkitError(f"--concurrency takes numbers separated by commas, not {text!r}") from None
+        raise LlmkitError(f"--concurrency takes numbers and commas, not {text!r}") from None
     if not levels or levels[0] < 1:
         raise LlmkitError(f"--concurrency needs client counts of at least 1, not {text!r}")
     return levels
@@ -108,7 +108,7 @@ class BenchConfig:
 
 def configure(*, quick: bool = False, peers: Sequence[str] = (), concurrency: str | None = None,
               **options: Any) -> BenchConfig:
-    """The config for command-line options; those left unset (None) take the defaults, or --quick's."""
+    """The config for command-line options; those left unset (None) get the defaults (or --quick's)."""
     options["peers"] = [parse_peer(p) for p in peers]
     options["concurrency"] = parse_levels(concurrency) if concurrency else None
     options = {k: v for k, v in options.items() if v is not None}
@@ -172,7 +172,8 @@ def long_prompt(lines: int) -> str:
     log = [f"Day {i + 1}: the {colours[i % 7]} {animals[i % 8]} walked {3 + i * 7 % 23} miles to "
            f"the {places[i % 7]} and counted {11 + i * 13 % 97} stones on the way."
            for i in range(lines)]
-    return "Here is a traveller's log.\n" + "\n".join(log) + "\nIn one sentence: which animal walked furthest?"
+    question = "In one sentence: which animal walked furthest?"
+    return "Here is a traveller's log.\n" + "\n".join(log) + "\n" + question
 
 
 def complete(answer: Answer | None, max_tokens: int) -> bool:
@@ -183,7 +184,9 @@ def complete(answer: Answer | None, max_tokens: int) -> bool:
     """
     if answer is None or answer.interrupted or answer.finish_reason not in ("stop", "length"):
         return False
-    return answer.finish_reason != "length" or answer.tokens_counted or answer.completion_tokens == max_tokens
+    if answer.finish_reason == "stop" or answer.tokens_counted:
+        return True
+    return answer.completion_tokens == max_tokens
 
 
 def proc_memory(pid: int) -> dict[str, float]:
@@ -230,7 +233,8 @@ def machine() -> dict[str, Any]:
     from llmkit import __version__
 
     return {"cpu": cpu or platform.processor(), "cpus": os.cpu_count(), "memory_gib": memory_gib,
-            "system": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "system": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(),
             "llama_cpp_python": llama_version, "llmkit": __version__,
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
 
@@ -256,17 +260,20 @@ def start_llmkit(config: BenchConfig, n_ctx: int, timeout: float = 300.0) -> Sta
     from llmkit.launcher import free_port, serve_args
 
     port = free_port()
-    options = {"threads": config.threads, "ctx": n_ctx, "offline": True, "models_dir": config.models_dir}
+    options = {"threads": config.threads, "ctx": n_ctx, "offline": True,
+               "models_dir": config.models_dir}
     args = [sys.executable, "-m", "llmkit", *serve_args(config.model, "127.0.0.1", port, options)]
     log = Path(tempfile.mkstemp(prefix="llmkit-bench-serve-", suffix=".log")[1])
     health = f"http://127.0.0.1:{port}/health"
     with log.open("wb") as out:
         started = time.perf_counter()
-        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
     while True:
         if _answers(health):
-            return Started(process, f"http://127.0.0.1:{port}/v1", time.perf_counter() - started, log)
+            seconds = time.perf_counter() - started
+            return Started(process, f"http://127.0.0.1:{port}/v1", seconds, log)
         if process.poll() is not None:
             tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
             raise LlmkitError(f"llmkit serve exited ({process.returncode}): {tail}")
@@ -331,7 +338,8 @@ class Remote:
         import openai
 
         self.config = config
-        self.client = openai.OpenAI(base_url=url, api_key=resolve_api_key(), timeout=600.0, max_retries=0)
+        self.client = openai.OpenAI(base_url=url, api_key=resolve_api_key(), timeout=600.0,
+                                    max_retries=0)
         try:
             self.model = next(iter(m.id for m in self.client.models.list().data), "default")
         except openai.APIConnectionError:
@@ -340,8 +348,8 @@ class Remote:
             self.model = "default"  # a server without /v1/models may still chat
 
     def session(self, max_tokens: int, json_mode: bool = False) -> ChatSession:
-        return ChatSession(client=self.client, model=self.model, temperature=0, max_tokens=max_tokens,
-                           json_mode=json_mode)
+        return ChatSession(client=self.client, model=self.model, temperature=0,
+                           max_tokens=max_tokens, json_mode=json_mode)
 
     def ask(self, prompt: str, max_tokens: int, json_mode: bool = False) -> tuple[Answer, int]:
         """One streamed answer and the number of content chunks it came in."""
@@ -363,8 +371,8 @@ class Remote:
             (f"generation ({self.config.max_tokens} tokens)", self.generation),
             ("prompt", self.prompt), (f"a conversation of {TURNS} turns", self.conversation),
             ("JSON mode", self.json_mode),
-            *((f"{n} concurrent client{'s' * (n > 1)}", lambda m, n=n: self.concurrent(n, m.levels[n]))
-              for n in self.config.concurrency),
+            *((f"{n} concurrent client{'s' * (n > 1)}",
+               lambda m, n=n: self.concurrent(n, m.levels[n])) for n in self.config.concurrency),
         ]
         for title, step in steps:
             log(f"  {into.name}: {title}")
@@ -389,17 +397,19 @@ class Remote:
             into.add("prompt_tokens_per_s", answer.prompt_tokens / answer.seconds_to_first_token)
 
     def conversation(self, into: Measured) -> None:
-        """A conversation that grows by a question and an answer a turn: is its history recomputed?"""
+        """A conversation growing by a question and an answer a turn: is its history recomputed?"""
         chat = self.session(self.config.turn_tokens)
         for turn in range(TURNS):
             first = nonce() + " " if turn == 0 else ""
-            chat.ask(f"{first}Question {turn + 1}: tell me one thing about {TOPICS[turn % len(TOPICS)]}.")
+            topic = TOPICS[turn % len(TOPICS)]
+            chat.ask(f"{first}Question {turn + 1}: tell me one thing about {topic}.")
         into.add("turn1_ttft_s", chat.answers[0].seconds_to_first_token)
         into.add("turn10_ttft_s", chat.answers[-1].seconds_to_first_token)
         into.add("turn10_prompt_tokens", chat.answers[-1].prompt_tokens)
 
     def json_mode(self, into: Measured) -> None:
-        answer, _ = self.ask(f"{nonce()} {JSON_PROMPT}", self.config.json_max_tokens, json_mode=True)
+        answer, _ = self.ask(f"{nonce()} {JSON_PROMPT}", self.config.json_max_tokens,
+                             json_mode=True)
         into.add("json_tokens_per_s", answer.tokens_per_second)
         into.add("json_tokens", answer.completion_tokens)
 
@@ -407,7 +417,8 @@ class Remote:
         """`clients` streams started together; aggregate tokens/s over the wall time of them all."""
         max_tokens = self.config.max_tokens
         barrier = threading.Barrier(clients)
-        results: list[tuple[float, float, Answer | None, str | None]] = [(0.0, 0.0, None, None)] * clients
+        # (began, ended, answer, problem) for each client
+        results: list[tuple[float, float, Answer | None, str | None]] = [(0, 0, None, None)] * clients
 
         def one(i: int) -> None:
             barrier.wait()
@@ -445,7 +456,8 @@ def _why_incomplete(answer: Answer | None, max_tokens: int) -> str:
         return "no answer"
     if answer.finish_reason is None:
         return f"stream ended after {answer.completion_tokens} tokens without a finish_reason"
-    return f"finish_reason {answer.finish_reason!r} after {answer.completion_tokens} of {max_tokens} tokens"
+    return (f"finish_reason {answer.finish_reason!r} after {answer.completion_tokens} of "
+            f"{max_tokens} tokens")
 
 
 class InProcess:
@@ -455,12 +467,14 @@ class InProcess:
         import llama_cpp
         from llama_cpp.server.types import CreateChatCompletionRequest
 
-        self.llama = llama_cpp.Llama(model_path=str(path), n_threads=threads, n_threads_batch=threads,
-                                     n_ctx=n_ctx, n_gpu_layers=0, chat_format=chat_format, verbose=False)
+        self.llama = llama_cpp.Llama(model_path=str(path), n_threads=threads,
+                                     n_threads_batch=threads, n_ctx=n_ctx, n_gpu_layers=0,
+                                     chat_format=chat_format, verbose=False)
         # The sampling a request to llama_cpp.server (and so llmkit serve) gets by default; Llama's
         # own defaults differ (repeat_penalty 1.0), and the penalties stage is part of each token.
         fields = CreateChatCompletionRequest.model_fields
-        self.sampling = {name: fields[name].default for name in ("top_p", "top_k", "min_p", "repeat_penalty")}
+        self.sampling = {name: fields[name].default
+                         for name in ("top_p", "top_k", "min_p", "repeat_penalty")}
 
     def ask(self, prompt: str, max_tokens: int, json_mode: bool = False) -> Answer:
         """Stream an answer as a server would, timed and counted as the clients count."""
@@ -480,9 +494,9 @@ class InProcess:
                     if first is None:
                         first = time.perf_counter() - started
                     pieces.append(text)
-        return Answer(text="".join(pieces), seconds_to_first_token=first, completion_tokens=len(pieces),
-                      total_seconds=time.perf_counter() - started, tokens_counted=True,
-                      finish_reason=finish)
+        return Answer(text="".join(pieces), seconds_to_first_token=first,
+                      completion_tokens=len(pieces), total_seconds=time.perf_counter() - started,
+                      tokens_counted=True, finish_reason=finish)
 
     def warm_up(self) -> None:
         self.ask(f"{nonce()} Say hello.", 8)
@@ -510,7 +524,7 @@ class InProcess:
 
 
 def run(config: BenchConfig, log: Log = _nop) -> dict[str, Any]:
-    """Measure llmkit serve, each peer and the in-process ceiling; return the report (JSON-ready)."""
+    """Measure llmkit serve, each peer and the in-process ceiling; return the report, as JSON."""
     from llmkit.server import ServeConfig, prepare
 
     if config.repeats < 1:
@@ -531,16 +545,18 @@ def run(config: BenchConfig, log: Log = _nop) -> dict[str, Any]:
         for i in range(starts):
             if server is not None:
                 stop(server.process)
-            log(f"starting llmkit serve ({i + 1}/{starts}{', warm-up' if config.warmup_start and i == 0 else ''})")
+            warm_up = config.warmup_start and i == 0
+            log(f"starting llmkit serve ({i + 1}/{starts}{', warm-up' if warm_up else ''})")
             server = start_llmkit(config, prepared.n_ctx)
-            if not (config.warmup_start and i == 0):
+            if not warm_up:
                 llmkit_.add("cold_start_s", server.seconds)
         assert server is not None
         llmkit_.url = server.url
         llmkit_.add("rss_mib", proc_memory(server.process.pid).get("VmRSS"))
 
         remotes = [(llmkit_, Remote(server.url, config)), *peer_remotes]
-        log(f"loading {prepared.path.name} in-process ({config.threads} threads, context {prepared.n_ctx})")
+        log(f"loading {prepared.path.name} in-process ({config.threads} threads, "
+            f"context {prepared.n_ctx})")
         local = InProcess(prepared.path, config.threads, prepared.n_ctx, prepared.chat_format)
 
         log("warming up")
@@ -569,7 +585,8 @@ def run(config: BenchConfig, log: Log = _nop) -> dict[str, Any]:
         # scripts/bench.py runs `llmkit bench`: one command reproduces the figures either way.
         "command": shlex.join(["llmkit", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None,
         "machine": machine(),
-        "config": {**asdict(config), "models_dir": str(config.models_dir) if config.models_dir else None,
+        "config": {**asdict(config),
+                   "models_dir": str(config.models_dir) if config.models_dir else None,
                    "model_file": str(prepared.path), "n_ctx": prepared.n_ctx,
                    "chat_format": prepared.chat_format, "turns": TURNS},
         "results": results,
@@ -619,8 +636,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     check("zero incomplete responses", requests - done, requests > 0 and done == requests,
           f"{requests - done} of {requests}")
     json_ratio = figures.get("json_vs_text")
-    check("JSON mode ≥ 0.5× free text", json_ratio, None if json_ratio is None else json_ratio >= 0.5,
-          _fmt(json_ratio, "{:.2f}×"))
+    check("JSON mode ≥ 0.5× free text", json_ratio,
+          None if json_ratio is None else json_ratio >= 0.5, _fmt(json_ratio, "{:.2f}×"))
     for peer in (r for r in report["results"] if r["kind"] == "peer"):
         for clients, level in ours["concurrency"].items():
             theirs = peer["concurrency"].get(clients, {}).get("tokens_per_s")
@@ -676,7 +693,8 @@ def table(report: dict[str, Any]) -> Any:
         grid.add_row("  TTFT p50 / p95",
                      *(f"{_fmt(lv['ttft_p50_s'], '{:.2f}')} / {_fmt(lv['ttft_p95_s'], '{:.2f} s')}"
                        if lv else "—" for lv in levels))
-        grid.add_row("  complete", *(f"{lv['complete']}/{lv['requests']}" if lv else "—" for lv in levels))
+        grid.add_row("  complete",
+                     *(f"{lv['complete']}/{lv['requests']}" if lv else "—" for lv in levels))
     return grid
 
 
@@ -709,7 +727,7 @@ def write_json(report: dict[str, Any], path: Path) -> None:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Aggregate tokens/s by number of clients, one line per server, the in-process ceiling dashed."""
+    """Aggregate tokens/s by number of clients, a line per server, the in-process ceiling dashed."""
     plt = _pyplot()
     config = report["config"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -729,8 +747,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("concurrent streaming clients")
     ax.set_ylabel("aggregate tokens/s")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"{config['model']}, {config['threads']} threads, {config['max_tokens']} tokens a stream "
-                 f"(median of {config['repeats']})", fontsize=10)
+    ax.set_title(f"{config['model']}, {config['threads']} threads, {config['max_tokens']} tokens "
+                 f"a stream (median of {config['repeats']})", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -749,5 +767,5 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")  # no display needed: the plot goes to a file
         import matplotlib.pyplot as plt
     except ImportError:
-        raise LlmkitError("--plot needs matplotlib: pip install 'llmkit[bench]' (or matplotlib)") from None
+        raise LlmkitError("--plot needs matplotlib: pip install 'llmkit[bench]'") from None
     return plt

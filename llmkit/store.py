@@ -215,7 +215,7 @@ class Store:
         try:
             meta = get_hf_file_metadata(hf_hub_url(spec.repo, spec.file, revision=spec.revision))
         except Exception as exc:  # noqa: BLE001
-            raise DownloadError(f"could not find {spec.ref} on the Hub: {_one_line(exc)}") from None
+            raise DownloadError(_hub_error(spec, exc)) from None
         if not meta.etag or not meta.commit_hash:
             raise DownloadError(f"{spec.ref}: the server does not answer like the Hub (no ETag)")
         size = meta.size or spec.size
@@ -344,6 +344,29 @@ def _drop_hf_tags(folder: Path) -> None:
     if folder.is_dir() and {p.name for p in folder.iterdir()} <= tags:
         for name in tags:
             (folder / name).unlink(missing_ok=True)
+
+
+def _hub_error(spec: ModelSpec, exc: BaseException) -> str:
+    """One line that says what went wrong asking the Hub about a file, and what to do."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, GatedRepoError):
+        return f"{spec.repo} is gated: accept its licence on the Hub and set HF_TOKEN"
+    if isinstance(exc, RepositoryNotFoundError):
+        return f"no repository {spec.repo} on the Hub (or it is private: set HF_TOKEN)"
+    if isinstance(exc, RevisionNotFoundError):
+        return f"{spec.repo} has no revision {spec.revision}"
+    if isinstance(exc, RemoteEntryNotFoundError):
+        return f"{spec.repo} has no file {spec.file}"
+    if isinstance(exc, OSError) or "connect" in type(exc).__name__.lower():
+        return f"cannot reach the Hub at {constants.ENDPOINT} ({_one_line(exc)}); HF_HUB_OFFLINE=1 uses only the store"
+    return f"could not get {spec.ref} from the Hub: {_one_line(exc)}"
 
 
 def _one_line(exc: BaseException) -> str:

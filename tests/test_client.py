@@ -41,8 +41,12 @@ def busy(client: openai.OpenAI) -> bool:
         return bool(json.loads(response.read())["busy"])
 
 
-def wait_idle(client: openai.OpenAI, seconds: float = 5.0) -> float:
-    """Seconds until the server has no generation running (fails after `seconds`)."""
+def wait_idle(client: openai.OpenAI, seconds: float = 10.0) -> float:
+    """Seconds until the server has no generation running (fails after `seconds`).
+
+    The tests ask for 2000 tokens, which would keep the server busy for far longer (over 30 s at
+    gemma's 60 tokens/s), so an idle server soon after means the closed response stopped it.
+    """
     start = time.monotonic()
     while busy(client):
         assert time.monotonic() - start < seconds, "the server went on generating for nobody"
@@ -152,7 +156,7 @@ def test_stopping_keeps_the_partial_answer_and_frees_the_server(
     assert answer.interrupted and answer.finish_reason is None
     assert answer.text == "".join(pieces) and len(pieces) == 5
     assert chat.messages[-1] == {"role": "assistant", "content": answer.text}
-    assert wait_idle(llmkit_server) < 2.0  # the closed response stopped the generation
+    wait_idle(llmkit_server)  # the closed response stopped the generation
 
 
 def test_ctrl_c_closes_the_stream_keeps_the_partial_answer_and_the_conversation_goes_on(
@@ -169,7 +173,7 @@ def test_ctrl_c_closes_the_stream_keeps_the_partial_answer_and_the_conversation_
         chat.ask(COUNTING, on_text=on_text)
     assert chat.last is not None and chat.last.interrupted and chat.last.text == "".join(pieces)
     assert [m["role"] for m in chat.messages] == ["user", "assistant"]
-    wait_idle(llmkit_server, 2.0)
+    wait_idle(llmkit_server)
 
     chat.max_tokens = 8
     after = chat.ask("Go on.")

@@ -290,8 +290,8 @@ def test_pull_of_a_file_the_hub_does_not_have_is_a_one_line_error(
     missing_file = run_llmkit("pull", f"{REPO}/nope.Q4_K_M.gguf", env=hub_env)
     missing_repo = run_llmkit("pull", "nobody/nothing-GGUF/x.gguf", env=hub_env)
 
-    assert_one_line_error(missing_file, "could not find", f"{REPO}/nope.Q4_K_M.gguf")
-    assert_one_line_error(missing_repo, "could not find", "nobody/nothing-GGUF/x.gguf")
+    assert_one_line_error(missing_file, f"{REPO} has no file nope.Q4_K_M.gguf")
+    assert_one_line_error(missing_repo, "no repository nobody/nothing-GGUF")
     assert hub.gets() == []
     assert not [p for p in store_files(models_dir) if p.suffix == ".gguf"]
 
