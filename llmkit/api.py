@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from llmkit.engine import Engine, Job, QueueFull, ShuttingDown
 
 MAX_N = 16
+MAX_STOP = 16
 RETRY_AFTER_SECONDS = 2
 
 
@@ -54,7 +55,7 @@ class _Common(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     presence_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
-    stop: str | list[str] | None = Field(default=None, max_length=16)
+    stop: str | list[str] | None = None
     stream_options: StreamOptions | None = None
 
 
@@ -146,6 +147,8 @@ def llama_kwargs(body: _Common) -> dict[str, Any]:
     best_of = getattr(body, "best_of", None)
     if best_of not in (None, 1, body.n):
         raise BadRequest("best_of is not supported (ask for n choices instead)", param="best_of")
+    if isinstance(body.stop, list) and len(body.stop) > MAX_STOP:
+        raise BadRequest(f"stop takes at most {MAX_STOP} sequences", param="stop")
     kwargs = body.model_dump(exclude=_DROP)
     if isinstance(body, ChatRequest):
         kwargs["messages"] = normalize_messages(body.messages)

@@ -12,7 +12,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_CTX_CAP = 4096
 DEFAULT_MAX_QUEUE = 16
-DEFAULT_GRACE_SECONDS = 10.0
+DEFAULT_GRACE_SECONDS = 5.0
 
 
 def env(name: str, default: str | None = None) -> str | None:

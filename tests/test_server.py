@@ -197,6 +197,18 @@ def test_completions_take_several_prompts_and_n(llmkit_server: openai.OpenAI) ->
     assert response.usage.completion_tokens == 2 * sum(s.usage.completion_tokens for s in singles)
 
 
+def test_a_stop_sequence_ends_the_answer_before_it(llmkit_server: openai.OpenAI) -> None:
+    full = llmkit_server.completions.create(model="x", prompt="Once upon a time", max_tokens=24,
+                                            temperature=0).choices[0].text
+    words = full.split()
+    assert len(words) > 4
+    stop = " ".join(words[2:4])  # a stop sequence longer than one token
+    cut = llmkit_server.completions.create(model="x", prompt="Once upon a time", max_tokens=24,
+                                           temperature=0, stop=[stop, "never-appears-here"])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].text == full[: full.index(stop)]
+
+
 def test_health_answers_within_a_second_during_a_long_generation(llmkit_server: openai.OpenAI) -> None:
     stream = chat(llmkit_server, "Write a very long story about a dragon.", max_tokens=400,
                   temperature=0.8, stream=True)
