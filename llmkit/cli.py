@@ -122,7 +122,7 @@ err = Console(stderr=True)
 
 ModelsDir = Annotated[
     Optional[Path],
-    typer.Option("--models-dir", help="Model store [env: LLMKIT_MODELS_DIR].", show_default=False),
+    typer.Option("--models-dir", help="Model store (default: $LLMKIT_MODELS_DIR, else ~/.local/share/llmkit/models).", show_default=False),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -210,12 +210,12 @@ def serve(
     host: Annotated[str, typer.Option(envvar="LLMKIT_HOST")] = settings.DEFAULT_HOST,
     port: Annotated[int, typer.Option(envvar="LLMKIT_PORT", min=0, max=65535)] = settings.DEFAULT_PORT,
     threads: Annotated[Optional[int], typer.Option(envvar="LLMKIT_THREADS", min=1,
-                       help="CPU threads [default: physical cores].", show_default=False)] = None,
+                       help="CPU threads (default: the physical cores).", show_default=False)] = None,
     ctx: Annotated[Optional[int], typer.Option("--ctx", envvar="LLMKIT_CTX", min=16,
-                   help=f"Context length [default: the model's, at most {settings.DEFAULT_CTX_CAP}].",
+                   help=f"Context length (default: the model's, at most {settings.DEFAULT_CTX_CAP}).",
                    show_default=False)] = None,
     chat_format: Annotated[Optional[str], typer.Option(envvar="LLMKIT_CHAT_FORMAT",
-                           help="llama-cpp-python chat format [default: catalog, else the GGUF's template].",
+                           help="llama-cpp-python chat format (default: the catalog's, else the GGUF's template).",
                            show_default=False)] = None,
     api_key: Annotated[Optional[str], typer.Option(envvar="LLMKIT_API_KEY", show_default=False,
                        help="Require Authorization: Bearer KEY on /v1.")] = None,
