@@ -1,4 +1,4 @@
-"""`llmkit bench`: how fast `llmkit serve` is, next to llama-cpp-python in-process and other servers.
+"""`llmkit bench`: how fast `llmkit serve` is, beside llama-cpp-python in-process and other servers.
 
 Every server is measured the same way, through the openai SDK with streaming (the client users
 have): time to first token, generation and prompt speed, a growing conversation, concurrent clients
@@ -108,7 +108,7 @@ class BenchConfig:
 
 def configure(*, quick: bool = False, peers: Sequence[str] = (), concurrency: str | None = None,
               **options: Any) -> BenchConfig:
-    """The config for command-line options; those left unset (None) get the defaults (or --quick's)."""
+    """The config for command-line options; unset ones (None) get the defaults, or --quick's."""
     options["peers"] = [parse_peer(p) for p in peers]
     options["concurrency"] = parse_levels(concurrency) if concurrency else None
     options = {k: v for k, v in options.items() if v is not None}
@@ -418,7 +418,8 @@ class Remote:
         max_tokens = self.config.max_tokens
         barrier = threading.Barrier(clients)
         # (began, ended, answer, problem) for each client
-        results: list[tuple[float, float, Answer | None, str | None]] = [(0, 0, None, None)] * clients
+        results: list[tuple[float, float, Answer | None, str | None]] = [(0, 0, None, None)]
+        results *= clients
 
         def one(i: int) -> None:
             barrier.wait()
@@ -681,7 +682,12 @@ def table(report: dict[str, Any]) -> Any:
     config = report["config"]
     title = (f"{config['model']} · {config['threads']} threads · context {config['n_ctx']} · "
              f"median of {config['repeats']}")
-    grid = Table("", *(r["name"] for r in results), title=title, title_justify="left")
+    m = report["machine"]
+    load = " / ".join(f"{x:.1f}" for x in m["load_average"]) if m.get("load_average") else "?"
+    caption = (f"{m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB; llama-cpp-python "
+               f"{m['llama_cpp_python']}; load average at the start {load}")
+    grid = Table("", *(r["name"] for r in results), title=title, title_justify="left",
+                 caption=caption, caption_justify="left")
     for label, key, pattern in _ROWS:
         cells = [_fmt(r["figures"].get(key), pattern) for r in results]
         if any(c != "—" for c in cells):
