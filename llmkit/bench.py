@@ -392,9 +392,8 @@ class Remote:
     def prompt(self, into: Measured) -> None:
         # One token is enough: the time to it is the time to read the prompt.
         answer, _ = self.ask(f"{nonce()} {long_prompt(self.config.prompt_lines)}", 1)
-        if answer.prompt_tokens is not None and answer.seconds_to_first_token:
-            into.add("prompt_tokens", answer.prompt_tokens)
-            into.add("prompt_tokens_per_s", answer.prompt_tokens / answer.seconds_to_first_token)
+        into.add("prompt_ttft_s", answer.seconds_to_first_token)
+        into.add("prompt_tokens", answer.prompt_tokens)  # None from a server that sends no usage
 
     def conversation(self, into: Measured) -> None:
         """A conversation growing by a question and an answer a turn: is its history recomputed?"""
@@ -511,10 +510,8 @@ class InProcess:
         log(f"  {IN_PROCESS}: prompt")
         prompt = f"{nonce()} {long_prompt(config.prompt_lines)}"
         answer = self.ask(prompt, 1)
-        prompt_tokens = self.llama.n_tokens  # what it evaluated: the prompt (the one token is not)
-        if answer.seconds_to_first_token:
-            into.add("prompt_tokens", prompt_tokens)
-            into.add("prompt_tokens_per_s", prompt_tokens / answer.seconds_to_first_token)
+        into.add("prompt_ttft_s", answer.seconds_to_first_token)
+        into.add("prompt_tokens", self.llama.n_tokens)  # all it evaluated: the one token is not
         log(f"  {IN_PROCESS}: JSON mode")
         answer = self.ask(f"{nonce()} {JSON_PROMPT}", config.json_max_tokens, json_mode=True)
         into.add("json_tokens_per_s", answer.tokens_per_second)
@@ -576,11 +573,7 @@ def run(config: BenchConfig, log: Log = _nop) -> dict[str, Any]:
         if server is not None:
             stop(server.process)
 
-    results = [summarize(m) for m in (llmkit_, *(m for m, _ in peers), ceiling)]
-    inproc = results[-1]["figures"]
-    for result in results[:-1]:
-        figures = result["figures"]
-        figures["vs_in_process"] = ratio(figures.get("tokens_per_s"), inproc.get("tokens_per_s"))
+    results = compare([summarize(m) for m in (llmkit_, *(m for m, _ in peers), ceiling)])
     report = {
         "started": begun.isoformat(timespec="seconds"),
         # scripts/bench.py runs `llmkit bench`: one command reproduces the figures either way.
@@ -594,6 +587,24 @@ def run(config: BenchConfig, log: Log = _nop) -> dict[str, Any]:
     }
     report["targets"] = targets(report)
     return report
+
+
+def compare(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add the figures that need the in-process run (the last result): ratios, prompt speed."""
+    ceiling = results[-1]["figures"]
+    for result in results:
+        figures = result["figures"]
+        if result is not results[-1]:
+            figures["vs_in_process"] = ratio(figures.get("tokens_per_s"),
+                                             ceiling.get("tokens_per_s"))
+        # A server that sends no usage read as many tokens as the same model in-process did.
+        if "prompt_tokens" not in figures and "prompt_tokens" in ceiling:
+            figures["prompt_tokens"] = ceiling["prompt_tokens"]
+            figures["prompt_tokens_from"] = IN_PROCESS
+        figures["prompt_tokens_per_s"] = ratio(figures.get("prompt_tokens"),
+                                               figures.get("prompt_ttft_s"))
+        result["figures"] = {k: v for k, v in figures.items() if v is not None}
+    return results
 
 
 def summarize(measured: Measured) -> dict[str, Any]:

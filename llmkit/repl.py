@@ -242,7 +242,8 @@ class Repl:
         seconds = sum(a.total_seconds for a in answers)
         lines = [f"url          {s.url}", f"model        {s.model}",
                  f"temperature  {shown(s.temperature)}", f"max_tokens   {shown(s.max_tokens)}",
-                 f"seed         {shown(s.seed)}", f"json         {'on' if s.json_mode else 'off'}",
+                 f"seed         {'random' if s.seed is None else s.seed}",
+                 f"json         {'on' if s.json_mode else 'off'}",
                  f"messages     {len(s.messages)}{' (with a system prompt)' if s.system else ''}",
                  f"last answer  {format_stats(s.last) if s.last else 'none yet'}",
                  f"session      {len(answers)} answers · {tokens} tokens · {seconds:.2f} s"]

@@ -12,6 +12,7 @@ import pytest
 
 from llmkit.bench import (
     Peer,
+    compare,
     complete,
     configure,
     parse_levels,
@@ -105,3 +106,16 @@ def test_a_response_is_complete_only_with_a_finish_reason_and_all_its_tokens() -
 def test_memory_is_read_from_proc_status_in_mib() -> None:
     status = "Name:\tpython\nVmHWM:\t  409600 kB\nVmRSS:\t  204800 kB\nThreads:\t4\n"
     assert parse_status(status) == {"VmHWM": 400.0, "VmRSS": 200.0}
+
+
+def test_a_server_without_usage_is_compared_on_the_prompt_tokens_counted_in_process() -> None:
+    results = compare([
+        {"name": "peer", "figures": {"tokens_per_s": 50.0, "prompt_ttft_s": 2.0}},
+        {"name": "in-process", "figures": {"tokens_per_s": 60.0, "prompt_tokens": 1000,
+                                           "prompt_ttft_s": 1.0}},
+    ])
+    peer, ceiling = (r["figures"] for r in results)
+    assert peer["vs_in_process"] == pytest.approx(50 / 60)
+    assert (peer["prompt_tokens"], peer["prompt_tokens_from"]) == (1000, "in-process")
+    assert (peer["prompt_tokens_per_s"], ceiling["prompt_tokens_per_s"]) == (500.0, 1000.0)
+    assert "vs_in_process" not in ceiling
