@@ -237,12 +237,7 @@ def serve(
         raise LlmkitError("no model: pass --model NAME (e.g. llama-2-7b-chat; gemma-3-270m works offline "
                           "with llmkit[tiny]) or set LLMKIT_MODEL")
     if api_key_file is not None:
-        try:
-            api_key = api_key_file.read_text().strip()
-        except OSError as exc:
-            raise LlmkitError(f"cannot read the API key file: {exc}") from None
-        if not api_key:
-            raise LlmkitError(f"the API key file {api_key_file} is empty")
+        api_key = settings.read_api_key_file(api_key_file)
     run(ServeConfig(model=model, host=host, port=port, threads=threads, ctx=ctx, chat_format=chat_format,
                     api_key=api_key, max_queue=max_queue, grace=grace, offline=offline,
                     models_dir=models_dir, verbose=verbose))

@@ -358,12 +358,7 @@ def plan(model: str | None, host: str, port: int, api_key_file: Path | None,
         raise LlmkitError("no model: pass --model NAME (e.g. gemma-3-270m) or set LLMKIT_MODEL")
     api_key = None
     if api_key_file is not None:
-        try:
-            api_key = api_key_file.read_text().strip()
-        except OSError as exc:
-            raise LlmkitError(f"cannot read the API key file: {exc}") from None
-        if not api_key:
-            raise LlmkitError(f"the API key file {api_key_file} is empty")
+        api_key = settings.read_api_key_file(api_key_file)
     return Service(llmkit_command(), model, host, port, api_key), layout(user)
 
 

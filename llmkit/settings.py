@@ -71,3 +71,16 @@ def hub_offline() -> bool:
 class StoreSettings:
     models_dir: Path = field(default_factory=default_models_dir)
     offline: bool = field(default_factory=hub_offline)
+
+
+def read_api_key_file(path: Path) -> str:
+    """The API key kept in a file (surrounding whitespace dropped); a clear error if there is none."""
+    from llmkit.errors import LlmkitError
+
+    try:
+        key = path.read_text().strip()
+    except OSError as exc:
+        raise LlmkitError(f"cannot read the API key file: {exc}") from None
+    if not key:
+        raise LlmkitError(f"the API key file {path} is empty")
+    return key
