@@ -426,8 +426,8 @@ class Remote:
             answer, problem = None, None
             try:
                 answer, _ = self.ask(f"{nonce()} {GENERATION_PROMPT}", max_tokens)
-            except LlmkitError as exc:
-                problem = str(exc)
+            except Exception as exc:  # noqa: BLE001 - a broken stream is a result here, not an end
+                problem = str(exc) or type(exc).__name__
             results[i] = (began, time.perf_counter(), answer, problem)
 
         threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(clients)]
@@ -446,8 +446,8 @@ class Remote:
                 tokens += answer.completion_tokens
                 if answer.seconds_to_first_token is not None:
                     level.ttft.append(answer.seconds_to_first_token)
-        wall = max(r[1] for r in results) - min(r[0] for r in results)
-        if wall > 0:
+        wall = max(r[1] for r in results) - min(r[0] for r in results if r[0])
+        if tokens and wall > 0:
             level.tokens_per_s.append(tokens / wall)
 
 

@@ -273,17 +273,18 @@ def chat(
 @app.command()
 def bench(
     model: Annotated[str, typer.Option("--model", "-m", help="What to serve and measure.")] = "gemma-3-270m",
-    threads: Annotated[int, typer.Option(min=1, help="CPU threads, for the server and in-process.")] = 2,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads, server and in-process.")] = 2,
     ctx: Annotated[Optional[int], typer.Option("--ctx", min=16, show_default=False,
-                   help="Context length [default: as llmkit serve picks it].")] = None,
-    peer_url: Annotated[Optional[list[str]], typer.Option("--peer-url", show_default=False,
-                        help="Also measure this OpenAI-compatible server: URL or NAME=URL; repeatable.")] = None,
+                   help="Context length (default: as llmkit serve picks it).")] = None,
+    peer_url: Annotated[Optional[list[str]], typer.Option(
+        "--peer-url", show_default=False,
+        help="Also measure this OpenAI-compatible server: URL or NAME=URL; repeatable.")] = None,
     repeats: Annotated[Optional[int], typer.Option(min=1, show_default=False,
-                       help="Runs of each figure, reported as the median [default: 3; --quick: 1].")] = None,
+                       help="Runs of each figure; the median is shown (default 3, --quick 1).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(min=2, show_default=False,
-                          help="Tokens a generation stream [default: 128; --quick: 32].")] = None,
+                          help="Tokens a generation stream (default 128, --quick 32).")] = None,
     concurrency: Annotated[Optional[str], typer.Option(show_default=False,
-                           help="Concurrent clients to measure [default: 1,2,4,8; --quick: 1,2].")] = None,
+                           help="Concurrent clients (default 1,2,4,8; --quick 1,2).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A smoke run: 1 repeat, short streams.")] = False,
     json_file: Annotated[Optional[Path], typer.Option("--json", show_default=False,
                          help="Write every figure and sample to this file.")] = None,
@@ -294,9 +295,9 @@ def bench(
     """Measure llmkit serve against llama-cpp-python in-process and other servers (--peer-url)."""
     from llmkit import bench as benchmark
 
-    config = benchmark.configure(quick=quick, peers=peer_url or [], concurrency=concurrency, model=model,
-                                 threads=threads, ctx=ctx, models_dir=models_dir, repeats=repeats,
-                                 max_tokens=max_tokens)
+    config = benchmark.configure(quick=quick, peers=peer_url or [], concurrency=concurrency,
+                                 model=model, threads=threads, ctx=ctx, models_dir=models_dir,
+                                 repeats=repeats, max_tokens=max_tokens)
     benchmark.main(config, json_file, plot_file, console=out, log=_note)
 
 

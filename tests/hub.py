@@ -30,6 +30,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
+from llmkit.store import sha256_file
+
 _CHUNK = 256 * 1024
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<file>.+)$")
 _TREE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<revision>[^/]+)(/(?P<path>.*))?$")
@@ -101,7 +103,7 @@ class Hub:
         if (path is None) == (data is None):
             raise ValueError("give exactly one of path and data")
         if path is not None:
-            size, sha = path.stat().st_size, sha256 or _sha256_file(path)
+            size, sha = path.stat().st_size, sha256 or sha256_file(path)
         else:
             assert data is not None
             size, sha = len(data), hashlib.sha256(data).hexdigest()
@@ -136,14 +138,6 @@ class Hub:
                 return None
             self.cut_times -= 1
             return self.cut_after
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _Handler(BaseHTTPRequestHandler):

