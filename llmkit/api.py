@@ -35,9 +35,15 @@ class BadRequest(Exception):
         self.param = param
 
 
-def openai_error(status: int, message: str, *, kind: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> JSONResponse:
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """An error in the shape the OpenAI API (and so every OpenAI SDK) understands."""
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -78,28 +84,38 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, message in enumerate(messages):
         role = message.get("role")
         if role not in _ROLES:
-            raise BadRequest(f"messages[{i}].role must be one of {sorted(_ROLES)}, not {role!r}",
-                             param=f"messages[{i}].role")
+            raise BadRequest(
+                f"messages[{i}].role must be one of {sorted(_ROLES)}, not {role!r}",
+                param=f"messages[{i}].role",
+            )
         content = message.get("content")
         if isinstance(content, list):
             texts = []
             for part in content:
                 if not isinstance(part, dict) or part.get("type") != "text":
                     kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise BadRequest(f"messages[{i}] has a {kind!r} part; this model takes text only",
-                                     param=f"messages[{i}].content")
+                    raise BadRequest(
+                        f"messages[{i}] has a {kind!r} part; this model takes text only",
+                        param=f"messages[{i}].content",
+                    )
                 texts.append(str(part.get("text", "")))
             content = "".join(texts)
         elif content is not None and not isinstance(content, str):
-            raise BadRequest(f"messages[{i}].content must be a string or a list of text parts",
-                             param=f"messages[{i}].content")
+            raise BadRequest(
+                f"messages[{i}].content must be a string or a list of text parts",
+                param=f"messages[{i}].content",
+            )
         elif content is None and role != "assistant":
             raise BadRequest(f"messages[{i}].content is missing", param=f"messages[{i}].content")
-        out.append({**message, "role": "system" if role == "developer" else role, "content": content})
+        out.append(
+            {**message, "role": "system" if role == "developer" else role, "content": content}
+        )
     return out
 
 
-def grammar_for(response_format: dict[str, Any] | None, grammar: str | None) -> llama_cpp.LlamaGrammar | None:
+def grammar_for(
+    response_format: dict[str, Any] | None, grammar: str | None
+) -> llama_cpp.LlamaGrammar | None:
     """The grammar that forces JSON (or the schema) when asked; compiled here so errors are 400s."""
     try:
         if grammar is not None:
@@ -110,21 +126,29 @@ def grammar_for(response_format: dict[str, Any] | None, grammar: str | None) -> 
         if kind == "json_object":
             schema = response_format.get("schema")
             if schema is None:
-                return llama_cpp.LlamaGrammar.from_string(llama_cpp.llama_grammar.JSON_GBNF, verbose=False)
+                return llama_cpp.LlamaGrammar.from_string(
+                    llama_cpp.llama_grammar.JSON_GBNF, verbose=False
+                )
             return llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
         if kind == "json_schema":
             spec = response_format.get("json_schema") or {}
             schema = spec.get("schema") if isinstance(spec, dict) else None
             if not isinstance(schema, dict):
-                raise BadRequest("response_format.json_schema.schema must be a JSON schema object",
-                                 param="response_format")
+                raise BadRequest(
+                    "response_format.json_schema.schema must be a JSON schema object",
+                    param="response_format",
+                )
             return llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
     except BadRequest:
         raise
     except Exception as exc:  # noqa: BLE001 - llama.cpp's grammar errors are the user's to fix
-        raise BadRequest(f"could not build a grammar from this request: {exc}", param="response_format") from None
-    raise BadRequest(f"response_format.type must be text, json_object or json_schema, not {kind!r}",
-                     param="response_format")
+        raise BadRequest(
+            f"could not build a grammar from this request: {exc}", param="response_format"
+        ) from None
+    raise BadRequest(
+        f"response_format.type must be text, json_object or json_schema, not {kind!r}",
+        param="response_format",
+    )
 
 
 def seeds_for(seed: int | None, n: int) -> list[int]:
@@ -138,8 +162,20 @@ def seeds_for(seed: int | None, n: int) -> list[int]:
     return [(seed + i) % 2**32 for i in range(n)]
 
 
-_DROP = {"n", "best_of", "stream", "stream_options", "user", "logit_bias_type", "min_tokens", "model",
-         "max_completion_tokens", "response_format", "grammar", "seed"}
+_DROP = {
+    "n",
+    "best_of",
+    "stream",
+    "stream_options",
+    "user",
+    "logit_bias_type",
+    "min_tokens",
+    "model",
+    "max_completion_tokens",
+    "response_format",
+    "grammar",
+    "seed",
+}
 
 
 def llama_kwargs(body: _Common) -> dict[str, Any]:
@@ -163,16 +199,28 @@ def llama_kwargs(body: _Common) -> dict[str, Any]:
 
 def _usage(job: Job) -> dict[str, int]:
     u = job.usage
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.prompt_tokens + u.completion_tokens}
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    }
 
 
 Work = Callable[[Job], Iterator[dict[str, Any]]]
 
 
-def generation_work(call: Callable[..., Any], prompts: list[Any], kwargs: dict[str, Any], *,
-                    n: int, seed: int | None, stream: bool, include_usage: bool, model: str,
-                    kind: Literal["chat.completion", "text_completion"]) -> Work:
+def generation_work(
+    call: Callable[..., Any],
+    prompts: list[Any],
+    kwargs: dict[str, Any],
+    *,
+    n: int,
+    seed: int | None,
+    stream: bool,
+    include_usage: bool,
+    model: str,
+    kind: Literal["chat.completion", "text_completion"],
+) -> Work:
     """The job for a chat or text completion: every prompt times n choices, each generated in full."""
     prefix = "chatcmpl" if kind == "chat.completion" else "cmpl"
     chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else "text_completion"
@@ -199,11 +247,23 @@ def generation_work(call: Callable[..., Any], prompts: list[Any], kwargs: dict[s
                 if i == 0:  # n choices share one prompt: count it once
                     job.usage.prompt_tokens += job.usage.last_prompt_tokens
         if stream and include_usage:
-            yield {"id": cid, "object": chunk_kind, "created": created, "model": model,
-                   "choices": [], "usage": _usage(job)}
+            yield {
+                "id": cid,
+                "object": chunk_kind,
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": _usage(job),
+            }
         elif not stream:
-            yield {"id": cid, "object": kind, "created": created, "model": model,
-                   "choices": choices, "usage": _usage(job)}
+            yield {
+                "id": cid,
+                "object": kind,
+                "created": created,
+                "model": model,
+                "choices": choices,
+                "usage": _usage(job),
+            }
 
     return work
 
@@ -223,13 +283,15 @@ class Api:
 
     def router(self) -> APIRouter:
         router = APIRouter()
-        guarded = {"dependencies": [Depends(self.check_key)]}
         router.add_api_route("/health", self.health, methods=["GET"])
-        router.add_api_route("/v1/models", self.models, methods=["GET"], **guarded)
-        router.add_api_route("/v1/models/{model_id:path}", self.model, methods=["GET"], **guarded)
-        router.add_api_route("/v1/chat/completions", self.chat, methods=["POST"], **guarded)
-        router.add_api_route("/v1/completions", self.completions, methods=["POST"], **guarded)
-        router.add_api_route("/v1/embeddings", self.embeddings, methods=["POST"], **guarded)
+        key = [Depends(self.check_key)]
+        v1 = APIRouter(prefix="/v1", dependencies=key)
+        v1.add_api_route("/models", self.models, methods=["GET"])
+        v1.add_api_route("/models/{model_id:path}", self.model, methods=["GET"])
+        v1.add_api_route("/chat/completions", self.chat, methods=["POST"])
+        v1.add_api_route("/completions", self.completions, methods=["POST"])
+        v1.add_api_route("/embeddings", self.embeddings, methods=["POST"])
+        router.include_router(v1)
         return router
 
     async def check_key(self, request: Request) -> None:
@@ -243,8 +305,12 @@ class Api:
     async def health(self) -> JSONResponse:
         # Never touches the model: answers while a generation runs, and says when we are draining.
         status = "shutting_down" if self.shutting_down else "ok"
-        body = {"status": status, "model": self.model_name, "busy": self.engine.busy,
-                "waiting": self.engine.waiting}
+        body = {
+            "status": status,
+            "model": self.model_name,
+            "busy": self.engine.busy,
+            "waiting": self.engine.waiting,
+        }
         return JSONResponse(body, status_code=503 if self.shutting_down else 200)
 
     def _model_card(self, model_id: str) -> dict[str, Any]:
@@ -260,10 +326,17 @@ class Api:
     async def chat(self, request: Request, body: ChatRequest) -> Any:
         kwargs = llama_kwargs(body)
         messages = kwargs.pop("messages")
-        work = generation_work(self.engine.llama.create_chat_completion, [{"messages": messages}], kwargs,
-                               n=body.n, seed=body.seed, stream=body.stream,
-                               include_usage=bool(body.stream_options and body.stream_options.include_usage),
-                               model=body.model or self.model_name, kind="chat.completion")
+        work = generation_work(
+            self.engine.llama.create_chat_completion,
+            [{"messages": messages}],
+            kwargs,
+            n=body.n,
+            seed=body.seed,
+            stream=body.stream,
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            model=body.model or self.model_name,
+            kind="chat.completion",
+        )
         return await self._respond(request, work, body.stream)
 
     async def completions(self, request: Request, body: CompletionRequest) -> Any:
@@ -273,10 +346,17 @@ class Api:
             prompts = [{"prompt": p} for p in prompt]
         else:
             prompts = [{"prompt": prompt}]
-        work = generation_work(self.engine.llama.create_completion, prompts, kwargs,
-                               n=body.n, seed=body.seed, stream=body.stream,
-                               include_usage=bool(body.stream_options and body.stream_options.include_usage),
-                               model=body.model or self.model_name, kind="text_completion")
+        work = generation_work(
+            self.engine.llama.create_completion,
+            prompts,
+            kwargs,
+            n=body.n,
+            seed=body.seed,
+            stream=body.stream,
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            model=body.model or self.model_name,
+            kind="text_completion",
+        )
         return await self._respond(request, work, body.stream)
 
     async def embeddings(self, request: Request) -> Any:
@@ -296,39 +376,72 @@ class Api:
         try:
             job = self.engine.submit(work)
         except QueueFull as exc:
-            return openai_error(503, f"server busy: {exc}; retry shortly", kind="server_busy",
-                                code="queue_full", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            return openai_error(
+                503,
+                f"server busy: {exc}; retry shortly",
+                kind="server_busy",
+                code="queue_full",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         except ShuttingDown as exc:
-            return openai_error(503, str(exc), kind="server_busy", code="shutting_down",
-                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+            return openai_error(
+                503,
+                str(exc),
+                kind="server_busy",
+                code="shutting_down",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         events = aiter(job)
         try:
             # Wait (through the queue and the prompt) for the first event: a request that fails
             # before its first token gets a proper status code, not a broken stream.
             first = await _until_disconnect(request, anext(events))
         except StopAsyncIteration:
-            return openai_error(503, "the server is shutting down", kind="server_busy",
-                                code="shutting_down")
+            return openai_error(
+                503, "the server is shutting down", kind="server_busy", code="shutting_down"
+            )
         except BaseException:
             job.cancel()
             raise
         if not stream:
             return JSONResponse(first)
-        return StreamingResponse(self._stream(job, first, events), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            self._stream(job, first, events),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
-    async def _stream(self, job: Job, first: Any, events: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, job: Job, first: Any, events: AsyncIterator[Any]
+    ) -> AsyncIterator[bytes]:
         try:
             yield _sse(first)
             async for item in events:
                 yield _sse(item)
             if job.cancelled.is_set():  # cut by shutdown after the grace period: say so
-                yield _sse({"error": {"message": "the server shut down before this response finished",
-                                      "type": "server_error", "param": None, "code": "shutting_down"}})
+                yield _sse(
+                    {
+                        "error": {
+                            "message": "the server shut down before this response finished",
+                            "type": "server_error",
+                            "param": None,
+                            "code": "shutting_down",
+                        }
+                    }
+                )
                 return
             yield _sse("[DONE]")
         except Exception as exc:  # noqa: BLE001 - the status line is sent; report in-band
-            yield _sse({"error": {"message": str(exc), "type": "server_error", "param": None, "code": None}})
+            yield _sse(
+                {
+                    "error": {
+                        "message": str(exc),
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            )
         finally:
             job.cancel()  # a client that went away frees the model within a token
 

@@ -153,7 +153,9 @@ def resolve(ref: str, catalog: Catalog) -> Reference:
     parts = ref.split("/")
     if len(parts) >= 3 and ref.endswith(".gguf") and all(parts):
         repo, file = "/".join(parts[:2]), "/".join(parts[2:])
-        return catalog.by_file(repo, file) or ModelSpec(name=file.removesuffix(".gguf"), repo=repo, file=file)
+        return catalog.by_file(repo, file) or ModelSpec(
+            name=file.removesuffix(".gguf"), repo=repo, file=file
+        )
     if len(parts) == 2 and ":" in parts[1] and all(parts):
         repo, _, quant = ref.partition(":")
         if quant:
@@ -176,7 +178,9 @@ def pick_quant_file(files: list[str], repo: str, quant: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        quants = sorted({q for f in ggufs for q in re.findall(r"(?i)(i?q\d[\w]*|f16|bf16|f32)", Path(f).stem)})
+        quants = sorted(
+            {q for f in ggufs for q in re.findall(r"(?i)(i?q\d[\w]*|f16|bf16|f32)", Path(f).stem)}
+        )
         have = f" It has: {', '.join(quants)}." if quants else " It has no .gguf files."
         raise UnknownModel(f"{repo} has no .gguf file for quant '{quant}'.{have}")
     raise UnknownModel(

@@ -57,8 +57,10 @@ def explain(exc: openai.APIError, url: str) -> LlmkitError:
     if isinstance(exc, openai.APIConnectionError):
         return ServerUnreachable(f"no server at {url} — start one with: llmkit serve --model NAME")
     if isinstance(exc, openai.AuthenticationError):
-        return LlmkitError(f"the server at {url} refused the API key (401): it is wrong or "
-                           "missing; pass --api-key or set LLMKIT_API_KEY")
+        return LlmkitError(
+            f"the server at {url} refused the API key (401): it is wrong or "
+            "missing; pass --api-key or set LLMKIT_API_KEY"
+        )
     body = exc.body
     message = body.get("message") if isinstance(body, dict) else body
     message = " ".join(str(message or exc.message).split())[:500]
@@ -121,8 +123,10 @@ def parse_conversation(data: Any) -> list[dict[str, str]]:
         role = message.get("role") if isinstance(message, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
         if role not in ROLES or not isinstance(content, str):
-            raise LlmkitError(f"not a conversation: message {i} needs a role ({', '.join(ROLES)}) "
-                              "and a text content")
+            raise LlmkitError(
+                f"not a conversation: message {i} needs a role ({', '.join(ROLES)}) "
+                "and a text content"
+            )
         out.append({"role": role, "content": content})
     return out
 
@@ -140,14 +144,24 @@ class ChatSession:
             print(chat.ask("Hello!").text)
     """
 
-    def __init__(self, url: str | None = None, api_key: str | None = None, *,
-                 model: str | None = None, system: str | None = None,
-                 temperature: float | None = None, max_tokens: int | None = None,
-                 seed: int | None = None, json_mode: bool = False,
-                 client: openai.OpenAI | None = None, timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        json_mode: bool = False,
+        client: openai.OpenAI | None = None,
+        timeout: float = 600.0,
+    ) -> None:
         if client is None:
-            client = openai.OpenAI(base_url=resolve_url(url), api_key=resolve_api_key(api_key),
-                                   timeout=timeout)
+            client = openai.OpenAI(
+                base_url=resolve_url(url), api_key=resolve_api_key(api_key), timeout=timeout
+            )
         self.client = client
         self.url = str(client.base_url).rstrip("/")
         self._model = model
@@ -211,8 +225,12 @@ class ChatSession:
             options["response_format"] = {"type": "json_object"}
         return options
 
-    def ask(self, prompt: str, on_text: Callable[[str], None] | None = None,
-            stop: threading.Event | None = None) -> Answer:
+    def ask(
+        self,
+        prompt: str,
+        on_text: Callable[[str], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> Answer:
         """Ask `prompt`, pass each piece of the answer to `on_text` as it comes, return the Answer.
 
         Setting `stop` (from another thread) ends the answer after the current piece. A
@@ -225,8 +243,9 @@ class ChatSession:
         assert self.last is not None
         return self.last
 
-    def stream(self, prompt: str,
-               stop: threading.Event | None = None) -> Generator[str, None, None]:
+    def stream(
+        self, prompt: str, stop: threading.Event | None = None
+    ) -> Generator[str, None, None]:
         """Ask `prompt` and yield the answer's text as it arrives; its Answer is then `self.last`.
 
         Closing the iterator early closes the HTTP response, so the server stops generating.
@@ -242,8 +261,12 @@ class ChatSession:
         response = None
         try:
             response = self.client.chat.completions.create(  # type: ignore[call-overload]
-                model=model, messages=list(self.messages), stream=True,
-                stream_options={"include_usage": True}, **self.options())
+                model=model,
+                messages=list(self.messages),
+                stream=True,
+                stream_options={"include_usage": True},
+                **self.options(),
+            )
             for chunk in response:
                 if chunk.usage is not None:
                     usage = chunk.usage
@@ -271,8 +294,16 @@ class ChatSession:
                 response.close()
             self._record(pieces, completed, failed, started, first, usage, finish)
 
-    def _record(self, pieces: list[str], completed: bool, failed: bool, started: float,
-                first: float | None, usage: Any, finish: str | None) -> None:
+    def _record(
+        self,
+        pieces: list[str],
+        completed: bool,
+        failed: bool,
+        started: float,
+        first: float | None,
+        usage: Any,
+        finish: str | None,
+    ) -> None:
         text = "".join(pieces)
         if text or completed:
             self.messages.append({"role": "assistant", "content": text})
@@ -281,13 +312,16 @@ class ChatSession:
         if failed and not text:
             return  # nothing was generated, so there is nothing to measure
         self.last = Answer(
-            text=text, seconds_to_first_token=first,
+            text=text,
+            seconds_to_first_token=first,
             # llama.cpp streams one token per chunk, so counting chunks is a fair fallback.
             completion_tokens=usage.completion_tokens if usage is not None else len(pieces),
             total_seconds=time.perf_counter() - started,
             prompt_tokens=usage.prompt_tokens if usage is not None else None,
-            tokens_counted=usage is None, finish_reason=finish if completed else None,
-            interrupted=not completed)
+            tokens_counted=usage is None,
+            finish_reason=finish if completed else None,
+            interrupted=not completed,
+        )
         self.answers.append(self.last)
 
     def save(self, path: str | Path) -> None:

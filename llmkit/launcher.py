@@ -40,9 +40,16 @@ def serve_args(model: str, host: str, port: int, options: dict[str, Any]) -> lis
 
 
 @contextlib.contextmanager
-def serve(model: str, *, host: str = "127.0.0.1", port: int | None = None, api_key: str | None = None,
-          startup_timeout: float = 300.0, env: dict[str, str] | None = None,
-          **options: Any) -> Iterator[openai.OpenAI]:
+def serve(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    api_key: str | None = None,
+    startup_timeout: float = 300.0,
+    env: dict[str, str] | None = None,
+    **options: Any,
+) -> Iterator[openai.OpenAI]:
     """Start `llmkit serve` on a free port, wait until it is ready, yield an OpenAI client for it.
 
     The server is stopped (SIGTERM, then SIGKILL if it lingers) when the block exits, also on an
@@ -54,9 +61,13 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int | None = None, api_k
         options["api_key"] = api_key
     log = Path(tempfile.mkstemp(prefix="llmkit-serve-", suffix=".log")[1])
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "llmkit", *serve_args(model, host, port, options)],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmkit", *serve_args(model, host, port, options)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
     base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     try:
         _wait_ready(proc, f"{base}/health", log, startup_timeout)

@@ -35,13 +35,30 @@ stays in the conversation); Ctrl-C or Ctrl-D at the prompt leaves.
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # never break a message in two
 
 
-def run(prompt: str | None = None, *, url: str | None = None, api_key: str | None = None,
-        model: str | None = None, system: str | None = None, temperature: float | None = None,
-        max_tokens: int | None = None, seed: int | None = None, json_mode: bool = False,
-        quiet: bool = False) -> None:
+def run(
+    prompt: str | None = None,
+    *,
+    url: str | None = None,
+    api_key: str | None = None,
+    model: str | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    json_mode: bool = False,
+    quiet: bool = False,
+) -> None:
     """`llmkit chat`: answer PROMPT and/or piped stdin once, else chat interactively."""
-    session = ChatSession(url, api_key, model=model, system=system, temperature=temperature,
-                          max_tokens=max_tokens, seed=seed, json_mode=json_mode)
+    session = ChatSession(
+        url,
+        api_key,
+        model=model,
+        system=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        seed=seed,
+        json_mode=json_mode,
+    )
     piped = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read().strip()
     if prompt is None and piped is None:
         Repl(session).loop()
@@ -116,7 +133,11 @@ def parse_setting(name: str, value: str) -> tuple[str, object]:
     name = name.lower().replace("-", "_")
     unset = value.lower() in ("default", "none", "")
     kinds: dict[str, Callable[[str], object]] = {
-        "temperature": float, "max_tokens": int, "seed": int, "model": str}
+        "temperature": float,
+        "max_tokens": int,
+        "seed": int,
+        "model": str,
+    }
     if name == "json":
         if value.lower() not in ("on", "off", "true", "false", "yes", "no", "1", "0"):
             raise LlmkitError("json takes on or off")
@@ -128,8 +149,9 @@ def parse_setting(name: str, value: str) -> tuple[str, object]:
     try:
         return name, kinds[name](value)
     except ValueError:
-        raise LlmkitError(f"{name} takes {'a number' if name == 'temperature' else 'an integer'}, "
-                          f"not {value!r}") from None
+        raise LlmkitError(
+            f"{name} takes {'a number' if name == 'temperature' else 'an integer'}, not {value!r}"
+        ) from None
 
 
 class Repl:
@@ -142,8 +164,12 @@ class Repl:
     def loop(self) -> None:
         # Before the first prompt, so that no server or a wrong key is one line and exit 1.
         self.session.server_models()
-        err.print(f"llmkit chat: {self.session.model} at {self.session.url} · /help for commands, "
-                  "/bye to leave", style="dim", markup=False)
+        err.print(
+            f"llmkit chat: {self.session.model} at {self.session.url} · /help for commands, "
+            "/bye to leave",
+            style="dim",
+            markup=False,
+        )
         with line_editing(self.history):
             while True:
                 try:
@@ -162,12 +188,12 @@ class Repl:
         line = input(PROMPT)
         if not line.lstrip().startswith(FENCE):
             return line.strip()
-        rest = line.lstrip()[len(FENCE):]
+        rest = line.lstrip()[len(FENCE) :]
         lines = []
         while not rest.rstrip().endswith(FENCE):
             lines.append(rest)
             rest = input(MORE)
-        lines.append(rest.rstrip()[:-len(FENCE)])
+        lines.append(rest.rstrip()[: -len(FENCE)])
         return "\n".join(lines).strip("\n")
 
     def turn(self, text: str) -> None:
@@ -221,8 +247,11 @@ class Repl:
                     parsed = session.model  # unset: the server's first model again
                 elif attribute == "json_mode":
                     parsed = "on" if parsed else "off"
-                err.print(f"{setting} = {'default' if parsed is None else parsed}", style="dim",
-                          markup=False)
+                err.print(
+                    f"{setting} = {'default' if parsed is None else parsed}",
+                    style="dim",
+                    markup=False,
+                )
             elif name == "/stats":
                 err.print(self.stats(), markup=False)
             else:
@@ -240,11 +269,15 @@ class Repl:
         answers = s.answers
         tokens = sum(a.completion_tokens for a in answers)
         seconds = sum(a.total_seconds for a in answers)
-        lines = [f"url          {s.url}", f"model        {s.model}",
-                 f"temperature  {shown(s.temperature)}", f"max_tokens   {shown(s.max_tokens)}",
-                 f"seed         {'random' if s.seed is None else s.seed}",
-                 f"json         {'on' if s.json_mode else 'off'}",
-                 f"messages     {len(s.messages)}{' (with a system prompt)' if s.system else ''}",
-                 f"last answer  {format_stats(s.last) if s.last else 'none yet'}",
-                 f"session      {len(answers)} answers · {tokens} tokens · {seconds:.2f} s"]
+        lines = [
+            f"url          {s.url}",
+            f"model        {s.model}",
+            f"temperature  {shown(s.temperature)}",
+            f"max_tokens   {shown(s.max_tokens)}",
+            f"seed         {'random' if s.seed is None else s.seed}",
+            f"json         {'on' if s.json_mode else 'off'}",
+            f"messages     {len(s.messages)}{' (with a system prompt)' if s.system else ''}",
+            f"last answer  {format_stats(s.last) if s.last else 'none yet'}",
+            f"session      {len(answers)} answers · {tokens} tokens · {seconds:.2f} s",
+        ]
         return "\n".join(lines)

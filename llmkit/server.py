@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import sys
 import threading
@@ -16,8 +17,13 @@ from llmkit import settings
 from llmkit.errors import LlmkitError
 
 # llama_cpp.server's generation and model routes: llmkit's replace them (see api.py for why).
-_REPLACED_ROUTES = {"/v1/completions", "/v1/engines/copilot-codex/completions", "/v1/chat/completions",
-                    "/v1/models", "/v1/embeddings"}
+_REPLACED_ROUTES = {
+    "/v1/completions",
+    "/v1/engines/copilot-codex/completions",
+    "/v1/chat/completions",
+    "/v1/models",
+    "/v1/embeddings",
+}
 
 
 @dataclass
@@ -49,21 +55,27 @@ class Prepared:
 
 def prepare(config: ServeConfig, log: Any = print) -> Prepared:
     """Resolve the model (pulling it unless offline), pick context and chat format, check memory."""
-    from llmkit.catalog import LocalModel, load_catalog, resolve
+    from llmkit.catalog import load_catalog, resolve
     from llmkit.modelinfo import check_fits, read_model_info
     from llmkit.store import Store
 
     catalog = load_catalog()
     reference = resolve(config.model, catalog)
-    store = Store(config.models_dir or settings.default_models_dir(),
-                  offline=config.offline or settings.hub_offline())
+    store = Store(
+        config.models_dir or settings.default_models_dir(),
+        offline=config.offline or settings.hub_offline(),
+    )
     pulled = store.ensure(reference, log=log, show_progress=sys.stderr.isatty())
     spec = pulled.spec
     info = read_model_info(pulled.path)
     if config.ctx is not None:
         n_ctx = config.ctx
     else:
-        trained = (spec.context_length if spec else None) or info.context_length or settings.DEFAULT_CTX_CAP
+        trained = (
+            (spec.context_length if spec else None)
+            or info.context_length
+            or settings.DEFAULT_CTX_CAP
+        )
         n_ctx = min(trained, settings.DEFAULT_CTX_CAP)
     chat_format = config.chat_format or (spec.chat_format if spec else None)
     if chat_format is None and not info.chat_template:
@@ -76,10 +88,14 @@ def prepare(config: ServeConfig, log: Any = print) -> Prepared:
 
         known = LlamaChatCompletionHandlerRegistry()._chat_handlers
         if chat_format not in known:
-            raise LlmkitError(f"unknown chat format {chat_format!r}; known: {', '.join(sorted(known))}")
+            raise LlmkitError(
+                f"unknown chat format {chat_format!r}; known: {', '.join(sorted(known))}"
+            )
     check_fits(info, n_ctx)
     name = spec.name if spec else pulled.path.stem
-    return Prepared(name, pulled.path, config.threads or settings.physical_cores(), n_ctx, chat_format)
+    return Prepared(
+        name, pulled.path, config.threads or settings.physical_cores(), n_ctx, chat_format
+    )
 
 
 def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyped-def]
@@ -93,15 +109,25 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
     from llmkit.engine import Engine
 
     # Drop the routes llmkit replaces from llama_cpp.server's router before the app includes it.
-    llama_server.router.routes[:] = [r for r in llama_server.router.routes
-                                     if getattr(r, "path", None) not in _REPLACED_ROUTES]
+    llama_server.router.routes[:] = [
+        r for r in llama_server.router.routes if getattr(r, "path", None) not in _REPLACED_ROUTES
+    ]
     app = llama_server.create_app(
-        server_settings=ServerSettings(host=config.host, port=config.port, api_key=config.api_key,
-                                       interrupt_requests=False),
-        model_settings=[ModelSettings(model=str(prepared.path), model_alias=prepared.name,
-                                      n_ctx=prepared.n_ctx, n_threads=prepared.threads,
-                                      n_threads_batch=prepared.threads, n_gpu_layers=0,
-                                      chat_format=prepared.chat_format, verbose=config.verbose)],
+        server_settings=ServerSettings(
+            host=config.host, port=config.port, api_key=config.api_key, interrupt_requests=False
+        ),
+        model_settings=[
+            ModelSettings(
+                model=str(prepared.path),
+                model_alias=prepared.name,
+                n_ctx=prepared.n_ctx,
+                n_threads=prepared.threads,
+                n_threads_batch=prepared.threads,
+                n_gpu_layers=0,
+                chat_format=prepared.chat_format,
+                verbose=config.verbose,
+            )
+        ],
     )
     llama = llama_server._llama_proxy(None)  # type: ignore[misc]  # the model create_app loaded
     engine = Engine(llama, max_queue=config.max_queue)
@@ -112,8 +138,13 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
     async def invalid(_: Any, exc: RequestValidationError) -> Any:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return openai_error(400, f"{where}: {first.get('msg', 'invalid request')}" if where
-                            else str(first.get("msg", "invalid request")), param=where or None)
+        return openai_error(
+            400,
+            f"{where}: {first.get('msg', 'invalid request')}"
+            if where
+            else str(first.get("msg", "invalid request")),
+            param=where or None,
+        )
 
     @app.exception_handler(BadRequest)
     async def bad_request(_: Any, exc: BadRequest) -> Any:
@@ -126,8 +157,11 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
 
     @app.exception_handler(Unauthorized)
     async def unauthorized(_: Any, exc: Unauthorized) -> Any:
-        return openai_error(401, "invalid or missing API key (send Authorization: Bearer KEY)",
-                            code="invalid_api_key")
+        return openai_error(
+            401,
+            "invalid or missing API key (send Authorization: Bearer KEY)",
+            code="invalid_api_key",
+        )
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Any, exc: HTTPException) -> Any:
@@ -171,8 +205,12 @@ def run(config: ServeConfig) -> None:
     from llmkit.notify import notify
 
     if not is_loopback(config.host) and not config.api_key:
-        print(f"warning: serving on {config.host} without an API key: anyone who can reach this "
-              "port can use the model (set --api-key or --api-key-file)", file=sys.stderr, flush=True)
+        print(
+            f"warning: serving on {config.host} without an API key: anyone who can reach this "
+            "port can use the model (set --api-key or --api-key-file)",
+            file=sys.stderr,
+            flush=True,
+        )
     prepared = prepare(config, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(banner(config, prepared), flush=True)
     app, api, engine = build_app(config, prepared)
@@ -181,14 +219,20 @@ def run(config: ServeConfig) -> None:
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.started:
-                print(f"ready: {prepared.name} on http://{_url_host(config.host)}:{config.port}/v1", flush=True)
+                print(
+                    f"ready: {prepared.name} on http://{_url_host(config.host)}:{config.port}/v1",
+                    flush=True,
+                )
                 notify("READY=1")
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             if not api.shutting_down:
                 api.shutting_down = True
                 notify("STOPPING=1")
-                print(f"shutting down: finishing accepted requests (at most {config.grace:g} s)", flush=True)
+                print(
+                    f"shutting down: finishing accepted requests (at most {config.grace:g} s)",
+                    flush=True,
+                )
                 # After the grace period, stop what still runs, so that each unfinished response
                 # ends with an error event instead of being cut by uvicorn's task cancellation.
                 timer = threading.Timer(config.grace, engine.close)
@@ -203,16 +247,24 @@ def run(config: ServeConfig) -> None:
             if threading.current_thread() is not threading.main_thread():
                 yield
                 return
-            previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            previous = {
+                s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)
+            }
             try:
                 yield
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-    uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
-                               access_log=True, timeout_graceful_shutdown=config.grace + 3,
-                               timeout_keep_alive=5)
+    uv_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="info",
+        access_log=True,
+        timeout_graceful_shutdown=math.ceil(config.grace) + 3,
+        timeout_keep_alive=5,
+    )
     server = Server(uv_config)
     try:
         server.run()

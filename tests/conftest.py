@@ -29,11 +29,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_llmkit(*args: str, env: dict[str, str] | None = None, input: str | None = None,
-               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_llmkit(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI (`python -m llmkit ...`) and capture what a user would see."""
-    return subprocess.run([sys.executable, "-m", "llmkit", *args], env=env or clean_env(), input=input,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "llmkit", *args],
+        env=env or clean_env(),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +61,11 @@ def models_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def env(models_dir: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
     """A child environment whose store and catalog overrides live in this test's temp dir."""
-    yield clean_env(LLMKIT_MODELS_DIR=str(models_dir), LLMKIT_CATALOG_DIR=str(tmp_path / "catalog"),
-                    HF_HOME=str(tmp_path / "hf-home"))
+    yield clean_env(
+        LLMKIT_MODELS_DIR=str(models_dir),
+        LLMKIT_CATALOG_DIR=str(tmp_path / "catalog"),
+        HF_HOME=str(tmp_path / "hf-home"),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +85,11 @@ def llmkit_server(server_models_dir: Path) -> Iterator[Any]:
     """
     import llmkit
 
-    with llmkit.serve("gemma-3-270m", threads=2, ctx=4096, offline=True,
-                      env=clean_env(LLMKIT_MODELS_DIR=str(server_models_dir))) as client:
+    with llmkit.serve(
+        "gemma-3-270m",
+        threads=2,
+        ctx=4096,
+        offline=True,
+        env=clean_env(LLMKIT_MODELS_DIR=str(server_models_dir)),
+    ) as client:
         yield client

@@ -94,8 +94,16 @@ class Hub:
     page_size: int = 1000  # entries per page of the tree listing
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, repo: str, name: str, *, path: Path | None = None, data: bytes | None = None,
-            sha256: str | None = None, lfs: bool | None = None) -> HubFile:
+    def add(
+        self,
+        repo: str,
+        name: str,
+        *,
+        path: Path | None = None,
+        data: bytes | None = None,
+        sha256: str | None = None,
+        lfs: bool | None = None,
+    ) -> HubFile:
         """Publish a file from disk or from bytes; .gguf files are LFS files.
 
         A file on disk is hashed here unless its sha256 is given (the gemma file is big).
@@ -126,8 +134,13 @@ class Hub:
 
     def gets(self, name: str | None = None) -> list[Request]:
         """GETs of file bodies (resolve URLs), optionally only those of one file."""
-        return [r for r in list(self.requests) if r.method == "GET" and "/resolve/" in r.path
-                and (name is None or r.path.endswith("/" + name))]
+        return [
+            r
+            for r in list(self.requests)
+            if r.method == "GET"
+            and "/resolve/" in r.path
+            and (name is None or r.path.endswith("/" + name))
+        ]
 
     def bytes_sent(self, name: str | None = None) -> int:
         return sum(r.sent for r in self.gets(name))
@@ -190,8 +203,14 @@ class _Handler(BaseHTTPRequestHandler):
         if body and request.range:
             match = _RANGE.match(request.range.strip())
             if not match or int(match[1]) >= entry.size:
-                self._error(request, 416, None, "Range not satisfiable", repo,
-                            {"Content-Range": f"bytes */{entry.size}"})
+                self._error(
+                    request,
+                    416,
+                    None,
+                    "Range not satisfiable",
+                    repo,
+                    {"Content-Range": f"bytes */{entry.size}"},
+                )
                 return
             start = int(match[1])
             end = min(int(match[2]), entry.size - 1) if match[2] else entry.size - 1
@@ -295,8 +314,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- errors as the Hub sends them ------------------------------------------------------
 
-    def _error(self, request: Request, status: int, code: str | None, message: str,
-               repo: str | None = None, extra: dict[str, str] | None = None) -> None:
+    def _error(
+        self,
+        request: Request,
+        status: int,
+        code: str | None,
+        message: str,
+        repo: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         payload = json.dumps({"error": message}).encode()
         request.status = status
         self.send_response(status)

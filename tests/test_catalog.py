@@ -109,8 +109,9 @@ def test_an_alias_resolves_case_insensitively(catalog: Catalog) -> None:
 
 def test_owner_repo_file_names_a_file_on_the_hub(catalog: Catalog) -> None:
     ref = resolve("someone/Some-GGUF/some-model.Q5_K_M.gguf", catalog)
-    assert ref == ModelSpec(name="some-model.Q5_K_M", repo="someone/Some-GGUF",
-                            file="some-model.Q5_K_M.gguf")
+    assert ref == ModelSpec(
+        name="some-model.Q5_K_M", repo="someone/Some-GGUF", file="some-model.Q5_K_M.gguf"
+    )
     assert ref.ref == "someone/Some-GGUF/some-model.Q5_K_M.gguf"  # type: ignore[union-attr]
 
 
@@ -132,15 +133,25 @@ def test_owner_repo_quant_names_a_quant_to_look_up(catalog: Catalog) -> None:
     assert ref == QuantRef(repo="bartowski/Qwen-GGUF", quant="Q4_K_M")
 
 
-@pytest.mark.parametrize("ref", ["bartowski/Qwen-GGUF", "bartowski/Qwen-GGUF:", "/Qwen-GGUF:Q4_0",
-                                 "a/b/c.bin", "a//c.gguf", ":Q4_0"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "bartowski/Qwen-GGUF",
+        "bartowski/Qwen-GGUF:",
+        "/Qwen-GGUF:Q4_0",
+        "a/b/c.bin",
+        "a//c.gguf",
+        ":Q4_0",
+    ],
+)
 def test_incomplete_hub_references_are_unknown(catalog: Catalog, ref: str) -> None:
     with pytest.raises(UnknownModel, match="OWNER/REPO/FILE.gguf"):
         resolve(ref, catalog)
 
 
-def test_a_path_to_a_gguf_is_used_where_it_is(catalog: Catalog, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_path_to_a_gguf_is_used_where_it_is(
+    catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = tmp_path / "weights" / "my.gguf"
     model.parent.mkdir()
     model.write_bytes(b"GGUF")
@@ -161,12 +172,18 @@ def test_an_empty_reference_is_refused(catalog: Catalog) -> None:
         resolve("   ", catalog)
 
 
-@pytest.mark.parametrize(("typo", "meant"), [
-    ("gema-3-270m", "gemma-3-270m"), ("gemma3", "gemma-3-270m"),
-    ("llama-2-7b", "llama-2-7b-chat"), ("lama2", "llama-2-7b-chat"),
-])
-def test_an_unknown_name_suggests_close_catalog_names(catalog: Catalog, typo: str,
-                                                      meant: str) -> None:
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("gema-3-270m", "gemma-3-270m"),
+        ("gemma3", "gemma-3-270m"),
+        ("llama-2-7b", "llama-2-7b-chat"),
+        ("lama2", "llama-2-7b-chat"),
+    ],
+)
+def test_an_unknown_name_suggests_close_catalog_names(
+    catalog: Catalog, typo: str, meant: str
+) -> None:
     with pytest.raises(UnknownModel) as info:
         resolve(typo, catalog)
     message = str(info.value)
@@ -197,12 +214,15 @@ REPO_FILES = [
 ]
 
 
-@pytest.mark.parametrize(("quant", "file"), [
-    ("Q4_K_M", "Qwen2.5-7B-Instruct-Q4_K_M.gguf"),
-    ("q4_k_s", "Qwen2.5-7B-Instruct-Q4_K_S.gguf"),
-    ("Q8_0", "Qwen2.5-7B-Instruct-Q8_0.gguf"),
-    ("IQ4_XS", "Qwen2.5-7B-Instruct-IQ4_XS.gguf"),
-])
+@pytest.mark.parametrize(
+    ("quant", "file"),
+    [
+        ("Q4_K_M", "Qwen2.5-7B-Instruct-Q4_K_M.gguf"),
+        ("q4_k_s", "Qwen2.5-7B-Instruct-Q4_K_S.gguf"),
+        ("Q8_0", "Qwen2.5-7B-Instruct-Q8_0.gguf"),
+        ("IQ4_XS", "Qwen2.5-7B-Instruct-IQ4_XS.gguf"),
+    ],
+)
 def test_pick_quant_file_finds_the_one_file_with_the_tag(quant: str, file: str) -> None:
     assert pick_quant_file(REPO_FILES, "Qwen/Qwen-GGUF", quant) == file
 

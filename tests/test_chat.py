@@ -35,8 +35,14 @@ def url_of(client: openai.OpenAI) -> str:
 @pytest.fixture(scope="module")
 def keyed_server(server_models_dir: Path) -> Iterator[openai.OpenAI]:
     """A second server that wants the API key "k"."""
-    with llmkit.serve("gemma-3-270m", api_key="k", threads=1, ctx=512, offline=True,
-                      env=clean_env(LLMKIT_MODELS_DIR=str(server_models_dir))) as client:
+    with llmkit.serve(
+        "gemma-3-270m",
+        api_key="k",
+        threads=1,
+        ctx=512,
+        offline=True,
+        env=clean_env(LLMKIT_MODELS_DIR=str(server_models_dir)),
+    ) as client:
         yield client
 
 
@@ -50,8 +56,14 @@ class Repl:
     """`llmkit chat` in a pseudo-terminal, driven as a person would."""
 
     def __init__(self, *args: str, env: dict[str, str]) -> None:
-        self.child = pexpect.spawn(sys.executable, ["-m", "llmkit", "chat", *args], env=env,
-                                   encoding="utf-8", timeout=60, dimensions=(50, 200))
+        self.child = pexpect.spawn(
+            sys.executable,
+            ["-m", "llmkit", "chat", *args],
+            env=env,
+            encoding="utf-8",
+            timeout=60,
+            dimensions=(50, 200),
+        )
 
     def prompt(self) -> str:
         """Wait for the prompt; return what was printed before it."""
@@ -95,8 +107,17 @@ def test_one_shot_prints_only_the_answer_and_stats_on_stderr(llmkit_server: open
 
 
 def test_one_shot_reads_the_question_from_stdin(llmkit_server: openai.OpenAI) -> None:
-    result = run_llmkit("chat", "--url", url_of(llmkit_server), *SHORT, "--model", "any-name",
-                        "--seed", "3", input="What is the capital of France?\n")
+    result = run_llmkit(
+        "chat",
+        "--url",
+        url_of(llmkit_server),
+        *SHORT,
+        "--model",
+        "any-name",
+        "--seed",
+        "3",
+        input="What is the capital of France?\n",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() and STATS.search(result.stderr)
 
@@ -108,14 +129,29 @@ def test_quiet_leaves_stderr_empty(llmkit_server: openai.OpenAI) -> None:
 
 
 def test_url_comes_from_llmkit_url(llmkit_server: openai.OpenAI) -> None:
-    result = run_llmkit("chat", *SHORT, "-q", "Say hi.", input="",
-                        env=clean_env(LLMKIT_URL=url_of(llmkit_server), OPENAI_BASE_URL="http://127.0.0.1:9/v1"))
+    result = run_llmkit(
+        "chat",
+        *SHORT,
+        "-q",
+        "Say hi.",
+        input="",
+        env=clean_env(LLMKIT_URL=url_of(llmkit_server), OPENAI_BASE_URL="http://127.0.0.1:9/v1"),
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_json_mode_answers_a_json_object(llmkit_server: openai.OpenAI) -> None:
-    result = run_llmkit("chat", "--url", url_of(llmkit_server), "--json", "--max-tokens", "4", "-q",
-                        "A cat, as JSON.", input="")
+    result = run_llmkit(
+        "chat",
+        "--url",
+        url_of(llmkit_server),
+        "--json",
+        "--max-tokens",
+        "4",
+        "-q",
+        "A cat, as JSON.",
+        input="",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.lstrip().startswith("{")
 
@@ -129,7 +165,8 @@ def test_no_server_is_one_line_naming_llmkit_serve_and_exit_1() -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        f"error: no server at {url} — start one with: llmkit serve --model NAME"]
+        f"error: no server at {url} — start one with: llmkit serve --model NAME"
+    ]
 
 
 def test_no_server_stops_the_repl_before_its_prompt(chat_env: dict[str, str]) -> None:
@@ -146,13 +183,15 @@ def test_a_missing_or_wrong_api_key_says_so(keyed_server: openai.OpenAI) -> None
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "API key" in lines[0] and "401" in lines[0], result.stderr
-    right = run_llmkit("chat", "--url", url, *SHORT, "-q", "Hello?", input="",
-                       env=clean_env(LLMKIT_API_KEY="k"))
+    right = run_llmkit(
+        "chat", "--url", url, *SHORT, "-q", "Hello?", input="", env=clean_env(LLMKIT_API_KEY="k")
+    )
     assert right.returncode == 0, right.stderr
 
 
-def test_a_server_error_shows_the_servers_message(llmkit_server: openai.OpenAI,
-                                                  chat_env: dict[str, str]) -> None:
+def test_a_server_error_shows_the_servers_message(
+    llmkit_server: openai.OpenAI, chat_env: dict[str, str]
+) -> None:
     repl = Repl("--url", url_of(llmkit_server), "--max-tokens", "8", env=chat_env)
     repl.prompt()
     repl.say("/set temperature 5")  # --temperature checks the range; /set leaves it to the server
@@ -167,7 +206,8 @@ def test_a_server_error_shows_the_servers_message(llmkit_server: openai.OpenAI,
 
 
 def test_repl_two_turns_keep_history_through_save_clear_and_load(
-        llmkit_server: openai.OpenAI, chat_env: dict[str, str], tmp_path: Path) -> None:
+    llmkit_server: openai.OpenAI, chat_env: dict[str, str], tmp_path: Path
+) -> None:
     repl = Repl("--url", url_of(llmkit_server), *SHORT, env=chat_env)
     banner = repl.prompt()
     assert "gemma-3-270m" in banner and "/help" in banner
@@ -194,8 +234,9 @@ def test_repl_two_turns_keep_history_through_save_clear_and_load(
     assert "Name a fruit." in history and "/bye" in history
 
 
-def test_repl_system_prompt(llmkit_server: openai.OpenAI, chat_env: dict[str, str],
-                            tmp_path: Path) -> None:
+def test_repl_system_prompt(
+    llmkit_server: openai.OpenAI, chat_env: dict[str, str], tmp_path: Path
+) -> None:
     repl = Repl("--url", url_of(llmkit_server), *SHORT, "--system", "You are terse.", env=chat_env)
     repl.prompt()
     repl.ask("Hello.")
@@ -214,9 +255,11 @@ def test_repl_system_prompt(llmkit_server: openai.OpenAI, chat_env: dict[str, st
 
 
 def test_ctrl_c_stops_the_answer_and_the_conversation_goes_on(
-        llmkit_server: openai.OpenAI, chat_env: dict[str, str], tmp_path: Path) -> None:
-    repl = Repl("--url", url_of(llmkit_server), "--temperature", "0", "--max-tokens", "2000",
-                env=chat_env)
+    llmkit_server: openai.OpenAI, chat_env: dict[str, str], tmp_path: Path
+) -> None:
+    repl = Repl(
+        "--url", url_of(llmkit_server), "--temperature", "0", "--max-tokens", "2000", env=chat_env
+    )
     repl.prompt()
     repl.child.sendline(COUNTING)
     repl.child.expect_exact(COUNTING)  # the terminal's echo
@@ -235,8 +278,9 @@ def test_ctrl_c_stops_the_answer_and_the_conversation_goes_on(
     assert repl.exit_status() == 0
 
 
-def test_ctrl_c_or_ctrl_d_at_the_prompt_leaves_cleanly(llmkit_server: openai.OpenAI,
-                                                       chat_env: dict[str, str]) -> None:
+def test_ctrl_c_or_ctrl_d_at_the_prompt_leaves_cleanly(
+    llmkit_server: openai.OpenAI, chat_env: dict[str, str]
+) -> None:
     for leave in ("sendintr", "sendeof"):
         repl = Repl("--url", url_of(llmkit_server), env=chat_env)
         repl.prompt()
@@ -245,8 +289,9 @@ def test_ctrl_c_or_ctrl_d_at_the_prompt_leaves_cleanly(llmkit_server: openai.Ope
         assert "Traceback" not in str(repl.child.before)
 
 
-def test_several_lines_between_triple_quotes(llmkit_server: openai.OpenAI, chat_env: dict[str, str],
-                                             tmp_path: Path) -> None:
+def test_several_lines_between_triple_quotes(
+    llmkit_server: openai.OpenAI, chat_env: dict[str, str], tmp_path: Path
+) -> None:
     repl = Repl("--url", url_of(llmkit_server), *SHORT, env=chat_env)
     repl.prompt()
     repl.child.sendline('"""First line,')
@@ -275,8 +320,15 @@ def test_set_stats_and_help(llmkit_server: openai.OpenAI, chat_env: dict[str, st
     assert "unknown command /nope" in repl.say("/nope")
     repl.ask("Hello.")
     stats = repl.say("/stats")
-    for line in ("model        gemma-3-270m", "temperature  0.0", "max_tokens   6",
-                 "seed         7", "json         off", "messages     2", "session      1 answers"):
+    for line in (
+        "model        gemma-3-270m",
+        "temperature  0.0",
+        "max_tokens   6",
+        "seed         7",
+        "json         off",
+        "messages     2",
+        "session      1 answers",
+    ):
         assert line in stats, stats
     assert STATS.search(stats)
     repl.child.sendline("/bye")

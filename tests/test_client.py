@@ -62,7 +62,9 @@ def test_url_comes_from_the_flag_then_llmkit_url_then_openai_base_url() -> None:
     assert resolve_url("http://flag:3/v1", env) == "http://flag:3/v1"
     assert resolve_url(None, env) == "http://a:1/v1"
     assert resolve_url(None, {"OPENAI_BASE_URL": "http://b:2/v1"}) == "http://b:2/v1"
-    assert resolve_url(None, {"LLMKIT_URL": "", "OPENAI_BASE_URL": "http://b:2/v1"}) == "http://b:2/v1"
+    assert (
+        resolve_url(None, {"LLMKIT_URL": "", "OPENAI_BASE_URL": "http://b:2/v1"}) == "http://b:2/v1"
+    )
     assert resolve_url(None, {}) == DEFAULT_URL == "http://127.0.0.1:8000/v1"
 
 
@@ -86,8 +88,9 @@ def test_stats_show_first_token_tokens_speed_and_total() -> None:
     assert answer.tokens_per_second == pytest.approx(10.0)  # 10 tokens after the first, in 1 s
     assert format_stats(answer) == "first token 0.50 s · 11 tokens · 10.0 tokens/s · 1.50 s total"
     cut = Answer("x", 0.5, 3, 1.0, tokens_counted=True, interrupted=True)
-    assert format_stats(cut) == ("first token 0.50 s · ~3 tokens · 4.0 tokens/s · 1.00 s total"
-                                 " · interrupted")
+    assert format_stats(cut) == (
+        "first token 0.50 s · ~3 tokens · 4.0 tokens/s · 1.00 s total · interrupted"
+    )
     assert Answer("", None, 0, 0.2, interrupted=True).tokens_per_second is None
     assert "cut at max_tokens" in format_stats(Answer("x", 0.1, 16, 0.5, finish_reason="length"))
 
@@ -142,7 +145,8 @@ def test_json_mode_makes_the_answer_a_json_object(llmkit_server: openai.OpenAI) 
 
 
 def test_stopping_keeps_the_partial_answer_and_frees_the_server(
-        llmkit_server: openai.OpenAI) -> None:
+    llmkit_server: openai.OpenAI,
+) -> None:
     chat = session(llmkit_server, max_tokens=2000)
     stop = threading.Event()
     pieces: list[str] = []
@@ -160,7 +164,8 @@ def test_stopping_keeps_the_partial_answer_and_frees_the_server(
 
 
 def test_ctrl_c_closes_the_stream_keeps_the_partial_answer_and_the_conversation_goes_on(
-        llmkit_server: openai.OpenAI) -> None:
+    llmkit_server: openai.OpenAI,
+) -> None:
     chat = session(llmkit_server, max_tokens=2000)
     pieces: list[str] = []
 
@@ -181,8 +186,9 @@ def test_ctrl_c_closes_the_stream_keeps_the_partial_answer_and_the_conversation_
     assert [m["role"] for m in chat.messages] == ["user", "assistant", "user", "assistant"]
 
 
-def test_save_and_load_continue_a_conversation(llmkit_server: openai.OpenAI,
-                                                tmp_path: Path) -> None:
+def test_save_and_load_continue_a_conversation(
+    llmkit_server: openai.OpenAI, tmp_path: Path
+) -> None:
     chat = session(llmkit_server, system="Be brief.")
     chat.ask("Hello.")
     chat.save(tmp_path / "chat.json")
@@ -223,7 +229,8 @@ def test_no_server_at_the_url_says_how_to_start_one() -> None:
 
 
 def test_a_server_error_shows_the_servers_message_and_leaves_the_history(
-        llmkit_server: openai.OpenAI) -> None:
+    llmkit_server: openai.OpenAI,
+) -> None:
     chat = session(llmkit_server, temperature=5)  # out of the API's range: the server says 400
     with pytest.raises(LlmkitError, match=r"^the server answered 400: .*temperature") as caught:
         chat.ask("Hello?")

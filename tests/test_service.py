@@ -44,17 +44,25 @@ SECURITY_OUTPUT = """\
 
 def system(tmp_path: Path, models_dir: Path | None = None, root: Path | None = None) -> Layout:
     root = root or tmp_path / "root"
-    return Layout(user=False, unit=root / "etc/systemd/system/llmkit.service",
-                  env_file=root / "etc/llmkit/llmkit.env",
-                  models_dir=models_dir or root / "var/lib/llmkit/models",
-                  catalog_dir=root / "etc/llmkit/models", managed=False)
+    return Layout(
+        user=False,
+        unit=root / "etc/systemd/system/llmkit.service",
+        env_file=root / "etc/llmkit/llmkit.env",
+        models_dir=models_dir or root / "var/lib/llmkit/models",
+        catalog_dir=root / "etc/llmkit/models",
+        managed=False,
+    )
 
 
 def user(tmp_path: Path) -> Layout:
-    return Layout(user=True, unit=tmp_path / "config/systemd/user/llmkit.service",
-                  env_file=tmp_path / "config/llmkit/service.env",
-                  models_dir=tmp_path / "models", catalog_dir=tmp_path / "config/llmkit/models",
-                  managed=False)
+    return Layout(
+        user=True,
+        unit=tmp_path / "config/systemd/user/llmkit.service",
+        env_file=tmp_path / "config/llmkit/service.env",
+        models_dir=tmp_path / "models",
+        catalog_dir=tmp_path / "config/llmkit/models",
+        managed=False,
+    )
 
 
 def service(**changes: object) -> Service:
@@ -72,15 +80,23 @@ def unit_entries(unit: str) -> dict[str, list[str]]:
 
 
 def unit_environment(unit: str) -> dict[str, str]:
-    return dict(pair.split("=", 1) for value in unit_entries(unit).get("Environment", [])
-                for pair in shlex.split(value))
+    return dict(
+        pair.split("=", 1)
+        for value in unit_entries(unit).get("Environment", [])
+        for pair in shlex.split(value)
+    )
 
 
 def env_file_values(text: str) -> dict[str, str]:
     """An EnvironmentFile's variables, read by /bin/sh: systemd unquotes values as sh does."""
     script = 'set -a; eval "$ENV_FILE"; set +a; exec env -0'
-    result = subprocess.run(["/bin/sh", "-c", script], env={"ENV_FILE": text}, capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        ["/bin/sh", "-c", script],
+        env={"ENV_FILE": text},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     pairs = (item.split("=", 1) for item in result.stdout.split("\0") if item.startswith("LLMKIT_"))
     return dict(pairs)
 
@@ -90,18 +106,22 @@ def exec_start(unit: str) -> list[str]:
     return [word.replace("$$", "$").replace("%%", "%") for word in shlex.split(line)]
 
 
-def systemd_analyze(*args: str,
-                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def systemd_analyze(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     if shutil.which("systemd-analyze") is None:
         pytest.fail("systemd-analyze is missing: install Debian's systemd package (.ci/run does)")
-    return subprocess.run(["systemd-analyze", *args], capture_output=True, text=True, timeout=120,
-                          env=env)
+    return subprocess.run(
+        ["systemd-analyze", *args], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def files_under(folder: Path) -> dict[str, tuple[int, int]]:
     """Every path below folder with its size and mtime, to see what a command touched."""
-    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns)
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 # -- the unit, rendered ----------------------------------------------------------------------
@@ -162,8 +182,12 @@ def test_user_unit_uses_the_users_store_and_no_privileged_options(tmp_path: Path
 def test_env_file_holds_the_settings_and_quotes_a_key_as_systemd_reads_it() -> None:
     key = 'k3y with "quotes", $dollar, `tick` and \\backslash'
     values = env_file_values(render_env(service(host="::1", port=8123, api_key=key)))
-    assert values == {"LLMKIT_MODEL": "gemma-3-270m", "LLMKIT_HOST": "::1", "LLMKIT_PORT": "8123",
-                      "LLMKIT_API_KEY": key}
+    assert values == {
+        "LLMKIT_MODEL": "gemma-3-270m",
+        "LLMKIT_HOST": "::1",
+        "LLMKIT_PORT": "8123",
+        "LLMKIT_API_KEY": key,
+    }
 
 
 def test_paths_with_spaces_and_percent_signs_survive_the_unit_syntax(tmp_path: Path) -> None:
@@ -195,16 +219,24 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path, mode: str) -> None:
     path.write_text(render_unit(service(), where))
     runtime = tmp_path / "run"  # a user manager's $XDG_RUNTIME_DIR, which verify --user wants
     runtime.mkdir()
-    result = systemd_analyze("verify", *(["--user"] if mode == "user" else []), str(path),
-                             env=clean_env(XDG_RUNTIME_DIR=str(runtime)))
+    result = systemd_analyze(
+        "verify",
+        *(["--user"] if mode == "user" else []),
+        str(path),
+        env=clean_env(XDG_RUNTIME_DIR=str(runtime)),
+    )
     assert result.returncode == 0, result.stderr
     assert "llmkit.service" not in result.stderr, result.stderr  # no warnings about our unit
 
 
-@pytest.mark.parametrize("changes", [{}, {"host": "0.0.0.0"}, {"host": "::1", "port": 8443},
-                                     {"port": 443, "api_key": "secret"}], ids=str)
-def test_system_unit_is_rated_ok_by_systemd_analyze_security(tmp_path: Path,
-                                                             changes: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"host": "0.0.0.0"}, {"host": "::1", "port": 8443}, {"port": 443, "api_key": "secret"}],
+    ids=str,
+)
+def test_system_unit_is_rated_ok_by_systemd_analyze_security(
+    tmp_path: Path, changes: dict[str, object]
+) -> None:
     path = tmp_path / "llmkit.service"
     path.write_text(render_unit(service(**changes), system(tmp_path)))
     result = systemd_analyze("security", "--offline=true", "--no-pager", str(path))
@@ -218,16 +250,25 @@ def test_system_unit_is_rated_ok_by_systemd_analyze_security(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_exec_start_with_the_units_environment_serves_health(tmp_path: Path,
-                                                             server_models_dir: Path) -> None:
+def test_exec_start_with_the_units_environment_serves_health(
+    tmp_path: Path, server_models_dir: Path
+) -> None:
     port = free_port()
     key = 'sec"ret $key'
     where = system(tmp_path, models_dir=server_models_dir)
     unit = render_unit(service(port=port, api_key=key), where)
-    environment = {**unit_environment(unit), **env_file_values(render_env(
-        service(port=port, api_key=key))), "LLMKIT_THREADS": "2"}
-    proc = subprocess.Popen(exec_start(unit), env=clean_env(**environment),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    environment = {
+        **unit_environment(unit),
+        **env_file_values(render_env(service(port=port, api_key=key))),
+        "LLMKIT_THREADS": "2",
+    }
+    proc = subprocess.Popen(
+        exec_start(unit),
+        env=clean_env(**environment),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -240,8 +281,9 @@ def test_exec_start_with_the_units_environment_serves_health(tmp_path: Path,
                     break
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.2)
-        authorized = urllib.request.Request(f"{base}/v1/models",
-                                            headers={"Authorization": f"Bearer {key}"})
+        authorized = urllib.request.Request(
+            f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"}
+        )
         with urllib.request.urlopen(authorized, timeout=10) as response:
             assert response.status == 200
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -260,18 +302,33 @@ def sandbox(tmp_path: Path) -> dict[str, str]:
     """A child environment whose every root (/, $HOME, XDG, HF) lies in this test's temp dir."""
     home = tmp_path / "home"
     home.mkdir()
-    return clean_env(LLMKIT_SERVICE_ROOT=str(tmp_path / "root"), HOME=str(home),
-                     XDG_CONFIG_HOME=str(home / ".config"),
-                     XDG_DATA_HOME=str(home / ".local/share"),
-                     XDG_RUNTIME_DIR=str(tmp_path / "run"), HF_HOME=str(tmp_path / "hf"))
+    return clean_env(
+        LLMKIT_SERVICE_ROOT=str(tmp_path / "root"),
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_DATA_HOME=str(home / ".local/share"),
+        XDG_RUNTIME_DIR=str(tmp_path / "run"),
+        HF_HOME=str(tmp_path / "hf"),
+    )
 
 
 def test_install_dry_run_prints_the_unit_and_env_file_and_changes_nothing(
-        tmp_path: Path, sandbox: dict[str, str]) -> None:
+    tmp_path: Path, sandbox: dict[str, str]
+) -> None:
     (tmp_path / "key").write_text("the-secret-key\n")
     before = files_under(tmp_path)
-    result = run_llmkit("service", "install", "--model", "gemma-3-270m", "--port", "8123",
-                        "--api-key-file", str(tmp_path / "key"), "--dry-run", env=sandbox)
+    result = run_llmkit(
+        "service",
+        "install",
+        "--model",
+        "gemma-3-270m",
+        "--port",
+        "8123",
+        "--api-key-file",
+        str(tmp_path / "key"),
+        "--dry-run",
+        env=sandbox,
+    )
     assert result.returncode == 0, result.stderr
     assert files_under(tmp_path) == before
     unit, _, env_file = result.stdout.partition(f"# ---- {tmp_path}/root/etc/llmkit/llmkit.env")
@@ -282,11 +339,19 @@ def test_install_dry_run_prints_the_unit_and_env_file_and_changes_nothing(
 
 
 def test_install_without_systemd_writes_only_the_files_it_names_and_prints_the_commands(
-        tmp_path: Path, sandbox: dict[str, str]) -> None:
+    tmp_path: Path, sandbox: dict[str, str]
+) -> None:
     (tmp_path / "key").write_text("the-secret-key\n")
     before = files_under(tmp_path)
-    result = run_llmkit("service", "install", "--model", "gemma-3-270m",
-                        "--api-key-file", str(tmp_path / "key"), env=sandbox)
+    result = run_llmkit(
+        "service",
+        "install",
+        "--model",
+        "gemma-3-270m",
+        "--api-key-file",
+        str(tmp_path / "key"),
+        env=sandbox,
+    )
     assert result.returncode == 0, result.stderr
     root = tmp_path / "root"
     unit = root / "etc/systemd/system/llmkit.service"
@@ -301,8 +366,16 @@ def test_install_without_systemd_writes_only_the_files_it_names_and_prints_the_c
 
     touched = {path for path, stat in files_under(tmp_path).items() if before.get(path) != stat}
     named = [unit, env_file, models]
-    outside = [p for p in touched if not any((tmp_path / p) == n or (tmp_path / p).is_relative_to(n)
-                                             or n.is_relative_to(tmp_path / p) for n in named)]
+    outside = [
+        p
+        for p in touched
+        if not any(
+            (tmp_path / p) == n
+            or (tmp_path / p).is_relative_to(n)
+            or n.is_relative_to(tmp_path / p)
+            for n in named
+        )
+    ]
     assert outside == []
     assert env_file.stat().st_mode & 0o777 == 0o600
     assert env_file_values(env_file.read_text())["LLMKIT_API_KEY"] == "the-secret-key"
@@ -312,7 +385,8 @@ def test_install_without_systemd_writes_only_the_files_it_names_and_prints_the_c
 
 
 def test_user_install_without_a_user_manager_uses_xdg_config_and_the_users_store(
-        tmp_path: Path, sandbox: dict[str, str], server_models_dir: Path) -> None:
+    tmp_path: Path, sandbox: dict[str, str], server_models_dir: Path
+) -> None:
     sandbox["LLMKIT_MODELS_DIR"] = str(server_models_dir)
     before_store = files_under(server_models_dir)
     result = run_llmkit("service", "install", "--user", "--model", "gemma-3-270m", env=sandbox)
@@ -327,11 +401,14 @@ def test_user_install_without_a_user_manager_uses_xdg_config_and_the_users_store
 
 
 def test_uninstall_removes_the_unit_and_env_file_and_keeps_the_models(
-        tmp_path: Path, sandbox: dict[str, str]) -> None:
+    tmp_path: Path, sandbox: dict[str, str]
+) -> None:
     root = tmp_path / "root"
-    for path, text in [("etc/systemd/system/llmkit.service", "[Service]\n"),
-                       ("etc/llmkit/llmkit.env", "LLMKIT_MODEL=x\n"),
-                       ("var/lib/llmkit/models/a/b/c.gguf", "GGUF")]:
+    for path, text in [
+        ("etc/systemd/system/llmkit.service", "[Service]\n"),
+        ("etc/llmkit/llmkit.env", "LLMKIT_MODEL=x\n"),
+        ("var/lib/llmkit/models/a/b/c.gguf", "GGUF"),
+    ]:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
     result = run_llmkit("service", "uninstall", env=sandbox)
@@ -343,8 +420,9 @@ def test_uninstall_removes_the_unit_and_env_file_and_keeps_the_models(
 
 
 @pytest.mark.parametrize("command", ["status", "start", "stop", "restart", "logs"])
-def test_control_commands_say_why_they_cannot_ask_systemd(sandbox: dict[str, str],
-                                                          command: str) -> None:
+def test_control_commands_say_why_they_cannot_ask_systemd(
+    sandbox: dict[str, str], command: str
+) -> None:
     result = run_llmkit("service", command, env=sandbox)
     assert result.returncode == 1
     assert "so there is no service to ask" in result.stderr

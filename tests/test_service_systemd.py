@@ -55,8 +55,11 @@ def _record_hash(data: bytes) -> str:
 
 def _wheel_name(dist: importlib.metadata.Distribution) -> str:
     """name-version-pythons-abis-platforms.whl from the tags in the installed WHEEL file."""
-    tags = [line.split(":", 1)[1].strip().split("-") for line in (dist.read_text("WHEEL") or "")
-            .splitlines() if line.startswith("Tag:")]
+    tags = [
+        line.split(":", 1)[1].strip().split("-")
+        for line in (dist.read_text("WHEEL") or "").splitlines()
+        if line.startswith("Tag:")
+    ]
     parts = [".".join(dict.fromkeys(tag[i] for tag in tags)) for i in range(3)]
     name = re.sub(r"[-_.]+", "_", dist.metadata["Name"])
     return f"{name}-{dist.version}-{'-'.join(parts)}.whl"
@@ -69,9 +72,13 @@ def repack(dist: importlib.metadata.Distribution, folder: Path) -> Path:
     pip's own markers (INSTALLER, REQUESTED, direct_url.json).
     """
     target = folder / _wheel_name(dist)
-    files = [f for f in dist.files or [] if not str(f).startswith("..")
-             and "__pycache__" not in f.parts
-             and f.name not in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")]
+    files = [
+        f
+        for f in dist.files or []
+        if not str(f).startswith("..")
+        and "__pycache__" not in f.parts
+        and f.name not in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")
+    ]
     info = next(f.parts[0] for f in files if f.parts[0].endswith(".dist-info"))
     partial = target.with_suffix(".partial")
     record = []
@@ -127,16 +134,25 @@ def build_wheels(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("llmkit-*.whl"):
         old.unlink()
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                            str(folder), str(REPO)], capture_output=True, text=True, timeout=600)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(folder), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stderr
     (ours,) = folder.glob("llmkit-*.whl")
     with zipfile.ZipFile(ours) as wheel:
         meta = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
         metadata = email.parser.Parser().parsestr(wheel.read(meta).decode())
     requires = [Requirement(r) for r in metadata.get_all("Requires-Dist") or []]
-    deps = closure([str(r).split(";")[0] for r in requires  # llmkit[tiny]'s
-                    if r.marker is None or r.marker.evaluate({"extra": "tiny"})])
+    deps = closure(
+        [
+            str(r).split(";")[0]
+            for r in requires  # llmkit[tiny]'s
+            if r.marker is None or r.marker.evaluate({"extra": "tiny"})
+        ]
+    )
 
     stamps_file = folder / "stamps.json"
     stamps = json.loads(stamps_file.read_text()) if stamps_file.exists() else {}
@@ -153,8 +169,9 @@ def build_wheels(folder: Path) -> Path:
             stale.unlink()
     stamps = {k: v for k, v in stamps.items() if k in keep}
     stamps_file.write_text(json.dumps(stamps, indent=1, sort_keys=True))
-    (folder / "requirements.txt").write_text("".join(f"{d.metadata['Name']}=={d.version}\n"
-                                                     for d in deps.values()))
+    (folder / "requirements.txt").write_text(
+        "".join(f"{d.metadata['Name']}=={d.version}\n" for d in deps.values())
+    )
     (folder / "stamp.txt").write_text(hashlib.sha256(stamps_file.read_bytes()).hexdigest() + "\n")
     return folder
 
@@ -168,21 +185,30 @@ class Container:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
 
-    def run(self, command: str, input: str | None = None, timeout: float = 300,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([str(SANDBOX / "run-in.sh"), command], env=self.env, input=input,
-                                capture_output=True, text=True, timeout=timeout)
+    def run(
+        self, command: str, input: str | None = None, timeout: float = 300, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(SANDBOX / "run-in.sh"), command],
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check:
-            assert result.returncode == 0, (f"{command}: exit {result.returncode}\n"
-                                            f"{result.stdout}{result.stderr}")
+            assert result.returncode == 0, (
+                f"{command}: exit {result.returncode}\n{result.stdout}{result.stderr}"
+            )
         return result
 
     def show(self, *properties: str) -> dict[str, str]:
         out = self.run(f"systemctl show llmkit -p {','.join(properties)}").stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
-    def get(self, path: str, key: str | None = None, body: dict | None = None,
-            port: int = 8000) -> tuple[int, str]:
+    def get(
+        self, path: str, key: str | None = None, body: dict | None = None, port: int = 8000
+    ) -> tuple[int, str]:
         """One HTTP request from inside the container, no retries: (status, body)."""
         args = [f"http://127.0.0.1:{port}{path}"]
         if key:
@@ -225,19 +251,27 @@ def container(wheels: Path) -> Iterator[Container]:
             pytest.fail("the systemd end-to-end test needs root")
         pytest.skip("the systemd end-to-end test needs root")
     assert (SANDBOX / "boot.sh").is_file(), f"no systemd-sandbox at {SANDBOX}"
-    env = {**os.environ, "ROOT": str(WORK / "root"), "STATE": str(WORK / "state"),
-           "MACHINE": MACHINE, "PRIVATE_NET": "1", "NSPAWN_ARGS": f"--bind-ro={wheels}:/wheels",
-           # llama.cpp's OpenMP runtime: the host's compiler brought it; minbase lacks it.
-           # libpam-systemd: a user's own systemd (user@.service), for --user.
-           "EXTRA_PKGS": "libgomp1 libpam-systemd"}
+    env = {
+        **os.environ,
+        "ROOT": str(WORK / "root"),
+        "STATE": str(WORK / "state"),
+        "MACHINE": MACHINE,
+        "PRIVATE_NET": "1",
+        "NSPAWN_ARGS": f"--bind-ro={wheels}:/wheels",
+        # llama.cpp's OpenMP runtime: the host's compiler brought it; minbase lacks it.
+        # libpam-systemd: a user's own systemd (user@.service), for --user.
+        "EXTRA_PKGS": "libgomp1 libpam-systemd",
+    }
     # A container left running by an interrupted run would lack this run's wheels: start afresh.
     subprocess.run([str(SANDBOX / "stop.sh")], env=env, capture_output=True, timeout=120)
     try:
-        boot = subprocess.run([str(SANDBOX / "boot.sh")], env=env, capture_output=True, text=True,
-                              timeout=1200)
+        boot = subprocess.run(
+            [str(SANDBOX / "boot.sh")], env=env, capture_output=True, text=True, timeout=1200
+        )
         assert boot.returncode == 0, boot.stdout + boot.stderr
         box = Container(env)
-        box.run(f"""
+        box.run(
+            f"""
             set -e
             if [ "$(cat {VENV}/.stamp 2>/dev/null)" != "$(cat /wheels/stamp.txt)" ]; then
                 rm -rf {VENV} && python3 -m venv {VENV}
@@ -251,7 +285,9 @@ def container(wheels: Path) -> Iterator[Container]:
                 /var/lib/llmkit /var/lib/private/llmkit
             systemctl daemon-reload
             systemctl reset-failed
-            """, timeout=900)
+            """,
+            timeout=900,
+        )
         box.run("cat > /root/probe.py", input=PROBE)
         box.run("umask 077 && cat > /root/llmkit.key", input=KEY + "\n")
         yield box
@@ -261,8 +297,10 @@ def container(wheels: Path) -> Iterator[Container]:
 
 @pytest.fixture(scope="module")
 def installed(container: Container) -> Container:
-    result = container.run(f"{VENV}/bin/llmkit service install --model gemma-3-270m "
-                           "--api-key-file /root/llmkit.key", timeout=600)
+    result = container.run(
+        f"{VENV}/bin/llmkit service install --model gemma-3-270m --api-key-file /root/llmkit.key",
+        timeout=600,
+    )
     assert "llmkit is running" in result.stdout, result.stdout + result.stderr
     return container
 
@@ -282,8 +320,12 @@ def _wait(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
 
 def test_install_pulls_the_model_and_starts_the_service_ready(installed: Container) -> None:
     state = installed.show("ActiveState", "SubState", "Type", "UnitFileState")
-    assert state == {"ActiveState": "active", "SubState": "running", "Type": "notify",
-                     "UnitFileState": "enabled"}
+    assert state == {
+        "ActiveState": "active",
+        "SubState": "running",
+        "Type": "notify",
+        "UnitFileState": "enabled",
+    }
     assert installed.get("/health")[0] == 200
     env_file = installed.run("stat -c '%a %U' /etc/llmkit/llmkit.env").stdout.split()
     assert env_file == ["600", "root"]
@@ -303,10 +345,17 @@ def test_systemctl_start_returns_only_once_health_answers(installed: Container) 
 
 
 def test_the_server_answers_requests_with_its_key_and_logs_them_to_the_journal(
-        installed: Container) -> None:
-    status, body = installed.get("/v1/chat/completions", key=KEY, body={
-        "model": "gemma-3-270m", "max_tokens": 8,
-        "messages": [{"role": "user", "content": "Say hello."}]})
+    installed: Container,
+) -> None:
+    status, body = installed.get(
+        "/v1/chat/completions",
+        key=KEY,
+        body={
+            "model": "gemma-3-270m",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "Say hello."}],
+        },
+    )
     assert status == 200, body
     assert json.loads(body)["usage"]["completion_tokens"] > 0
     assert installed.get("/v1/models")[0] == 401  # no key
@@ -315,8 +364,11 @@ def test_the_server_answers_requests_with_its_key_and_logs_them_to_the_journal(
 
     def logged() -> str | None:
         journal = installed.journal(invocation)
-        wanted = ['"POST /v1/chat/completions HTTP/1.1" 200', '"GET /v1/models HTTP/1.1" 401',
-                  '"GET /health HTTP/1.1" 200']
+        wanted = [
+            '"POST /v1/chat/completions HTTP/1.1" 200',
+            '"GET /v1/models HTTP/1.1" 401',
+            '"GET /health HTTP/1.1" 200',
+        ]
         return journal if all(w in journal for w in wanted) else None
 
     _wait(logged, 20, "the request lines in journalctl -u llmkit")
@@ -329,29 +381,40 @@ def test_the_server_runs_under_the_full_hardening(installed: Container) -> None:
     assert fields["Uid"].split()[0] != "0"  # DynamicUser
     assert fields["NoNewPrivs"] == "1" and fields["Seccomp"] == "2"
     assert fields["CapEff"] == "0000000000000000"
-    settings = installed.show("MemoryDenyWriteExecute", "DynamicUser", "ProtectSystem",
-                              "PrivateUsers", "RestrictAddressFamilies", "IPAddressDeny")
+    settings = installed.show(
+        "MemoryDenyWriteExecute",
+        "DynamicUser",
+        "ProtectSystem",
+        "PrivateUsers",
+        "RestrictAddressFamilies",
+        "IPAddressDeny",
+    )
     assert settings["MemoryDenyWriteExecute"] == "yes" and settings["DynamicUser"] == "yes"
     assert settings["ProtectSystem"] == "strict" and settings["PrivateUsers"] == "yes"
-    exposure, verdict = parse_exposure(installed.run("systemd-analyze security llmkit --no-pager")
-                                       .stdout)
+    exposure, verdict = parse_exposure(
+        installed.run("systemd-analyze security llmkit --no-pager").stdout
+    )
     assert exposure <= 2.0, verdict
 
 
 def test_memory_deny_write_execute_is_enforced_and_ctypes_callbacks_still_work(
-        installed: Container) -> None:
+    installed: Container,
+) -> None:
     def transient(code: str) -> subprocess.CompletedProcess[str]:
         return installed.run(
             "systemd-run --quiet --wait --pipe -p DynamicUser=yes -p MemoryDenyWriteExecute=yes "
             f"-p SystemCallFilter=@system-service {VENV}/bin/python -c {shlex.quote(code)}",
-            check=False)
+            check=False,
+        )
 
     # The filter is really there: an anonymous mapping both writable and executable is refused...
     wx = transient("import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_WRITE | mmap.PROT_EXEC)")
     assert wx.returncode != 0 and "PermissionError" in wx.stderr, wx.stdout + wx.stderr
     # ...yet a ctypes callback (a libffi closure, as llama-cpp-python's log hook) is fine.
-    callback = transient("import ctypes; f = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)"
-                         "(lambda x: x + 1); print(f(41))")
+    callback = transient(
+        "import ctypes; f = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)"
+        "(lambda x: x + 1); print(f(41))"
+    )
     assert callback.returncode == 0 and callback.stdout.strip() == "42", callback.stderr
 
 
@@ -374,10 +437,17 @@ def test_systemctl_stop_is_clean(installed: Container) -> None:
     invocation = installed.show("InvocationID")["InvocationID"]
     installed.run("systemctl stop llmkit", timeout=120)
     state = installed.show("ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
-    assert state == {"ActiveState": "inactive", "Result": "success", "ExecMainCode": "1",
-                     "ExecMainStatus": "0"}  # exited (CLD_EXITED) with status 0
-    journal = _wait(lambda: (j := installed.journal(invocation)) and "stopped" in j.splitlines()
-                    and j, 20, "serve's last words in the journal")
+    assert state == {
+        "ActiveState": "inactive",
+        "Result": "success",
+        "ExecMainCode": "1",
+        "ExecMainStatus": "0",
+    }  # exited (CLD_EXITED) with status 0
+    journal = _wait(
+        lambda: (j := installed.journal(invocation)) and "stopped" in j.splitlines() and j,
+        20,
+        "serve's last words in the journal",
+    )
     assert "shutting down: finishing accepted requests" in journal
 
 
@@ -391,14 +461,22 @@ def test_uninstall_removes_the_service_and_keeps_the_models(installed: Container
 
 def test_a_user_service_runs_under_the_users_own_systemd(container: Container) -> None:
     container.run(f"id {USER} >/dev/null 2>&1 || useradd -m {USER}; loginctl enable-linger {USER}")
-    _wait(lambda: container.run(f"systemctl is-active user@$(id -u {USER})", check=False)
-          .stdout.strip() == "active", 60, "the user's systemd")
-    as_user = (f"runuser -u {USER} -- "
-               f"env XDG_RUNTIME_DIR=/run/user/$(id -u {USER}) HOME=/home/{USER}")
+    _wait(
+        lambda: (
+            container.run(f"systemctl is-active user@$(id -u {USER})", check=False).stdout.strip()
+            == "active"
+        ),
+        60,
+        "the user's systemd",
+    )
+    as_user = (
+        f"runuser -u {USER} -- env XDG_RUNTIME_DIR=/run/user/$(id -u {USER}) HOME=/home/{USER}"
+    )
     container.run(f"{as_user} systemctl --user disable --now llmkit", check=False)  # a past run's
 
-    result = container.run(f"{as_user} {VENV}/bin/llmkit service install --user "
-                           "--model gemma-3-270m --port 8082")
+    result = container.run(
+        f"{as_user} {VENV}/bin/llmkit service install --user --model gemma-3-270m --port 8082"
+    )
     assert "llmkit is running" in result.stdout, result.stdout + result.stderr
     assert container.get("/health", port=8082)[0] == 200
     pid = container.run(f"{as_user} systemctl --user show -p MainPID --value llmkit").stdout.strip()
