@@ -125,6 +125,9 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
                 n_threads_batch=prepared.threads,
                 n_gpu_layers=0,
                 chat_format=prepared.chat_format,
+                # llama_cpp.server keeps every prompt token's logits by default (for logprobs):
+                # with a 262k vocabulary that is 1 MB per token, copied on every prompt.
+                logits_all=False,
                 verbose=config.verbose,
             )
         ],
