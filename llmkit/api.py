@@ -178,7 +178,7 @@ _DROP = {
 }
 
 
-def llama_kwargs(body: _Common) -> dict[str, Any]:
+def llama_kwargs(body: ChatRequest | CompletionRequest) -> dict[str, Any]:
     """The request as keyword arguments for llama_cpp's create_(chat_)completion."""
     best_of = getattr(body, "best_of", None)
     if best_of not in (None, 1, body.n):

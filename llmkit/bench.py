@@ -42,10 +42,24 @@ LLMKIT = "llmkit"
 
 # A prompt a base model keeps answering at temperature 0, so that streams run to max_tokens.
 GENERATION_PROMPT = "Count from 1 to 1000, separated by commas."
-JSON_PROMPT = ("Write a JSON object with a key \"people\": a list of 100 fictional people, each "
-               "with name, age, city, job and a one-sentence biography.")
-TOPICS = ("the sea", "volcanoes", "bees", "the moon", "glass", "bread", "rivers", "owls", "copper",
-          "clocks", "maps", "salt")
+JSON_PROMPT = (
+    'Write a JSON object with a key "people": a list of 100 fictional people, each '
+    "with name, age, city, job and a one-sentence biography."
+)
+TOPICS = (
+    "the sea",
+    "volcanoes",
+    "bees",
+    "the moon",
+    "glass",
+    "bread",
+    "rivers",
+    "owls",
+    "copper",
+    "clocks",
+    "maps",
+    "salt",
+)
 
 
 def _nop(_: str) -> None:
@@ -100,14 +114,25 @@ class BenchConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:
         """A smoke run: one repeat, short streams, 1 and 2 clients."""
-        settings: dict[str, Any] = {"repeats": 1, "max_tokens": 32, "concurrency": (1, 2),
-                                    "turn_tokens": 16, "json_max_tokens": 32, "warmup_start": False}
+        settings: dict[str, Any] = {
+            "repeats": 1,
+            "max_tokens": 32,
+            "concurrency": (1, 2),
+            "turn_tokens": 16,
+            "json_max_tokens": 32,
+            "warmup_start": False,
+        }
         settings.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**settings)
 
 
-def configure(*, quick: bool = False, peers: Sequence[str] = (), concurrency: str | None = None,
-              **options: Any) -> BenchConfig:
+def configure(
+    *,
+    quick: bool = False,
+    peers: Sequence[str] = (),
+    concurrency: str | None = None,
+    **options: Any,
+) -> BenchConfig:
     """The config for command-line options; unset ones (None) get the defaults, or --quick's."""
     options["peers"] = [parse_peer(p) for p in peers]
     options["concurrency"] = parse_levels(concurrency) if concurrency else None
@@ -115,14 +140,24 @@ def configure(*, quick: bool = False, peers: Sequence[str] = (), concurrency: st
     return BenchConfig.quick(**options) if quick else BenchConfig(**options)
 
 
-def main(config: BenchConfig, json_file: Path | None = None, plot_file: Path | None = None,
-         console: Any = None, log: Log = _nop) -> dict[str, Any]:
+def main(
+    config: BenchConfig,
+    json_file: Path | None = None,
+    plot_file: Path | None = None,
+    console: Any = None,
+    log: Log = _nop,
+) -> dict[str, Any]:
     """`llmkit bench`: run, print the tables, write the JSON and the plot when asked."""
     from rich.console import Console
 
     if plot_file is not None:
         _pyplot()  # missing matplotlib should fail now, not after minutes of measuring
-    report = run(config, log=log)
+    # Python dies of SIGTERM without running `finally`, which would leave llmkit serve running.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        report = run(config, log=log)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     console = console or Console()
     console.print(table(report))
     console.print(targets_table(report))
@@ -135,6 +170,10 @@ def main(config: BenchConfig, json_file: Path | None = None, plot_file: Path | N
         plot(report, plot_file)
         log(f"wrote {plot_file}")
     return report
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 # -- pure helpers: statistics, prompts, /proc ------------------------------------------------------
@@ -169,9 +208,11 @@ def long_prompt(lines: int) -> str:
     colours = ("red", "green", "blue", "grey", "white", "black", "yellow")
     animals = ("fox", "heron", "badger", "otter", "crow", "hare", "stag", "wolf")
     places = ("mill", "harbour", "bridge", "market", "chapel", "forest", "quarry")
-    log = [f"Day {i + 1}: the {colours[i % 7]} {animals[i % 8]} walked {3 + i * 7 % 23} miles to "
-           f"the {places[i % 7]} and counted {11 + i * 13 % 97} stones on the way."
-           for i in range(lines)]
+    log = [
+        f"Day {i + 1}: the {colours[i % 7]} {animals[i % 8]} walked {3 + i * 7 % 23} miles to "
+        f"the {places[i % 7]} and counted {11 + i * 13 % 97} stones on the way."
+        for i in range(lines)
+    ]
     question = "In one sentence: which animal walked furthest?"
     return "Here is a traveller's log.\n" + "\n".join(log) + "\n" + question
 
@@ -232,11 +273,16 @@ def machine() -> dict[str, Any]:
         llama_version = None
     from llmkit import __version__
 
-    return {"cpu": cpu or platform.processor(), "cpus": os.cpu_count(), "memory_gib": memory_gib,
-            "system": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(),
-            "llama_cpp_python": llama_version, "llmkit": __version__,
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    return {
+        "cpu": cpu or platform.processor(),
+        "cpus": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "llama_cpp_python": llama_version,
+        "llmkit": __version__,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
 
 
 # -- the servers ---------------------------------------------------------------------------------
@@ -260,16 +306,24 @@ def start_llmkit(config: BenchConfig, n_ctx: int, timeout: float = 300.0) -> Sta
     from llmkit.launcher import free_port, serve_args
 
     port = free_port()
-    options = {"threads": config.threads, "ctx": n_ctx, "offline": True,
-               "models_dir": config.models_dir}
+    options = {
+        "threads": config.threads,
+        "ctx": n_ctx,
+        "offline": True,
+        "models_dir": config.models_dir,
+    }
     args = [sys.executable, "-m", "llmkit", *serve_args(config.model, "127.0.0.1", port, options)]
     log = Path(tempfile.mkstemp(prefix="llmkit-bench-serve-", suffix=".log")[1])
     health = f"http://127.0.0.1:{port}/health"
     with log.open("wb") as out:
         started = time.perf_counter()
-        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     while True:
         if _answers(health):
             seconds = time.perf_counter() - started
@@ -338,8 +392,9 @@ class Remote:
         import openai
 
         self.config = config
-        self.client = openai.OpenAI(base_url=url, api_key=resolve_api_key(), timeout=600.0,
-                                    max_retries=0)
+        self.client = openai.OpenAI(
+            base_url=url, api_key=resolve_api_key(), timeout=600.0, max_retries=0
+        )
         try:
             self.model = next(iter(m.id for m in self.client.models.list().data), "default")
         except openai.APIConnectionError:
@@ -348,8 +403,13 @@ class Remote:
             self.model = "default"  # a server without /v1/models may still chat
 
     def session(self, max_tokens: int, json_mode: bool = False) -> ChatSession:
-        return ChatSession(client=self.client, model=self.model, temperature=0,
-                           max_tokens=max_tokens, json_mode=json_mode)
+        return ChatSession(
+            client=self.client,
+            model=self.model,
+            temperature=0,
+            max_tokens=max_tokens,
+            json_mode=json_mode,
+        )
 
     def ask(self, prompt: str, max_tokens: int, json_mode: bool = False) -> tuple[Answer, int]:
         """One streamed answer and the number of content chunks it came in."""
@@ -369,10 +429,16 @@ class Remote:
         """One repeat of every client-side figure; a part the server fails is noted, not fatal."""
         steps: list[tuple[str, Callable[[Measured], None]]] = [
             (f"generation ({self.config.max_tokens} tokens)", self.generation),
-            ("prompt", self.prompt), (f"a conversation of {TURNS} turns", self.conversation),
+            ("prompt", self.prompt),
+            (f"a conversation of {TURNS} turns", self.conversation),
             ("JSON mode", self.json_mode),
-            *((f"{n} concurrent client{'s' * (n > 1)}",
-               lambda m, n=n: self.concurrent(n, m.levels[n])) for n in self.config.concurrency),
+            *(
+                (
+                    f"{n} concurrent client{'s' * (n > 1)}",
+                    lambda m, n=n: self.concurrent(n, m.levels[n]),
+                )
+                for n in self.config.concurrency
+            ),
         ]
         for title, step in steps:
             log(f"  {into.name}: {title}")
@@ -407,8 +473,9 @@ class Remote:
         into.add("turn10_prompt_tokens", chat.answers[-1].prompt_tokens)
 
     def json_mode(self, into: Measured) -> None:
-        answer, _ = self.ask(f"{nonce()} {JSON_PROMPT}", self.config.json_max_tokens,
-                             json_mode=True)
+        answer, _ = self.ask(
+            f"{nonce()} {JSON_PROMPT}", self.config.json_max_tokens, json_mode=True
+        )
         into.add("json_tokens_per_s", answer.tokens_per_second)
         into.add("json_tokens", answer.completion_tokens)
 
@@ -456,8 +523,10 @@ def _why_incomplete(answer: Answer | None, max_tokens: int) -> str:
         return "no answer"
     if answer.finish_reason is None:
         return f"stream ended after {answer.completion_tokens} tokens without a finish_reason"
-    return (f"finish_reason {answer.finish_reason!r} after {answer.completion_tokens} of "
-            f"{max_tokens} tokens")
+    return (
+        f"finish_reason {answer.finish_reason!r} after {answer.completion_tokens} of "
+        f"{max_tokens} tokens"
+    )
 
 
 class InProcess:
@@ -467,14 +536,21 @@ class InProcess:
         import llama_cpp
         from llama_cpp.server.types import CreateChatCompletionRequest
 
-        self.llama = llama_cpp.Llama(model_path=str(path), n_threads=threads,
-                                     n_threads_batch=threads, n_ctx=n_ctx, n_gpu_layers=0,
-                                     chat_format=chat_format, verbose=False)
+        self.llama = llama_cpp.Llama(
+            model_path=str(path),
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_ctx=n_ctx,
+            n_gpu_layers=0,
+            chat_format=chat_format,
+            verbose=False,
+        )
         # The sampling a request to llama_cpp.server (and so llmkit serve) gets by default; Llama's
         # own defaults differ (repeat_penalty 1.0), and the penalties stage is part of each token.
         fields = CreateChatCompletionRequest.model_fields
-        self.sampling = {name: fields[name].default
-                         for name in ("top_p", "top_k", "min_p", "repeat_penalty")}
+        self.sampling = {
+            name: fields[name].default for name in ("top_p", "top_k", "min_p", "repeat_penalty")
+        }
 
     def ask(self, prompt: str, max_tokens: int, json_mode: bool = False) -> Answer:
         """Stream an answer as a server would, timed and counted as the clients count."""
@@ -483,9 +559,13 @@ class InProcess:
         pieces: list[str] = []
         finish = None
         stream: Any = self.llama.create_chat_completion(
-            messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
-            stream=True, response_format={"type": "json_object"} if json_mode else None,
-            **self.sampling)
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            response_format={"type": "json_object"} if json_mode else None,
+            **self.sampling,
+        )
         for chunk in stream:
             for choice in chunk["choices"]:
                 finish = choice.get("finish_reason") or finish
@@ -494,9 +574,14 @@ class InProcess:
                     if first is None:
                         first = time.perf_counter() - started
                     pieces.append(text)
-        return Answer(text="".join(pieces), seconds_to_first_token=first,
-                      completion_tokens=len(pieces), total_seconds=time.perf_counter() - started,
-                      tokens_counted=True, finish_reason=finish)
+        return Answer(
+            text="".join(pieces),
+            seconds_to_first_token=first,
+            completion_tokens=len(pieces),
+            total_seconds=time.perf_counter() - started,
+            tokens_counted=True,
+            finish_reason=finish,
+        )
 
     def warm_up(self) -> None:
         self.ask(f"{nonce()} Say hello.", 8)
@@ -528,9 +613,14 @@ def run(config: BenchConfig, log: Log = _nop) -> dict[str, Any]:
     if config.repeats < 1:
         raise LlmkitError("--repeats must be at least 1")
     begun = datetime.datetime.now(datetime.UTC)
+    host = machine()  # now, for the load average before we add to it
     # Pull (or find) the model first, so that the cold starts time the server and not a download.
-    prepared = prepare(ServeConfig(model=config.model, threads=config.threads, ctx=config.ctx,
-                                   models_dir=config.models_dir), log=log)
+    prepared = prepare(
+        ServeConfig(
+            model=config.model, threads=config.threads, ctx=config.ctx, models_dir=config.models_dir
+        ),
+        log=log,
+    )
     llmkit_ = Measured(LLMKIT, "llmkit")
     peers = [(Measured(p.name, "peer", p.url), p) for p in config.peers]
     ceiling = Measured(IN_PROCESS, "in-process")
@@ -553,8 +643,10 @@ def run(config: BenchConfig, log: Log = _nop) -> dict[str, Any]:
         llmkit_.add("rss_mib", proc_memory(server.process.pid).get("VmRSS"))
 
         remotes = [(llmkit_, Remote(server.url, config)), *peer_remotes]
-        log(f"loading {prepared.path.name} in-process ({config.threads} threads, "
-            f"context {prepared.n_ctx})")
+        log(
+            f"loading {prepared.path.name} in-process ({config.threads} threads, "
+            f"context {prepared.n_ctx})"
+        )
         local = InProcess(prepared.path, config.threads, prepared.n_ctx, prepared.chat_format)
 
         log("warming up")
@@ -578,11 +670,15 @@ def run(config: BenchConfig, log: Log = _nop) -> dict[str, Any]:
         "started": begun.isoformat(timespec="seconds"),
         # scripts/bench.py runs `llmkit bench`: one command reproduces the figures either way.
         "command": shlex.join(["llmkit", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None,
-        "machine": machine(),
-        "config": {**asdict(config),
-                   "models_dir": str(config.models_dir) if config.models_dir else None,
-                   "model_file": str(prepared.path), "n_ctx": prepared.n_ctx,
-                   "chat_format": prepared.chat_format, "turns": TURNS},
+        "machine": host,
+        "config": {
+            **asdict(config),
+            "models_dir": str(config.models_dir) if config.models_dir else None,
+            "model_file": str(prepared.path),
+            "n_ctx": prepared.n_ctx,
+            "chat_format": prepared.chat_format,
+            "turns": TURNS,
+        },
         "results": results,
     }
     report["targets"] = targets(report)
@@ -595,14 +691,16 @@ def compare(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for result in results:
         figures = result["figures"]
         if result is not results[-1]:
-            figures["vs_in_process"] = ratio(figures.get("tokens_per_s"),
-                                             ceiling.get("tokens_per_s"))
+            figures["vs_in_process"] = ratio(
+                figures.get("tokens_per_s"), ceiling.get("tokens_per_s")
+            )
         # A server that sends no usage read as many tokens as the same model in-process did.
         if "prompt_tokens" not in figures and "prompt_tokens" in ceiling:
             figures["prompt_tokens"] = ceiling["prompt_tokens"]
             figures["prompt_tokens_from"] = IN_PROCESS
-        figures["prompt_tokens_per_s"] = ratio(figures.get("prompt_tokens"),
-                                               figures.get("prompt_ttft_s"))
+        figures["prompt_tokens_per_s"] = ratio(
+            figures.get("prompt_tokens"), figures.get("prompt_ttft_s")
+        )
         result["figures"] = {k: v for k, v in figures.items() if v is not None}
     return results
 
@@ -615,14 +713,23 @@ def summarize(measured: Measured) -> dict[str, Any]:
     levels = {}
     for clients, level in sorted(measured.levels.items()):
         levels[str(clients)] = {
-            "tokens_per_s": median(level.tokens_per_s), "ttft_p50_s": percentile(level.ttft, 50),
-            "ttft_p95_s": percentile(level.ttft, 95), "requests": level.requests,
-            "complete": level.complete, "problems": level.problems,
+            "tokens_per_s": median(level.tokens_per_s),
+            "ttft_p50_s": percentile(level.ttft, 50),
+            "ttft_p95_s": percentile(level.ttft, 95),
+            "requests": level.requests,
+            "complete": level.complete,
+            "problems": level.problems,
             "samples": {"tokens_per_s": level.tokens_per_s, "ttft_s": level.ttft},
         }
-    return {"name": measured.name, "kind": measured.kind, "url": measured.url,
-            "figures": {k: v for k, v in figures.items() if v is not None},
-            "concurrency": levels, "problems": measured.problems, "samples": dict(measured.samples)}
+    return {
+        "name": measured.name,
+        "kind": measured.kind,
+        "url": measured.url,
+        "figures": {k: v for k, v in figures.items() if v is not None},
+        "concurrency": levels,
+        "problems": measured.problems,
+        "samples": dict(measured.samples),
+    }
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -636,27 +743,47 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         checks.append({"target": target, "measured": measured, "met": met, "shown": shown})
 
     vs = figures.get("vs_in_process")
-    check("1 client ≥ 95% of in-process tokens/s", vs, None if vs is None else vs >= 0.95,
-          _fmt(vs, "{:.0%}"))
+    check(
+        "1 client ≥ 95% of in-process tokens/s",
+        vs,
+        None if vs is None else vs >= 0.95,
+        _fmt(vs, "{:.0%}"),
+    )
     cold = figures.get("cold_start_s")
     check("cold start < 3 s", cold, None if cold is None else cold < 3.0, _fmt(cold, "{:.2f} s"))
     turns = figures.get("turn_ratio")
-    check(f"turn-{TURNS} TTFT ≤ 1.5× turn-1", turns, None if turns is None else turns <= 1.5,
-          _fmt(turns, "{:.2f}×"))
+    check(
+        f"turn-{TURNS} TTFT ≤ 1.5× turn-1",
+        turns,
+        None if turns is None else turns <= 1.5,
+        _fmt(turns, "{:.2f}×"),
+    )
     requests = sum(level["requests"] for level in ours["concurrency"].values())
     done = sum(level["complete"] for level in ours["concurrency"].values())
-    check("zero incomplete responses", requests - done, requests > 0 and done == requests,
-          f"{requests - done} of {requests}")
+    check(
+        "zero incomplete responses",
+        requests - done,
+        requests > 0 and done == requests,
+        f"{requests - done} of {requests}",
+    )
     json_ratio = figures.get("json_vs_text")
-    check("JSON mode ≥ 0.5× free text", json_ratio,
-          None if json_ratio is None else json_ratio >= 0.5, _fmt(json_ratio, "{:.2f}×"))
+    check(
+        "JSON mode ≥ 0.5× free text",
+        json_ratio,
+        None if json_ratio is None else json_ratio >= 0.5,
+        _fmt(json_ratio, "{:.2f}×"),
+    )
     for peer in (r for r in report["results"] if r["kind"] == "peer"):
         for clients, level in ours["concurrency"].items():
             theirs = peer["concurrency"].get(clients, {}).get("tokens_per_s")
             value = ratio(level.get("tokens_per_s"), theirs)
             if int(clients) > 1 and value is not None:
-                check(f"{clients} clients ≥ {peer['name']} aggregate tokens/s", value, value >= 1.0,
-                      _fmt(value, "{:.2f}×"))
+                check(
+                    f"{clients} clients ≥ {peer['name']} aggregate tokens/s",
+                    value,
+                    value >= 1.0,
+                    _fmt(value, "{:.2f}×"),
+                )
     return checks
 
 
@@ -667,20 +794,21 @@ def _fmt(value: Any, pattern: str) -> str:
     return "—" if value is None else pattern.format(value)
 
 
+# (label, figure, format): the unit goes in the label, so that the columns stay narrow.
 _ROWS: list[tuple[str, str, str]] = [
-    ("cold start", "cold_start_s", "{:.2f} s"),
-    ("memory once loaded (RSS)", "rss_mib", "{:.0f} MiB"),
-    ("memory at the end (peak)", "rss_peak_mib", "{:.0f} MiB"),
-    ("time to first token", "ttft_s", "{:.3f} s"),
-    ("generation", "tokens_per_s", "{:.1f} tokens/s"),
-    ("  tokens per stream", "tokens", "{:.0f}"),
+    ("cold start to /health, s", "cold_start_s", "{:.2f}"),
+    ("RSS once loaded, MiB", "rss_mib", "{:.0f}"),
+    ("RSS peak after the run, MiB", "rss_peak_mib", "{:.0f}"),
+    ("time to first token, s", "ttft_s", "{:.3f}"),
+    ("generation, tokens/s", "tokens_per_s", "{:.1f}"),
     ("  ÷ in-process", "vs_in_process", "{:.0%}"),
-    ("prompt", "prompt_tokens_per_s", "{:.0f} tokens/s"),
+    ("  tokens a stream", "tokens", "{:.0f}"),
+    ("prompt, tokens/s", "prompt_tokens_per_s", "{:.0f}"),
     ("  prompt tokens", "prompt_tokens", "{:.0f}"),
-    ("turn 1 time to first token", "turn1_ttft_s", "{:.3f} s"),
-    (f"turn {TURNS} time to first token", "turn10_ttft_s", "{:.3f} s"),
+    ("turn 1 time to first token, s", "turn1_ttft_s", "{:.3f}"),
+    (f"turn {TURNS} time to first token, s", "turn10_ttft_s", "{:.3f}"),
     (f"  turn {TURNS} ÷ turn 1", "turn_ratio", "{:.2f}×"),
-    ("JSON mode", "json_tokens_per_s", "{:.1f} tokens/s"),
+    ("JSON mode, tokens/s", "json_tokens_per_s", "{:.1f}"),
     ("  ÷ free text", "json_vs_text", "{:.2f}×"),
 ]
 
@@ -691,27 +819,46 @@ def table(report: dict[str, Any]) -> Any:
 
     results = report["results"]
     config = report["config"]
-    title = (f"{config['model']} · {config['threads']} threads · context {config['n_ctx']} · "
-             f"median of {config['repeats']}")
+    title = (
+        f"{config['model']} · {config['threads']} threads · context {config['n_ctx']} · "
+        f"{config['max_tokens']} tokens a stream · median of {config['repeats']}"
+    )
     m = report["machine"]
     load = " / ".join(f"{x:.1f}" for x in m["load_average"]) if m.get("load_average") else "?"
-    caption = (f"{m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB; llama-cpp-python "
-               f"{m['llama_cpp_python']}; load average at the start {load}")
-    grid = Table("", *(r["name"] for r in results), title=title, title_justify="left",
-                 caption=caption, caption_justify="left")
+    caption = (
+        f"{m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB; llama-cpp-python "
+        f"{m['llama_cpp_python']}; load average at the start {load}"
+    )
+    grid = Table(
+        "",
+        *(r["name"] for r in results),
+        title=title,
+        title_justify="left",
+        caption=caption,
+        caption_justify="left",
+    )
     for label, key, pattern in _ROWS:
         cells = [_fmt(r["figures"].get(key), pattern) for r in results]
         if any(c != "—" for c in cells):
             grid.add_row(label, *cells)
     for clients in config["concurrency"]:
         levels = [r["concurrency"].get(str(clients)) for r in results]
-        grid.add_row(f"{clients} client{'s' * (clients > 1)}: aggregate",
-                     *(_fmt(lv and lv["tokens_per_s"], "{:.1f} tokens/s") for lv in levels))
-        grid.add_row("  TTFT p50 / p95",
-                     *(f"{_fmt(lv['ttft_p50_s'], '{:.2f}')} / {_fmt(lv['ttft_p95_s'], '{:.2f} s')}"
-                       if lv else "—" for lv in levels))
-        grid.add_row("  complete",
-                     *(f"{lv['complete']}/{lv['requests']}" if lv else "—" for lv in levels))
+        grid.add_row(
+            f"{clients} client{'s' * (clients > 1)}, aggregate tokens/s",
+            *(_fmt(lv and lv["tokens_per_s"], "{:.1f}") for lv in levels),
+        )
+        grid.add_row(
+            "  TTFT p50 / p95, s",
+            *(
+                f"{_fmt(lv['ttft_p50_s'], '{:.2f}')} / {_fmt(lv['ttft_p95_s'], '{:.2f}')}"
+                if lv
+                else "—"
+                for lv in levels
+            ),
+        )
+        grid.add_row(
+            "  complete", *(f"{lv['complete']}/{lv['requests']}" if lv else "—" for lv in levels)
+        )
     return grid
 
 
@@ -753,19 +900,35 @@ def plot(report: dict[str, Any], path: Path) -> None:
         if result["kind"] == "in-process":
             ceiling = result["figures"].get("tokens_per_s")
             if ceiling:
-                ax.axhline(ceiling, linestyle="--", color="grey", linewidth=1,
-                           label=f"in-process llama-cpp-python, 1 stream ({ceiling:.1f})")
+                ax.axhline(
+                    ceiling,
+                    linestyle="--",
+                    color="grey",
+                    linewidth=1,
+                    label=f"in-process llama-cpp-python, 1 stream ({ceiling:.1f})",
+                )
             continue
         values = [result["concurrency"].get(str(c), {}).get("tokens_per_s") for c in levels]
-        ax.plot(levels, [v if v is not None else float("nan") for v in values], marker="o",
-                label=result["name"])
+        counts = result["concurrency"].values()
+        incomplete = sum(lv["requests"] - lv["complete"] for lv in counts)
+        label = result["name"] + (
+            f" ({incomplete} of {sum(lv['requests'] for lv in counts)} responses incomplete)"
+            if incomplete
+            else ""
+        )
+        ax.plot(
+            levels, [v if v is not None else float("nan") for v in values], marker="o", label=label
+        )
     ax.set_xscale("log", base=2)
     ax.set_xticks(levels, [str(c) for c in levels])
     ax.set_xlabel("concurrent streaming clients")
     ax.set_ylabel("aggregate tokens/s")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"{config['model']}, {config['threads']} threads, {config['max_tokens']} tokens "
-                 f"a stream (median of {config['repeats']})", fontsize=10)
+    ax.set_title(
+        f"{config['model']}, {config['threads']} threads, {config['max_tokens']} tokens "
+        f"a stream (median of {config['repeats']})",
+        fontsize=10,
+    )
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

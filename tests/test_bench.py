@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,16 +30,35 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 
 
 @pytest.mark.slow
-def test_a_quick_run_reports_every_figure_for_llmkit_and_in_process(server_models_dir: Path,
-                                                                   tmp_path: Path) -> None:
+def test_a_quick_run_reports_every_figure_for_llmkit_and_in_process(
+    server_models_dir: Path, tmp_path: Path
+) -> None:
     report_file = tmp_path / "bench.json"
     plot_file = tmp_path / "bench.png"
     with_plot = importlib.util.find_spec("matplotlib") is not None
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json", str(report_file),
-         *(["--plot", str(plot_file)] if with_plot else [])],
-        env=clean_env(LLMKIT_MODELS_DIR=str(server_models_dir)), capture_output=True, text=True,
-        timeout=300)
+    # Its own session, so that a timeout also ends the `llmkit serve` the benchmark started.
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--json",
+            str(report_file),
+            *(["--plot", str(plot_file)] if with_plot else []),
+        ],
+        env=clean_env(LLMKIT_MODELS_DIR=str(server_models_dir)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cold start" in result.stdout and "Targets" in result.stdout
 
@@ -45,9 +66,21 @@ def test_a_quick_run_reports_every_figure_for_llmkit_and_in_process(server_model
     results = {r["name"]: r for r in report["results"]}
     assert set(results) == {"llmkit", "in-process"}
     ours, ceiling = results["llmkit"]["figures"], results["in-process"]["figures"]
-    for figure in ("cold_start_s", "rss_mib", "ttft_s", "tokens_per_s", "tokens", "prompt_tokens",
-                   "prompt_tokens_per_s", "vs_in_process", "turn1_ttft_s", "turn10_ttft_s",
-                   "turn_ratio", "json_tokens_per_s", "json_vs_text"):
+    for figure in (
+        "cold_start_s",
+        "rss_mib",
+        "ttft_s",
+        "tokens_per_s",
+        "tokens",
+        "prompt_tokens",
+        "prompt_tokens_per_s",
+        "vs_in_process",
+        "turn1_ttft_s",
+        "turn10_ttft_s",
+        "turn_ratio",
+        "json_tokens_per_s",
+        "json_vs_text",
+    ):
         assert ours.get(figure, 0) > 0, (figure, ours)
     for figure in ("ttft_s", "tokens_per_s", "prompt_tokens_per_s", "json_tokens_per_s"):
         assert ceiling.get(figure, 0) > 0, (figure, ceiling)
@@ -66,7 +99,9 @@ def test_a_quick_run_reports_every_figure_for_llmkit_and_in_process(server_model
 
 def test_a_peer_is_a_url_or_a_named_url_and_gets_its_v1() -> None:
     assert parse_peer("http://127.0.0.1:8081") == Peer("127.0.0.1:8081", "http://127.0.0.1:8081/v1")
-    assert parse_peer("llama-server=127.0.0.1:8081/v1") == Peer("llama-server", "http://127.0.0.1:8081/v1")
+    assert parse_peer("llama-server=127.0.0.1:8081/v1") == Peer(
+        "llama-server", "http://127.0.0.1:8081/v1"
+    )
 
 
 def test_concurrency_levels_are_sorted_client_counts() -> None:
@@ -89,9 +124,15 @@ def test_percentiles_interpolate_between_ranks() -> None:
 
 
 def answer(tokens: int, finish: str | None, counted: bool = False) -> Answer:
-    return Answer(text="x" * tokens, seconds_to_first_token=0.1, completion_tokens=tokens,
-                  total_seconds=1.0, tokens_counted=counted, finish_reason=finish,
-                  interrupted=finish is None)
+    return Answer(
+        text="x" * tokens,
+        seconds_to_first_token=0.1,
+        completion_tokens=tokens,
+        total_seconds=1.0,
+        tokens_counted=counted,
+        finish_reason=finish,
+        interrupted=finish is None,
+    )
 
 
 def test_a_response_is_complete_only_with_a_finish_reason_and_all_its_tokens() -> None:
@@ -109,11 +150,15 @@ def test_memory_is_read_from_proc_status_in_mib() -> None:
 
 
 def test_a_server_without_usage_is_compared_on_the_prompt_tokens_counted_in_process() -> None:
-    results = compare([
-        {"name": "peer", "figures": {"tokens_per_s": 50.0, "prompt_ttft_s": 2.0}},
-        {"name": "in-process", "figures": {"tokens_per_s": 60.0, "prompt_tokens": 1000,
-                                           "prompt_ttft_s": 1.0}},
-    ])
+    results = compare(
+        [
+            {"name": "peer", "figures": {"tokens_per_s": 50.0, "prompt_ttft_s": 2.0}},
+            {
+                "name": "in-process",
+                "figures": {"tokens_per_s": 60.0, "prompt_tokens": 1000, "prompt_ttft_s": 1.0},
+            },
+        ]
+    )
     peer, ceiling = (r["figures"] for r in results)
     assert peer["vs_in_process"] == pytest.approx(50 / 60)
     assert (peer["prompt_tokens"], peer["prompt_tokens_from"]) == (1000, "in-process")
