@@ -159,8 +159,10 @@ def main(
     finally:
         signal.signal(signal.SIGTERM, previous)
     console = console or Console()
-    console.print(table(report))
-    console.print(targets_table(report))
+    # Piped to a file, rich would wrap the table at 80 columns; a side-by-side table needs more.
+    width = None if console.is_terminal else max(console.width, 110)
+    console.print(table(report), width=width)
+    console.print(targets_table(report), width=width)
     for line in problems(report):
         console.print(f"[yellow]problem:[/] {line}", highlight=False)
     if json_file is not None:
@@ -694,6 +696,14 @@ def compare(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             figures["vs_in_process"] = ratio(
                 figures.get("tokens_per_s"), ceiling.get("tokens_per_s")
             )
+            # Each repeat measures the server and in-process back to back: on a shared machine
+            # the ratio within a repeat is steadier than the ratio of the medians.
+            ours = result.get("samples", {}).get("tokens_per_s", [])
+            theirs = results[-1].get("samples", {}).get("tokens_per_s", [])
+            if ours and len(ours) == len(theirs):
+                figures["vs_in_process_paired"] = median(
+                    [a / b for a, b in zip(ours, theirs, strict=True)]
+                )
         # A server that sends no usage read as many tokens as the same model in-process did.
         if "prompt_tokens" not in figures and "prompt_tokens" in ceiling:
             figures["prompt_tokens"] = ceiling["prompt_tokens"]
@@ -742,12 +752,12 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     def check(target: str, measured: float | None, met: bool | None, shown: str) -> None:
         checks.append({"target": target, "measured": measured, "met": met, "shown": shown})
 
-    vs = figures.get("vs_in_process")
+    vs, paired = figures.get("vs_in_process"), figures.get("vs_in_process_paired")
     check(
         "1 client ≥ 95% of in-process tokens/s",
         vs,
         None if vs is None else vs >= 0.95,
-        _fmt(vs, "{:.0%}"),
+        _fmt(vs, "{:.0%}") + (f" (within each repeat: {paired:.0%})" if paired else ""),
     )
     cold = figures.get("cold_start_s")
     check("cold start < 3 s", cold, None if cold is None else cold < 3.0, _fmt(cold, "{:.2f} s"))
@@ -802,6 +812,7 @@ _ROWS: list[tuple[str, str, str]] = [
     ("time to first token, s", "ttft_s", "{:.3f}"),
     ("generation, tokens/s", "tokens_per_s", "{:.1f}"),
     ("  ÷ in-process", "vs_in_process", "{:.0%}"),
+    ("  ÷ in-process, within each repeat", "vs_in_process_paired", "{:.0%}"),
     ("  tokens a stream", "tokens", "{:.0f}"),
     ("prompt, tokens/s", "prompt_tokens_per_s", "{:.0f}"),
     ("  prompt tokens", "prompt_tokens", "{:.0f}"),
