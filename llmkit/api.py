@@ -325,19 +325,9 @@ class Api:
 
     async def chat(self, request: Request, body: ChatRequest) -> Any:
         kwargs = llama_kwargs(body)
-        messages = kwargs.pop("messages")
-        work = generation_work(
-            self.engine.llama.create_chat_completion,
-            [{"messages": messages}],
-            kwargs,
-            n=body.n,
-            seed=body.seed,
-            stream=body.stream,
-            include_usage=bool(body.stream_options and body.stream_options.include_usage),
-            model=body.model or self.model_name,
-            kind="chat.completion",
-        )
-        return await self._respond(request, work, body.stream)
+        prompts = [{"messages": kwargs.pop("messages")}]
+        call = self.engine.llama.create_chat_completion
+        return await self._generate(request, body, call, prompts, kwargs, "chat.completion")
 
     async def completions(self, request: Request, body: CompletionRequest) -> Any:
         kwargs = llama_kwargs(body)
@@ -346,8 +336,20 @@ class Api:
             prompts = [{"prompt": p} for p in prompt]
         else:
             prompts = [{"prompt": prompt}]
+        call = self.engine.llama.create_completion
+        return await self._generate(request, body, call, prompts, kwargs, "text_completion")
+
+    async def _generate(
+        self,
+        request: Request,
+        body: ChatRequest | CompletionRequest,
+        call: Callable[..., Any],
+        prompts: list[dict[str, Any]],
+        kwargs: dict[str, Any],
+        kind: Literal["chat.completion", "text_completion"],
+    ) -> Any:
         work = generation_work(
-            self.engine.llama.create_completion,
+            call,
             prompts,
             kwargs,
             n=body.n,
@@ -355,7 +357,7 @@ class Api:
             stream=body.stream,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
             model=body.model or self.model_name,
-            kind="text_completion",
+            kind=kind,
         )
         return await self._respond(request, work, body.stream)
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from llmkit.client import Answer, ChatSession, resolve_api_key, resolve_url
 from llmkit.errors import LlmkitError
+from llmkit.launcher import stop
 
 Log = Callable[[str], None]
 
@@ -159,10 +160,10 @@ def main(
     finally:
         signal.signal(signal.SIGTERM, previous)
     console = console or Console()
-    # Piped to a file, rich would wrap the table at 80 columns; a side-by-side table needs more.
-    width = None if console.is_terminal else max(console.width, 110)
-    console.print(table(report), width=width)
-    console.print(targets_table(report), width=width)
+    if not console.is_terminal:  # piped, rich would wrap the side-by-side table at 80 columns
+        console = Console(file=console.file, width=max(console.width, 110))
+    console.print(table(report))
+    console.print(targets_table(report))
     for line in problems(report):
         console.print(f"[yellow]problem:[/] {line}", highlight=False)
     if json_file is not None:
@@ -345,16 +346,6 @@ def _answers(url: str) -> bool:
             return bool(response.status == 200)
     except (OSError, ValueError):  # refused, reset, timed out, or an HTTP error status
         return False
-
-
-def stop(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # -- measuring one server ------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def serve(
         client.llmkit_process = proc  # type: ignore[attr-defined]
         yield client
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], health: str, log: Path, timeout: float) -> None:
@@ -95,7 +95,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], health: str, log: Path, timeout: 
     raise LlmkitError(f"llmkit serve was not ready after {timeout:g} s (log: {log})")
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """SIGTERM (a clean shutdown), then SIGKILL if the process outlives the timeout."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
