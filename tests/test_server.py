@@ -359,8 +359,9 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(serve_env: dict[str, 
         waiting.join(60)
 
 
-def test_sigterm_mid_generation_exits_zero_within_the_grace_period(
-    serve_env: dict[str, str],
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stop_signal_mid_generation_exits_zero_within_the_grace_period(
+    serve_env: dict[str, str], stop_signal: signal.Signals
 ) -> None:
     port = free_port()
     proc = subprocess.Popen(
@@ -404,9 +405,12 @@ def test_sigterm_mid_generation_exits_zero_within_the_grace_period(
 
         reader = threading.Thread(target=read)
         reader.start()
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60
+        while len(got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = len(got)
         start = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop_signal)
         output, _ = proc.communicate(timeout=15)
         took = time.monotonic() - start
         reader.join(10)
@@ -416,7 +420,7 @@ def test_sigterm_mid_generation_exits_zero_within_the_grace_period(
     assert proc.returncode == 0, output
     assert took < 2 + 5
     assert "shutting down" in output and "Traceback" not in output
-    assert len(got) > 10  # it was generating, and kept streaming during the grace period
+    assert before >= 3 and len(got) > before  # it kept streaming during the grace period
     assert errors, "a stream cut by shutdown must end with an error, not look complete"
 
 
