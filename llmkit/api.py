@@ -178,7 +178,7 @@ _DROP = {
 }
 
 
-def llama_kwargs(body: ChatRequest | CompletionRequest) -> dict[str, Any]:
+def llama_kwargs(body: ChatRequest | CompletionRequest, eos_token: int) -> dict[str, Any]:
     """The request as keyword arguments for llama_cpp's create_(chat_)completion."""
     best_of = getattr(body, "best_of", None)
     if best_of not in (None, 1, body.n):
@@ -192,8 +192,8 @@ def llama_kwargs(body: ChatRequest | CompletionRequest) -> dict[str, Any]:
             kwargs["max_tokens"] = body.max_completion_tokens
     kwargs["grammar"] = grammar_for(getattr(body, "response_format", None), body.grammar)
     if body.min_tokens > 0:
-        eos = [llama_cpp.MinTokensLogitsProcessor(body.min_tokens, -1)]
-        kwargs["logits_processor"] = llama_cpp.LogitsProcessorList(eos)
+        min_tokens = llama_cpp.MinTokensLogitsProcessor(body.min_tokens, eos_token)
+        kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([min_tokens])
     return kwargs
 
 
@@ -324,13 +324,13 @@ class Api:
         return self._model_card(model_id)
 
     async def chat(self, request: Request, body: ChatRequest) -> Any:
-        kwargs = llama_kwargs(body)
+        kwargs = llama_kwargs(body, self.engine.llama.token_eos())
         prompts = [{"messages": kwargs.pop("messages")}]
         call = self.engine.llama.create_chat_completion
         return await self._generate(request, body, call, prompts, kwargs, "chat.completion")
 
     async def completions(self, request: Request, body: CompletionRequest) -> Any:
-        kwargs = llama_kwargs(body)
+        kwargs = llama_kwargs(body, self.engine.llama.token_eos())
         prompt = kwargs.pop("prompt")
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             prompts = [{"prompt": p} for p in prompt]
