@@ -16,6 +16,11 @@ _SOURCE = Path(__file__).parent.parent / "models"  # a source checkout / editabl
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
+def is_sha256(text: str | None) -> bool:
+    """Whether text is a sha256 as the catalog and the Hub's LFS etags write it (64 lowercase hex)."""
+    return bool(text and _HEX64.match(text))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A model file on the Hub, with what llmkit knows about it."""
@@ -92,7 +97,7 @@ def spec_from_toml(data: dict, source: str) -> ModelSpec:
     """Build a ModelSpec from one catalog file's table, saying which file is wrong if it is."""
     try:
         sha = data.get("sha256")
-        if sha is not None and not _HEX64.match(sha):
+        if sha is not None and not is_sha256(sha):
             raise ValueError("sha256 must be 64 lowercase hex digits")
         return ModelSpec(
             name=data["name"],

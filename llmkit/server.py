@@ -178,8 +178,13 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
     return app, api, engine
 
 
+def base_url(config: ServeConfig) -> str:
+    """The /v1 URL a client on this machine uses to reach the server."""
+    return f"http://{_url_host(config.host)}:{config.port}/v1"
+
+
 def banner(config: ServeConfig, prepared: Prepared) -> str:
-    url = f"http://{_url_host(config.host)}:{config.port}/v1"
+    url = base_url(config)
     lines = [
         f"llmkit serving {prepared.name}",
         f"  url          {url}",
@@ -222,10 +227,7 @@ def run(config: ServeConfig) -> None:
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.started:
-                print(
-                    f"ready: {prepared.name} on http://{_url_host(config.host)}:{config.port}/v1",
-                    flush=True,
-                )
+                print(f"ready: {prepared.name} on {base_url(config)}", flush=True)
                 notify("READY=1")
 
         def handle_exit(self, sig: int, frame: Any) -> None:

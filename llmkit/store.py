@@ -12,13 +12,20 @@ import importlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.catalog import Catalog, LocalModel, ModelSpec, QuantRef, Reference, pick_quant_file
+from llmkit.catalog import (
+    Catalog,
+    LocalModel,
+    ModelSpec,
+    QuantRef,
+    Reference,
+    is_sha256,
+    pick_quant_file,
+)
 from llmkit.errors import (
     ChecksumMismatch,
     DownloadError,
@@ -27,7 +34,6 @@ from llmkit.errors import (
     UnknownModel,
 )
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MARKER_DIR = ".llmkit"
 _SPACE_MARGIN = 64 * 1024 * 1024
 
@@ -219,7 +225,7 @@ class Store:
         from huggingface_hub._local_folder import read_download_metadata
 
         meta = read_download_metadata(self.root / spec.repo, spec.file)
-        return meta.etag if meta and _HEX64.match(meta.etag or "") else None
+        return meta.etag if meta and is_sha256(meta.etag) else None
 
     def _download(self, spec: ModelSpec, log: Log, show_progress: bool) -> Pulled:
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
@@ -254,7 +260,7 @@ class Store:
         finally:
             if not were_disabled:
                 enable_progress_bars()
-        etag = meta.etag if meta.etag and _HEX64.match(meta.etag) else None
+        etag = meta.etag if is_sha256(meta.etag) else None
         expected = [s for s in (spec.sha256, etag) if s]
         if not expected:
             log(
