@@ -1,4 +1,4 @@
-"""llmkit's OpenAI routes: requests validated, run on the engine, answered in OpenAI's shapes.
+"""llmkit's OpenAI routes: requests validated, run on the batched engine, answered in OpenAI's shapes.
 
 These replace llama_cpp.server's own generation routes, which cut concurrent streams short, ignore
 `n`, send no usage chunk, accept out-of-range parameters and make /v1/models wait on the model.
@@ -11,28 +11,19 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import llama_cpp
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
-from pydantic import BaseModel, Field
 
-from llmkit.engine import Engine, Job, QueueFull, ShuttingDown
+from llmkit.engine import CacheFull, Delta, Engine, Job, QueueFull, ShuttingDown, Usage
+from llmkit.params import BadRequest, ChatRequest, CompletionRequest, sequences_for
 
-MAX_N = 16
-MAX_STOP = 16
 RETRY_AFTER_SECONDS = 2
 
-
-class BadRequest(Exception):
-    """A request the server cannot honour; answered with 400 and this message."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
+Kind = Literal["chat.completion", "text_completion"]
 
 
 def openai_error(
@@ -49,223 +40,97 @@ def openai_error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class _Common(BaseModel):
-    # The OpenAI API's ranges, which llama_cpp.server does not check.
-    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
-    top_p: float = Field(default=0.95, ge=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=MAX_N)
-    max_tokens: int | None = Field(default=None, ge=1)
-    presence_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
-    stop: str | list[str] | None = None
-    stream_options: StreamOptions | None = None
-
-
-class ChatRequest(_Common, CreateChatCompletionRequest):  # type: ignore[misc]
-    messages: list[dict[str, Any]] = Field(min_length=1)  # type: ignore[assignment]
-    response_format: dict[str, Any] | None = None  # type: ignore[assignment]
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-
-
-class CompletionRequest(_Common, CreateCompletionRequest):  # type: ignore[misc]
-    prompt: str | list[str] | list[int] = ""  # type: ignore[assignment]
-
-
-_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
-
-
-def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Check roles and flatten text-part lists into strings, as chat templates expect."""
-    out = []
-    for i, message in enumerate(messages):
-        role = message.get("role")
-        if role not in _ROLES:
-            raise BadRequest(
-                f"messages[{i}].role must be one of {sorted(_ROLES)}, not {role!r}",
-                param=f"messages[{i}].role",
-            )
-        content = message.get("content")
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text":
-                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise BadRequest(
-                        f"messages[{i}] has a {kind!r} part; this model takes text only",
-                        param=f"messages[{i}].content",
-                    )
-                texts.append(str(part.get("text", "")))
-            content = "".join(texts)
-        elif content is not None and not isinstance(content, str):
-            raise BadRequest(
-                f"messages[{i}].content must be a string or a list of text parts",
-                param=f"messages[{i}].content",
-            )
-        elif content is None and role != "assistant":
-            raise BadRequest(f"messages[{i}].content is missing", param=f"messages[{i}].content")
-        out.append(
-            {**message, "role": "system" if role == "developer" else role, "content": content}
-        )
-    return out
-
-
-def grammar_for(
-    response_format: dict[str, Any] | None, grammar: str | None
-) -> llama_cpp.LlamaGrammar | None:
-    """The grammar that forces JSON (or the schema) when asked; compiled here so errors are 400s."""
-    try:
-        if grammar is not None:
-            return llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
-        if not response_format or response_format.get("type") in (None, "text"):
-            return None
-        kind = response_format.get("type")
-        if kind == "json_object":
-            schema = response_format.get("schema")
-            if schema is None:
-                return llama_cpp.LlamaGrammar.from_string(
-                    llama_cpp.llama_grammar.JSON_GBNF, verbose=False
-                )
-            return llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-        if kind == "json_schema":
-            spec = response_format.get("json_schema") or {}
-            schema = spec.get("schema") if isinstance(spec, dict) else None
-            if not isinstance(schema, dict):
-                raise BadRequest(
-                    "response_format.json_schema.schema must be a JSON schema object",
-                    param="response_format",
-                )
-            return llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-    except BadRequest:
-        raise
-    except Exception as exc:  # noqa: BLE001 - llama.cpp's grammar errors are the user's to fix
-        raise BadRequest(
-            f"could not build a grammar from this request: {exc}", param="response_format"
-        ) from None
-    raise BadRequest(
-        f"response_format.type must be text, json_object or json_schema, not {kind!r}",
-        param="response_format",
-    )
-
-
-def seeds_for(seed: int | None, n: int) -> list[int]:
-    """One seed per choice: the caller's seed (then seed+1, ...) or fresh random ones.
-
-    llama_cpp without a seed reuses the same one for every call, so `n` choices and repeated
-    requests at temperature > 0 would all be the same text.
-    """
-    if seed is None:
-        return [secrets.randbits(32) for _ in range(n)]
-    return [(seed + i) % 2**32 for i in range(n)]
-
-
-_DROP = {
-    "n",
-    "best_of",
-    "stream",
-    "stream_options",
-    "user",
-    "logit_bias_type",
-    "min_tokens",
-    "model",
-    "max_completion_tokens",
-    "response_format",
-    "grammar",
-    "seed",
-}
-
-
-def llama_kwargs(body: ChatRequest | CompletionRequest, eos_token: int) -> dict[str, Any]:
-    """The request as keyword arguments for llama_cpp's create_(chat_)completion."""
-    best_of = getattr(body, "best_of", None)
-    if best_of not in (None, 1, body.n):
-        raise BadRequest("best_of is not supported (ask for n choices instead)", param="best_of")
-    if isinstance(body.stop, list) and len(body.stop) > MAX_STOP:
-        raise BadRequest(f"stop takes at most {MAX_STOP} sequences", param="stop")
-    kwargs = body.model_dump(exclude=_DROP)
-    if isinstance(body, ChatRequest):
-        kwargs["messages"] = normalize_messages(body.messages)
-        if body.max_completion_tokens is not None:
-            kwargs["max_tokens"] = body.max_completion_tokens
-    kwargs["grammar"] = grammar_for(getattr(body, "response_format", None), body.grammar)
-    if body.min_tokens > 0:
-        min_tokens = llama_cpp.MinTokensLogitsProcessor(body.min_tokens, eos_token)
-        kwargs["logits_processor"] = llama_cpp.LogitsProcessorList([min_tokens])
-    return kwargs
-
-
-def _usage(job: Job) -> dict[str, int]:
-    u = job.usage
+def usage_dict(usage: Usage) -> dict[str, Any]:
     return {
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
     }
 
 
-Work = Callable[[Job], Iterator[dict[str, Any]]]
+class Response:
+    """One request's answer, built from the engine's deltas: as chunks, or as one body at the end."""
 
+    def __init__(self, kind: Kind, model: str, echo: list[str], include_usage: bool) -> None:
+        self.kind = kind
+        self.model = model
+        self.echo = echo
+        self.include_usage = include_usage
+        self.id = f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.texts = [""] * len(echo)
+        self.finish: list[str | None] = [None] * len(echo)
+        self._started = [False] * len(echo)
 
-def generation_work(
-    call: Callable[..., Any],
-    prompts: list[Any],
-    kwargs: dict[str, Any],
-    *,
-    n: int,
-    seed: int | None,
-    stream: bool,
-    include_usage: bool,
-    model: str,
-    kind: Literal["chat.completion", "text_completion"],
-) -> Work:
-    """The job for a chat or text completion: every prompt times n choices, each generated in full."""
-    prefix = "chatcmpl" if kind == "chat.completion" else "cmpl"
-    chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else "text_completion"
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        chunk_kind = "chat.completion.chunk" if self.kind == "chat.completion" else self.kind
+        return {
+            "id": self.id,
+            "object": chunk_kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
 
-    def work(job: Job) -> Iterator[dict[str, Any]]:
-        cid, created = f"{prefix}-{uuid.uuid4().hex}", int(time.time())
+    def chunks(self, delta: Delta) -> list[dict[str, Any]]:
+        """The stream chunks for one delta."""
+        i, text = delta.index, delta.text
+        out = []
+        if not self._started[i]:
+            self._started[i] = True
+            text = self.echo[i] + text
+            if self.kind == "chat.completion":
+                out.append(self._choice_chunk(i, {"role": "assistant", "content": ""}, None))
+        if text:
+            out.append(self._choice_chunk(i, {"content": text}, None, text))
+        if delta.finish_reason is not None:
+            self.finish[i] = delta.finish_reason
+            out.append(self._choice_chunk(i, {}, delta.finish_reason, ""))
+        return out
+
+    def _choice_chunk(
+        self, i: int, delta: dict[str, Any], finish: str | None, text: str = ""
+    ) -> dict[str, Any]:
+        if self.kind == "chat.completion":
+            choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"text": text, "index": i, "logprobs": None, "finish_reason": finish}
+        return self._chunk([choice])
+
+    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
+        return self._chunk([], usage=usage_dict(usage))
+
+    def add(self, delta: Delta) -> None:
+        i = delta.index
+        if not self._started[i]:
+            self._started[i] = True
+            self.texts[i] = self.echo[i]
+        self.texts[i] += delta.text
+        if delta.finish_reason is not None:
+            self.finish[i] = delta.finish_reason
+
+    def body(self, usage: Usage) -> dict[str, Any]:
         choices: list[dict[str, Any]] = []
-        for p, prompt in enumerate(prompts):
-            for i, choice_seed in enumerate(seeds_for(seed, n)):
-                index = p * n + i
-                result = call(**prompt, **kwargs, seed=choice_seed, stream=stream)
-                if stream:
-                    for chunk in result:
-                        if job.cancelled.is_set():
-                            return
-                        chunk.update(id=cid, created=created, model=model)
-                        for choice in chunk["choices"]:
-                            choice["index"] = index
-                        yield chunk
-                else:
-                    for choice in result["choices"]:
-                        choice["index"] = index
-                        choices.append(choice)
-                if i == 0:  # n choices share one prompt: count it once
-                    job.usage.prompt_tokens += job.usage.last_prompt_tokens
-        if stream and include_usage:
-            yield {
-                "id": cid,
-                "object": chunk_kind,
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": _usage(job),
-            }
-        elif not stream:
-            yield {
-                "id": cid,
-                "object": kind,
-                "created": created,
-                "model": model,
-                "choices": choices,
-                "usage": _usage(job),
-            }
-
-    return work
+        for i, (text, finish) in enumerate(zip(self.texts, self.finish, strict=True)):
+            if self.kind == "chat.completion":
+                message = {"role": "assistant", "content": text}
+                choices.append(
+                    {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+                )
+            else:
+                choices.append(
+                    {"text": text, "index": i, "logprobs": None, "finish_reason": finish}
+                )
+        return {
+            "id": self.id,
+            "object": self.kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": usage_dict(usage),
+        }
 
 
 def _sse(data: Any) -> bytes:
@@ -273,10 +138,13 @@ def _sse(data: Any) -> bytes:
 
 
 class Api:
-    """The routes, bound to one engine and the name the model is served under."""
+    """The routes, bound to one engine, the model's tokenizer and the name the model is served under."""
 
-    def __init__(self, engine: Engine, model_name: str, api_key: str | None) -> None:
+    def __init__(
+        self, engine: Engine, llama: llama_cpp.Llama, model_name: str, api_key: str | None
+    ) -> None:
         self.engine = engine
+        self.llama = llama
         self.model_name = model_name
         self.api_key = api_key
         self.shutting_down = False
@@ -305,11 +173,13 @@ class Api:
     async def health(self) -> JSONResponse:
         # Never touches the model: answers while a generation runs, and says when we are draining.
         status = "shutting_down" if self.shutting_down else "ok"
+        engine = self.engine
         body = {
             "status": status,
             "model": self.model_name,
-            "busy": self.engine.busy,
-            "waiting": self.engine.waiting,
+            "busy": engine.busy,
+            "waiting": engine.waiting,
+            "slots": {"total": engine.parallel, "active": engine.active},
         }
         return JSONResponse(body, status_code=503 if self.shutting_down else 200)
 
@@ -324,128 +194,111 @@ class Api:
         return self._model_card(model_id)
 
     async def chat(self, request: Request, body: ChatRequest) -> Any:
-        kwargs = llama_kwargs(body, self.engine.llama.token_eos())
-        prompts = [{"messages": kwargs.pop("messages")}]
-        call = self.engine.llama.create_chat_completion
-        return await self._generate(request, body, call, prompts, kwargs, "chat.completion")
+        return await self._generate(request, body, "chat.completion")
 
     async def completions(self, request: Request, body: CompletionRequest) -> Any:
-        kwargs = llama_kwargs(body, self.engine.llama.token_eos())
-        prompt = kwargs.pop("prompt")
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            prompts = [{"prompt": p} for p in prompt]
-        else:
-            prompts = [{"prompt": prompt}]
-        call = self.engine.llama.create_completion
-        return await self._generate(request, body, call, prompts, kwargs, "text_completion")
-
-    async def _generate(
-        self,
-        request: Request,
-        body: ChatRequest | CompletionRequest,
-        call: Callable[..., Any],
-        prompts: list[dict[str, Any]],
-        kwargs: dict[str, Any],
-        kind: Literal["chat.completion", "text_completion"],
-    ) -> Any:
-        work = generation_work(
-            call,
-            prompts,
-            kwargs,
-            n=body.n,
-            seed=body.seed,
-            stream=body.stream,
-            include_usage=bool(body.stream_options and body.stream_options.include_usage),
-            model=body.model or self.model_name,
-            kind=kind,
-        )
-        return await self._respond(request, work, body.stream)
+        return await self._generate(request, body, "text_completion")
 
     async def embeddings(self, request: Request) -> Any:
-        body = await request.json()
-        text = body.get("input") if isinstance(body, dict) else None
-        if not text:
-            raise BadRequest("input is required", param="input")
-        llama = self.engine.llama
+        raise BadRequest(
+            "this server does not compute embeddings: its model is loaded for generation",
+            param="model",
+        )
 
-        def work(job: Job) -> Iterator[dict[str, Any]]:
-            result = llama.create_embedding(text, model=body.get("model") or self.model_name)
-            yield dict(result)
-
-        return await self._respond(request, work, stream=False)
-
-    async def _respond(self, request: Request, work: Work, stream: bool) -> Any:
+    async def _generate(
+        self, request: Request, body: ChatRequest | CompletionRequest, kind: Kind
+    ) -> Any:
+        sequences, echo = sequences_for(body, self.llama)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        response = Response(kind, body.model or self.model_name, echo, include_usage)
         try:
-            job = self.engine.submit(work)
+            job = self.engine.submit(sequences)
         except QueueFull as exc:
-            return openai_error(
-                503,
-                f"server busy: {exc}; retry shortly",
-                kind="server_busy",
-                code="queue_full",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
+            return _busy(f"server busy: {exc}; retry shortly", "queue_full")
         except ShuttingDown as exc:
-            return openai_error(
-                503,
-                str(exc),
-                kind="server_busy",
-                code="shutting_down",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
+            return _busy(str(exc), "shutting_down")
+        except ValueError as exc:  # the prompt does not fit the context
+            param = "messages" if kind == "chat.completion" else "prompt"
+            raise BadRequest(str(exc), param=param) from None
         events = aiter(job)
         try:
+            if not body.stream:
+                return JSONResponse(
+                    await _until_disconnect(request, _collect(job, response, events))
+                )
             # Wait (through the queue and the prompt) for the first event: a request that fails
             # before its first token gets a proper status code, not a broken stream.
             first = await _until_disconnect(request, anext(events))
-        except StopAsyncIteration:
-            return openai_error(
-                503, "the server is shutting down", kind="server_busy", code="shutting_down"
-            )
+        except (StopAsyncIteration, _Unfinished):
+            return _busy("the server is shutting down", "shutting_down")
+        except CacheFull as exc:
+            return _busy(str(exc), "kv_cache_full")
         except BaseException:
             job.cancel()
             raise
-        if not stream:
-            return JSONResponse(first)
         return StreamingResponse(
-            self._stream(job, first, events),
+            self._stream(job, response, first, events),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     async def _stream(
-        self, job: Job, first: Any, events: AsyncIterator[Any]
+        self, job: Job, response: Response, first: Any, events: AsyncIterator[Any]
     ) -> AsyncIterator[bytes]:
         try:
-            yield _sse(first)
-            async for item in events:
-                yield _sse(item)
-            if job.cancelled.is_set():  # cut by shutdown after the grace period: say so
+            item = first
+            while True:
+                if isinstance(item, Delta):
+                    for chunk in response.chunks(item):
+                        yield _sse(chunk)
+                elif response.include_usage:
+                    yield _sse(response.usage_chunk(item))
+                try:
+                    item = await anext(events)
+                except StopAsyncIteration:
+                    break
+            if None in response.finish:  # cut by shutdown after the grace period
                 yield _sse(
-                    {
-                        "error": {
-                            "message": "the server shut down before this response finished",
-                            "type": "server_error",
-                            "param": None,
-                            "code": "shutting_down",
-                        }
-                    }
+                    _error_event(
+                        "the server shut down before this response finished", "shutting_down"
+                    )
                 )
                 return
             yield _sse("[DONE]")
         except Exception as exc:  # noqa: BLE001 - the status line is sent; report in-band
-            yield _sse(
-                {
-                    "error": {
-                        "message": str(exc),
-                        "type": "server_error",
-                        "param": None,
-                        "code": None,
-                    }
-                }
-            )
+            yield _sse(_error_event(str(exc), None))
         finally:
-            job.cancel()  # a client that went away frees the model within a token
+            job.cancel()  # a client that went away frees its slot within a step
+
+
+async def _collect(job: Job, response: Response, events: AsyncIterator[Any]) -> dict[str, Any]:
+    usage = job.usage
+    async for item in events:
+        if isinstance(item, Delta):
+            response.add(item)
+        else:
+            usage = item
+    if None in response.finish:
+        raise _Unfinished()
+    return response.body(usage)
+
+
+class _Unfinished(Exception):
+    """The job ended without finishing every choice: the server is shutting down."""
+
+
+def _error_event(message: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+
+
+def _busy(message: str, code: str) -> JSONResponse:
+    return openai_error(
+        503,
+        message,
+        kind="server_busy",
+        code=code,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 class Unauthorized(Exception):

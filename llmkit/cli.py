@@ -333,6 +333,17 @@ def serve(
             envvar="LLMKIT_API_KEY_FILE", show_default=False, help="Read the API key from a file."
         ),
     ] = None,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            "--parallel",
+            "-np",
+            envvar="LLMKIT_PARALLEL",
+            min=1,
+            max=64,
+            help="Requests decoded together (sequence slots, each with the full context).",
+        ),
+    ] = settings.DEFAULT_PARALLEL,
     max_queue: Annotated[
         int,
         typer.Option(
@@ -380,6 +391,7 @@ def serve(
             chat_format=chat_format,
             api_key=api_key,
             max_queue=max_queue,
+            parallel=parallel,
             grace=grace,
             offline=offline,
             models_dir=models_dir,

@@ -1,21 +1,36 @@
-"""The generation engine: one long-lived worker thread owns the model; requests queue for it.
+"""The generation engine: N sequence slots in one llama.cpp context, decoded together (continuous batching).
 
-Routes never touch the model. They submit a job (a generator function that runs in the worker) and
-read its events from an asyncio queue, so the event loop stays free for /health while the model works.
-Today the engine runs one job at a time; a batched engine with N slots can take its place behind
-the same submit/cancel/close interface.
+One long-lived scheduler thread owns the context. Each step it admits waiting sequences into free
+slots, then makes ONE llama_decode holding the next token of every generating sequence plus prompt
+chunks of newly admitted ones, samples each sequence from its own row of logits and hands the text
+to the event loop in one call. A finished sequence frees its slot at once; the next step fills it.
+
+Routes never touch the model: they submit a Job and read its events from an asyncio queue, so
+/health answers while the model works. A slot keeps the tokens it last held, and a new sequence
+goes to the slot sharing the longest prefix with its prompt: a growing chat recomputes only its
+new tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
+import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import llama_cpp
+
+from llmkit.sampling import Sampler, SamplingParams
+from llmkit.textstream import TextStream
+
+DEFAULT_N_BATCH = 512
+# A sequence that repeats another's prompt this long waits a step to copy its cache instead.
+_SHARE_MIN_TOKENS = 16
 
 
 class QueueFull(Exception):
@@ -26,136 +41,482 @@ class ShuttingDown(Exception):
     """The server stopped taking new work."""
 
 
-_END = object()
+class CacheFull(Exception):
+    """llama.cpp found no room in the KV cache for this request's tokens."""
 
 
 @dataclass
-class _Failure:
-    error: BaseException
+class Sequence:
+    """One choice to generate: a prompt (token ids), how to sample it, where its text goes."""
+
+    prompt: list[int]
+    params: SamplingParams
+    index: int = 0
+    counts_prompt: bool = True  # the first choice of its prompt: its prompt counts toward usage
+
+
+@dataclass
+class Delta:
+    """New text for one choice; `finish_reason` set on the last delta of that choice."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
 
 
 @dataclass
 class Usage:
-    """Tokens seen by the model for one job, counted where llama.cpp generates them."""
-
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    last_prompt_tokens: int = 0  # the prompt of the most recent generate() call
+    cached_tokens: int = 0  # prompt tokens reused from a slot's cache, not recomputed
+
+
+class Observer(Protocol):
+    """Where the engine reports timings (the /metrics module); called from the scheduler thread."""
+
+    def first_token(self, seconds: float) -> None: ...
+    def next_token(self, seconds: float) -> None: ...
+
+
+_END = object()
 
 
 @dataclass(eq=False)
 class Job:
-    """One request's work: produced in the worker thread, consumed on the event loop."""
+    """One request: its sequences, and the events the scheduler sends back to the event loop."""
 
-    work: Callable[[Job], Iterator[Any]]
+    sequences: list[Sequence]
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
     usage: Usage = field(default_factory=Usage)
+    submitted: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    _unstarted: collections.deque[Sequence] = field(default_factory=collections.deque)
+    _running: int = 0
+    _failed: bool = False
 
     def cancel(self) -> None:
-        self.cancelled.set()
+        self.cancelled = True
 
-    def _emit(self, item: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.cancel()
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
+    async def __aiter__(self) -> AsyncIterator[Delta | Usage]:
+        """Deltas as they come, then the usage; raises what failed the job."""
         while True:
             item = await self.events.get()
             if item is _END:
                 return
-            if isinstance(item, _Failure):
-                raise item.error
+            if isinstance(item, BaseException):
+                raise item
             yield item
 
 
-class Engine:
-    """Runs jobs one at a time on the model, in submission order, from a bounded queue."""
+@dataclass(eq=False)
+class _Running:
+    job: Job
+    seq: Sequence
+    sampler: Sampler
+    text: TextStream
+    todo: list[int]  # prompt tokens not yet decoded; empty once generating
+    next_token: int = -1  # the sampled token to decode next
+    generated: int = 0
+    last_time: float = 0.0
+    row: int = -1  # this step's logits row, or -1
 
-    def __init__(self, llama: llama_cpp.Llama, max_queue: int) -> None:
-        self.llama = llama
+
+@dataclass(eq=False)
+class _Slot:
+    seq_id: int
+    cached: list[int] = field(
+        default_factory=list
+    )  # the tokens this sequence holds in the KV cache
+    running: _Running | None = None
+    last_used: float = 0.0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Engine:
+    """N slots decoded together by one scheduler thread; a bounded queue of jobs in front of them."""
+
+    def __init__(
+        self,
+        model: llama_cpp.llama_model_p,
+        *,
+        parallel: int,
+        slot_ctx: int,
+        threads: int,
+        max_queue: int,
+        n_batch: int = DEFAULT_N_BATCH,
+        kv_size: int | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.parallel = parallel
+        self.slot_ctx = slot_ctx
         self.max_queue = max_queue
-        self._pending: collections.deque[Job] = collections.deque()
-        self._active: Job | None = None
+        self.n_batch = n_batch
+        self.observer = observer
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = kv_size or slot_ctx * parallel
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = parallel
+        params.n_threads = params.n_threads_batch = threads
+        params.kv_unified = True  # one cache shared by all slots, as llama-server does
+        params.swa_full = True  # keep sliding-window layers whole, so a cached prefix can be reused
+        params.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(model, params)
+        if not self.ctx:
+            raise RuntimeError("llama.cpp could not create a context for this model")
+        self.kv_size = llama_cpp.llama_n_ctx(self.ctx)
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.vocab = llama_cpp.llama_model_get_vocab(model)
+        n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
+        self._eog = set(self.eog)
+        self._pieces: dict[int, bytes] = {}
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._slots = [_Slot(seq_id=i) for i in range(parallel)]
+        self._jobs: collections.deque[Job] = collections.deque()  # with sequences to admit
         self._closing = False
         self._cv = threading.Condition()
-        self._instrument(llama)
+        # Counters for /metrics, written only by the scheduler thread.
+        self.prompt_tokens_computed = 0
+        self.prompt_tokens_cached = 0
+        self.tokens_generated = 0
+        self.decode_calls = 0
         self._thread = threading.Thread(target=self._run, name="llmkit-engine", daemon=True)
         self._thread.start()
 
+    # The interface routes use -------------------------------------------------------------
+
     @property
     def waiting(self) -> int:
-        return len(self._pending)
+        """Jobs none of whose sequences has a slot yet."""
+        with self._cv:
+            return sum(1 for job in self._jobs if job._running == 0)
+
+    @property
+    def active(self) -> int:
+        return sum(1 for slot in self._slots if slot.running is not None)
 
     @property
     def busy(self) -> bool:
-        return self._active is not None
+        return self.active > 0 or self.waiting > 0
 
-    def submit(self, work: Callable[[Job], Iterator[Any]]) -> Job:
-        """Queue work for the model; raises QueueFull or ShuttingDown instead of waiting."""
-        job = Job(work=work, loop=asyncio.get_running_loop())
+    def submit(self, sequences: list[Sequence]) -> Job:
+        """Queue a request's sequences; raises QueueFull or ShuttingDown instead of waiting."""
+        for seq in sequences:
+            if len(seq.prompt) >= self.slot_ctx:
+                raise ValueError(
+                    f"the prompt is {len(seq.prompt)} tokens; this server's context holds "
+                    f"{self.slot_ctx} per request"
+                )
+        job = Job(sequences=sequences, loop=asyncio.get_running_loop())
+        job._unstarted.extend(sequences)
         with self._cv:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
-            if len(self._pending) >= self.max_queue:
-                raise QueueFull(f"{len(self._pending)} requests are already waiting")
-            self._pending.append(job)
+            if self.waiting >= self.max_queue:
+                raise QueueFull(f"{self.waiting} requests are already waiting")
+            self._jobs.append(job)
             self._cv.notify()
         return job
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop taking work, cancel what is queued or running, and wait for the worker to let go."""
+        """Stop taking work, cancel what is queued or running, and wait for the scheduler to stop."""
         with self._cv:
             self._closing = True
-            for job in [*self._pending, *([self._active] if self._active else [])]:
+            for job in self._jobs:
                 job.cancel()
+            for slot in self._slots:
+                if slot.running:
+                    slot.running.job.cancel()
             self._cv.notify_all()
         self._thread.join(timeout)
 
+    # The scheduler thread -----------------------------------------------------------------
+
     def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._pending and not self._closing:
-                    self._cv.wait()
-                if not self._pending:
-                    return
-                job = self._active = self._pending.popleft()
-            try:
-                if not job.cancelled.is_set():
-                    for item in job.work(job):
-                        if job.cancelled.is_set():
-                            break
-                        job._emit(item)
-            except BaseException as exc:  # noqa: BLE001 - handed to the request that caused it
-                job._emit(_Failure(exc))
-            finally:
-                job._emit(_END)
+        try:
+            while True:
                 with self._cv:
-                    self._active = None
-
-    def _instrument(self, llama: llama_cpp.Llama) -> None:
-        """Wrap Llama.generate to count tokens exactly and to stop a cancelled job within a token.
-
-        llama_cpp's streaming responses carry no token counts, and its loops cannot be interrupted
-        from outside; every completion and chat path goes through generate(), so this sees them all.
-        """
-        original = llama.generate
-        vocab = llama._model.vocab
-        engine = self
-
-        def generate(tokens, *args, **kwargs):  # type: ignore[no-untyped-def]
-            job = engine._active
-            if job is not None:
-                job.usage.last_prompt_tokens = len(tokens)
-            for token in original(tokens, *args, **kwargs):
-                if job is not None:
-                    if job.cancelled.is_set():
+                    while not self._closing and not self._jobs and self.active == 0:
+                        self._cv.wait()
+                    if self._closing and self.active == 0:
+                        self._drop_queued()
                         return
-                    if not llama_cpp.llama_vocab_is_eog(vocab, token):
-                        job.usage.completion_tokens += 1
-                yield token
+                out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
+                try:
+                    self._step(out)
+                except Exception as exc:  # noqa: BLE001 - a bug must not stop the server
+                    logging.getLogger("llmkit").exception("the engine failed a step")
+                    self._fail_everything(exc, out)
+                for loop, items in out.items():
+                    try:
+                        loop.call_soon_threadsafe(_deliver, items)
+                    except RuntimeError:  # the loop is closed: nobody is listening any more
+                        for job, _ in items:
+                            job.cancel()
+        finally:
+            llama_cpp.llama_batch_free(self._batch)
 
-        llama.generate = generate  # type: ignore[method-assign]
+    def _fail_everything(
+        self, exc: Exception, out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]]
+    ) -> None:
+        """Fail every job in hand, and clear the cache, whose state is no longer known."""
+        error = RuntimeError(f"the engine failed: {exc}")
+        jobs = {id(s.running.job): s.running.job for s in self._slots if s.running}
+        with self._cv:
+            jobs.update({id(j): j for j in self._jobs})
+        for job in jobs.values():
+            job._failed = True
+            _queue(out, job, error)
+        self._reap_cancelled(out)
+        llama_cpp.llama_memory_clear(self.memory, True)
+        for slot in self._slots:
+            slot.cached.clear()
+
+    def _drop_queued(self) -> None:
+        for job in self._jobs:
+            _send_soon(job, _END)
+        self._jobs.clear()
+
+    def _step(self, out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]]) -> None:
+        self._reap_cancelled(out)
+        self._admit(out)
+        running = [s.running for s in self._slots if s.running is not None]
+        if not running:
+            return
+        slots_of = {id(s.running): s for s in self._slots if s.running is not None}
+        batch, n = self._batch, 0
+        chunks: list[tuple[_Running, _Slot, list[int]]] = []
+        # Generating sequences first (one token each), then prompt chunks in the room left.
+        for r in running:
+            r.row = -1
+            if not r.todo:
+                chunks.append((r, slots_of[id(r)], [r.next_token]))
+        budget = self.n_batch - len(chunks)
+        for r in running:
+            if r.todo and budget > 0:
+                chunk = r.todo[:budget]
+                budget -= len(chunk)
+                chunks.append((r, slots_of[id(r)], chunk))
+        for r, slot, chunk in chunks:
+            pos = len(slot.cached)
+            for j, token in enumerate(chunk):
+                batch.token[n] = token
+                batch.pos[n] = pos + j
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = slot.seq_id
+                batch.logits[n] = 0
+                n += 1
+            if len(chunk) == len(r.todo) or not r.todo:  # its last prompt token, or a new token
+                batch.logits[n - 1] = 1
+                r.row = n - 1
+        batch.n_tokens = n
+        status = llama_cpp.llama_decode(self.ctx, batch)
+        self.decode_calls += 1
+        if status != 0:
+            self._decode_failed(status, chunks, out)
+            return
+        now = time.perf_counter()
+        for r, slot, chunk in chunks:
+            slot.cached.extend(chunk)
+            if r.todo:
+                del r.todo[: len(chunk)]
+                self.prompt_tokens_computed += len(chunk)
+            if r.row >= 0:
+                self._sample(r, slot, now, out)
+
+    def _sample(
+        self,
+        r: _Running,
+        slot: _Slot,
+        now: float,
+        out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]],
+    ) -> None:
+        token = r.sampler.sample(self.ctx, r.row)
+        params = r.seq.params
+        if self.observer is not None:
+            if r.generated == 0:
+                self.observer.first_token(now - r.job.submitted)
+            else:
+                self.observer.next_token(now - r.last_time)
+        r.last_time = now
+        if token in self._eog:
+            self._finish(slot, "stop", "", out)
+            return
+        r.generated += 1
+        r.job.usage.completion_tokens += 1
+        self.tokens_generated += 1
+        r.sampler.tokens_generated(r.generated, params.min_tokens)
+        text = r.text.feed(self._piece(token))
+        if r.text.stopped:
+            self._finish(slot, "stop", text, out)
+        elif params.max_tokens is not None and r.generated >= params.max_tokens:
+            self._finish(slot, "length", text, out)
+        elif len(slot.cached) + 1 >= self.slot_ctx:
+            self._finish(slot, "length", text, out)
+        else:
+            r.next_token = token
+            if text:
+                _queue(out, r.job, Delta(r.seq.index, text))
+
+    def _finish(
+        self,
+        slot: _Slot,
+        reason: str,
+        text: str,
+        out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]],
+    ) -> None:
+        r = slot.running
+        assert r is not None
+        text += r.text.flush()
+        _queue(out, r.job, Delta(r.seq.index, text, reason))
+        self._release(slot)
+        r.job._running -= 1
+        if r.job._running == 0 and not r.job._unstarted:
+            _queue(out, r.job, r.job.usage)
+            _queue(out, r.job, _END)
+
+    def _release(self, slot: _Slot) -> None:
+        r = slot.running
+        if r is None:
+            return
+        r.sampler.close()
+        slot.running = None
+        slot.last_used = time.perf_counter()
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            piece = self._pieces[token] = buf.raw[:n]
+        return piece
+
+    def _reap_cancelled(self, out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]]) -> None:
+        for slot in self._slots:
+            r = slot.running
+            if r is not None and (r.job.cancelled or r.job._failed):
+                self._release(slot)
+                r.job._running -= 1
+                if r.job._running == 0:
+                    _queue(out, r.job, _END)
+        with self._cv:
+            for job in [j for j in self._jobs if j.cancelled or j._failed]:
+                self._jobs.remove(job)
+                if job._running == 0:
+                    _queue(out, job, _END)
+
+    def _admit(self, out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]]) -> None:
+        with self._cv:
+            while self._jobs:
+                free = [s for s in self._slots if s.running is None]
+                if not free:
+                    return
+                job = self._jobs[0]
+                seq = job._unstarted[0]
+                if self._should_wait_for_sibling(job, seq):
+                    return
+                job._unstarted.popleft()
+                if not job._unstarted:
+                    self._jobs.popleft()
+                self._start(job, seq, free)
+
+    def _should_wait_for_sibling(self, job: Job, seq: Sequence) -> bool:
+        # n choices of one prompt: the first computes the prompt, the others copy its cache.
+        for slot in self._slots:
+            r = slot.running
+            if r is not None and r.job is job and r.todo and r.seq.prompt == seq.prompt:
+                return len(seq.prompt) >= _SHARE_MIN_TOKENS
+        return False
+
+    def _start(self, job: Job, seq: Sequence, free: list[_Slot]) -> None:
+        prompt = seq.prompt
+        limit = len(prompt) - 1  # the last prompt token is always decoded, for its logits
+        target = max(
+            free, key=lambda s: (min(common_prefix(s.cached, prompt), limit), -s.last_used)
+        )
+        reuse = min(common_prefix(target.cached, prompt), limit)
+        donor, donor_reuse = None, reuse
+        for slot in self._slots:
+            if slot is not target:
+                k = min(common_prefix(slot.cached, prompt), limit)
+                if k > donor_reuse:
+                    donor, donor_reuse = slot, k
+        mem = self.memory
+        if donor is not None:
+            llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, target.seq_id, 0, donor_reuse)
+            target.cached = donor.cached[:donor_reuse]
+            reuse = donor_reuse
+        elif not llama_cpp.llama_memory_seq_rm(mem, target.seq_id, reuse, -1):
+            llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
+            reuse = 0
+        del target.cached[reuse:]
+        if seq.counts_prompt:
+            job.usage.prompt_tokens += len(prompt)
+            job.usage.cached_tokens += reuse
+        self.prompt_tokens_cached += reuse
+        params = seq.params
+        target.running = _Running(
+            job=job,
+            seq=seq,
+            sampler=Sampler(params, self.vocab, self.eog),
+            text=TextStream(params.stop),
+            todo=list(prompt[reuse:]),
+        )
+        job._running += 1
+
+    def _decode_failed(
+        self,
+        status: int,
+        chunks: list[tuple[_Running, _Slot, list[int]]],
+        out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]],
+    ) -> None:
+        """No room in the KV cache (1) or an error: fail one job and let the others go on."""
+        # Roll back whatever part of the batch llama.cpp may have placed.
+        for _, slot, _ in chunks:
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, len(slot.cached), -1)
+        # First free the caches idle slots keep for reuse; then give up on the biggest newcomer.
+        idle = [s for s in self._slots if s.running is None and s.cached]
+        if status == 1 and idle:
+            for slot in idle:
+                llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+                slot.cached.clear()
+            return
+        victim = max(chunks, key=lambda c: (len(c[2]), len(c[1].cached)))[0]
+        message = (
+            "the server's KV cache is full: no room for this request's tokens; retry shortly"
+            if status == 1
+            else f"llama_decode failed ({status})"
+        )
+        victim.job._failed = True
+        _queue(out, victim.job, CacheFull(message))
+        self._reap_cancelled(out)
+
+
+def _queue(
+    out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]], job: Job, item: Any
+) -> None:
+    out.setdefault(job.loop, []).append((job, item))
+
+
+def _deliver(items: list[tuple[Job, Any]]) -> None:
+    for job, item in items:
+        job.events.put_nowait(item)
+
+
+def _send_soon(job: Job, item: Any) -> None:
+    try:
+        job.loop.call_soon_threadsafe(job.events.put_nowait, item)
+    except RuntimeError:
+        pass

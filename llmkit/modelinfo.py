@@ -99,16 +99,17 @@ def available_memory() -> int | None:
     return available
 
 
-def check_fits(info: ModelInfo, n_ctx: int) -> None:
+def check_fits(info: ModelInfo, n_ctx: int, parallel: int = 1) -> None:
     """Refuse clearly, before loading, a model and context the machine cannot hold."""
     if os.environ.get("LLMKIT_SKIP_MEMORY_CHECK"):
         return
     available = available_memory()
-    needed = info.needed_bytes(n_ctx)
+    needed = info.needed_bytes(n_ctx * parallel)
     if available is not None and needed > available:
         from llmkit.store import human_size
 
         raise NotEnoughSpace(
-            f"{info.path.name} with a {n_ctx}-token context needs about {human_size(needed)} of memory "
-            f"but only {human_size(available)} is available; try a smaller --ctx or a smaller model"
+            f"{info.path.name} with a {n_ctx}-token context for each of {parallel} slots needs "
+            f"about {human_size(needed)} of memory but only {human_size(available)} is "
+            "available; try a smaller --ctx, fewer --parallel slots or a smaller model"
         )

@@ -16,6 +16,9 @@ from typing import Any
 from llmkit import settings
 from llmkit.errors import LlmkitError
 
+# The context of the Llama that only tokenizes and renders prompts (llama.cpp's minimum).
+_TOKENIZER_CTX = 256
+
 # llama_cpp.server's generation and model routes: llmkit's replace them (see api.py for why).
 _REPLACED_ROUTES = {
     "/v1/completions",
@@ -36,6 +39,7 @@ class ServeConfig:
     chat_format: str | None = None
     api_key: str | None = None
     max_queue: int = settings.DEFAULT_MAX_QUEUE
+    parallel: int = settings.DEFAULT_PARALLEL
     grace: float = settings.DEFAULT_GRACE_SECONDS
     offline: bool = False
     models_dir: Path | None = None
@@ -91,7 +95,7 @@ def prepare(config: ServeConfig, log: Any = print) -> Prepared:
             raise LlmkitError(
                 f"unknown chat format {chat_format!r}; known: {', '.join(sorted(known))}"
             )
-    check_fits(info, n_ctx)
+    check_fits(info, n_ctx, config.parallel)
     name = spec.name if spec else pulled.path.stem
     return Prepared(
         name, pulled.path, config.threads or settings.physical_cores(), n_ctx, chat_format
@@ -100,13 +104,15 @@ def prepare(config: ServeConfig, log: Any = print) -> Prepared:
 
 def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyped-def]
     """Load the model through llama_cpp.server's create_app and put llmkit's routes on top."""
-    from fastapi import HTTPException
+    from fastapi import Depends, HTTPException
     from fastapi.exceptions import RequestValidationError
     from llama_cpp.server import app as llama_server
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
-    from llmkit.api import Api, BadRequest, Unauthorized, openai_error
+    from llmkit.api import Api, Unauthorized, openai_error
     from llmkit.engine import Engine
+    from llmkit.metrics import Metrics, RequestCounter
+    from llmkit.params import BadRequest
 
     # Drop the routes llmkit replaces from llama_cpp.server's router before the app includes it.
     llama_server.router.routes[:] = [
@@ -120,22 +126,37 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
             ModelSettings(
                 model=str(prepared.path),
                 model_alias=prepared.name,
-                n_ctx=prepared.n_ctx,
+                # This Llama tokenizes and renders chat templates; the engine makes its own
+                # context (with the slots) for generation, so this one is kept small.
+                n_ctx=_TOKENIZER_CTX,
+                n_batch=_TOKENIZER_CTX,
+                n_ubatch=_TOKENIZER_CTX,
                 n_threads=prepared.threads,
                 n_threads_batch=prepared.threads,
                 n_gpu_layers=0,
                 chat_format=prepared.chat_format,
-                # llama_cpp.server keeps every prompt token's logits by default (for logprobs):
-                # with a 262k vocabulary that is 1 MB per token, copied on every prompt.
                 logits_all=False,
                 verbose=config.verbose,
             )
         ],
     )
     llama = llama_server._llama_proxy(None)  # type: ignore[misc]  # the model create_app loaded
-    engine = Engine(llama, max_queue=config.max_queue)
-    api = Api(engine, prepared.name, config.api_key)
+    metrics = Metrics()
+    engine = Engine(
+        llama.model,
+        parallel=config.parallel,
+        slot_ctx=prepared.n_ctx,
+        threads=prepared.threads,
+        max_queue=config.max_queue,
+        observer=metrics,
+    )
+    metrics.watch(engine)
+    api = Api(engine, llama, prepared.name, config.api_key)
     app.include_router(api.router())
+    app.add_api_route(
+        "/metrics", _metrics_route(metrics), methods=["GET"], dependencies=[Depends(api.check_key)]
+    )
+    app.add_middleware(RequestCounter, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Any, exc: RequestValidationError) -> Any:
@@ -178,6 +199,16 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
     return app, api, engine
 
 
+def _metrics_route(metrics: Any) -> Any:
+    from fastapi import Response
+
+    async def metrics_route() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    return metrics_route
+
+
 def base_url(config: ServeConfig) -> str:
     """The /v1 URL a client on this machine uses to reach the server."""
     return f"http://{_url_host(config.host)}:{config.port}/v1"
@@ -190,7 +221,8 @@ def banner(config: ServeConfig, prepared: Prepared) -> str:
         f"  url          {url}",
         f"  model file   {prepared.path}",
         f"  threads      {prepared.threads}",
-        f"  context      {prepared.n_ctx} tokens",
+        f"  context      {prepared.n_ctx} tokens per request",
+        f"  parallel     {config.parallel} slots (batched decoding)",
         f"  chat format  {prepared.chat_format or 'from the model (GGUF chat template)'}",
         f"  queue        {config.max_queue} waiting at most; grace {config.grace:g} s on shutdown",
         f"  api key      {'required' if config.api_key else 'none'}",

@@ -1,0 +1,240 @@
+"""OpenAI request bodies: validated, then turned into the engine's sequences (one per prompt × choice).
+
+Whatever the engine cannot honour is a 400 that says so, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import llama_cpp
+from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
+from pydantic import BaseModel, Field
+
+from llmkit.engine import Sequence
+from llmkit.prompts import Prompt, chat_prompt, text_prompt
+from llmkit.sampling import GrammarError, SamplingParams, check_grammar
+
+MAX_N = 16
+MAX_STOP = 16
+
+
+class BadRequest(Exception):
+    """A request the server cannot honour; answered with 400 and this message."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Common(BaseModel):
+    # The OpenAI API's ranges, which llama_cpp.server does not check.
+    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, ge=0.0, le=1.0)
+    min_p: float = Field(default=0.05, ge=0.0, le=1.0)
+    top_k: int = Field(default=40, ge=0)
+    repeat_penalty: float = Field(default=1.1, ge=0.0)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    max_tokens: int | None = Field(default=None, ge=1)
+    min_tokens: int = Field(default=0, ge=0)
+    presence_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
+    mirostat_mode: int = Field(default=0, ge=0, le=2)
+    stop: str | list[str] | None = None
+    logit_bias: dict[str, float] | None = None
+    stream_options: StreamOptions | None = None
+
+
+class ChatRequest(_Common, CreateChatCompletionRequest):  # type: ignore[misc]
+    messages: list[dict[str, Any]] = Field(min_length=1)  # type: ignore[assignment]
+    response_format: dict[str, Any] | None = None  # type: ignore[assignment]
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+class CompletionRequest(_Common, CreateCompletionRequest):  # type: ignore[misc]
+    prompt: str | list[str] | list[int] | list[list[int]] = ""  # type: ignore[assignment]
+
+
+_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
+
+def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Check roles and flatten text-part lists into strings, as chat templates expect."""
+    out = []
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in _ROLES:
+            raise BadRequest(
+                f"messages[{i}].role must be one of {sorted(_ROLES)}, not {role!r}",
+                param=f"messages[{i}].role",
+            )
+        content = message.get("content")
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text":
+                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                    raise BadRequest(
+                        f"messages[{i}] has a {kind!r} part; this model takes text only",
+                        param=f"messages[{i}].content",
+                    )
+                texts.append(str(part.get("text", "")))
+            content = "".join(texts)
+        elif content is not None and not isinstance(content, str):
+            raise BadRequest(
+                f"messages[{i}].content must be a string or a list of text parts",
+                param=f"messages[{i}].content",
+            )
+        elif content is None and role != "assistant":
+            raise BadRequest(f"messages[{i}].content is missing", param=f"messages[{i}].content")
+        out.append(
+            {**message, "role": "system" if role == "developer" else role, "content": content}
+        )
+    return out
+
+
+def grammar_for(response_format: dict[str, Any] | None, grammar: str | None) -> str | None:
+    """The GBNF grammar that forces JSON (or the schema) when asked."""
+    try:
+        if grammar is not None:
+            return grammar
+        if not response_format or response_format.get("type") in (None, "text"):
+            return None
+        kind = response_format.get("type")
+        if kind == "json_object":
+            schema = response_format.get("schema")
+            if schema is None:
+                return str(llama_cpp.llama_grammar.JSON_GBNF)
+            return _schema_grammar(schema)
+        if kind == "json_schema":
+            spec = response_format.get("json_schema") or {}
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if not isinstance(schema, dict):
+                raise BadRequest(
+                    "response_format.json_schema.schema must be a JSON schema object",
+                    param="response_format",
+                )
+            return _schema_grammar(schema)
+    except BadRequest:
+        raise
+    except Exception as exc:  # noqa: BLE001 - llama_cpp's schema errors are the user's to fix
+        raise BadRequest(
+            f"could not build a grammar from this request: {exc}", param="response_format"
+        ) from None
+    raise BadRequest(
+        f"response_format.type must be text, json_object or json_schema, not {kind!r}",
+        param="response_format",
+    )
+
+
+def _schema_grammar(schema: Any) -> str:
+    return str(llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)._grammar)
+
+
+def seeds_for(seed: int | None, n: int) -> list[int]:
+    """One seed per choice: the caller's seed (then seed+1, ...) or fresh random ones."""
+    if seed is None:
+        return [secrets.randbits(32) for _ in range(n)]
+    return [(seed + i) % 2**32 for i in range(n)]
+
+
+def _refuse_unsupported(body: ChatRequest | CompletionRequest) -> None:
+    best_of = getattr(body, "best_of", None)
+    if best_of not in (None, 1, body.n):
+        raise BadRequest("best_of is not supported (ask for n choices instead)", param="best_of")
+    if isinstance(body.stop, list) and len(body.stop) > MAX_STOP:
+        raise BadRequest(f"stop takes at most {MAX_STOP} sequences", param="stop")
+    if body.logprobs or getattr(body, "top_logprobs", None):
+        raise BadRequest("logprobs are not supported by this server", param="logprobs")
+    if getattr(body, "suffix", None):
+        raise BadRequest("suffix (fill-in-the-middle) is not supported", param="suffix")
+    if getattr(body, "tools", None) or getattr(body, "functions", None):
+        raise BadRequest("tools and functions are not supported by this server yet", param="tools")
+    if body.logit_bias and body.logit_bias_type not in (None, "input_ids"):
+        raise BadRequest("logit_bias keys must be token ids", param="logit_bias_type")
+
+
+def _logit_bias(raw: dict[str, float] | None, n_vocab: int) -> dict[int, float]:
+    out = {}
+    for key, bias in (raw or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise BadRequest(f"logit_bias key {key!r} is not a token id", "logit_bias") from None
+        if not 0 <= token < n_vocab:
+            raise BadRequest(f"logit_bias token {token} is not in the vocabulary", "logit_bias")
+        out[token] = max(-100.0, min(100.0, float(bias)))
+    return out
+
+
+def sequences_for(
+    body: ChatRequest | CompletionRequest, llama: llama_cpp.Llama
+) -> tuple[list[Sequence], list[str]]:
+    """The engine's sequences for this request, and each prompt's text (for `echo`)."""
+    _refuse_unsupported(body)
+    if isinstance(body, ChatRequest):
+        prompts = [chat_prompt(llama, normalize_messages(body.messages))]
+        texts = [""]
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        grammar = grammar_for(body.response_format, body.grammar)
+    else:
+        prompts, texts = _completion_prompts(body.prompt, llama)
+        max_tokens = body.max_tokens
+        grammar = grammar_for(None, body.grammar)
+    vocab = llama._model.vocab
+    if grammar is not None:
+        try:
+            check_grammar(vocab, grammar)
+        except GrammarError as exc:
+            raise BadRequest(str(exc), param="grammar") from None
+    user_stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    bias = _logit_bias(body.logit_bias, llama.n_vocab())
+    sequences = []
+    for p, prompt in enumerate(prompts):
+        if not prompt.tokens:
+            raise BadRequest("the prompt is empty", param="prompt")
+        for i, seed in enumerate(seeds_for(body.seed, body.n)):
+            params = SamplingParams(
+                temperature=body.temperature,
+                top_p=body.top_p,
+                top_k=body.top_k,
+                min_p=body.min_p,
+                repeat_penalty=body.repeat_penalty,
+                presence_penalty=body.presence_penalty or 0.0,
+                frequency_penalty=body.frequency_penalty or 0.0,
+                mirostat_mode=body.mirostat_mode,
+                mirostat_tau=body.mirostat_tau,
+                mirostat_eta=body.mirostat_eta,
+                seed=seed,
+                logit_bias=bias,
+                grammar=grammar,
+                min_tokens=body.min_tokens,
+                max_tokens=max_tokens,
+                stop=user_stop + prompt.stop,
+            )
+            sequences.append(
+                Sequence(prompt.tokens, params, index=p * body.n + i, counts_prompt=i == 0)
+            )
+    echo = [t if getattr(body, "echo", False) else "" for t in texts]
+    return sequences, [echo[s.index // body.n] for s in sequences]
+
+
+def _completion_prompts(
+    prompt: str | list[str] | list[int] | list[list[int]], llama: llama_cpp.Llama
+) -> tuple[list[Prompt], list[str]]:
+    if isinstance(prompt, str):
+        items: list[Any] = [prompt]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        items = [prompt]
+    else:
+        items = list(prompt) or [""]
+    texts = [
+        p if isinstance(p, str) else llama.detokenize(p).decode(errors="replace") for p in items
+    ]
+    return [text_prompt(llama, p) for p in items], texts
