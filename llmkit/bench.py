@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmkit import settings
 from llmkit.client import Answer, ChatSession, resolve_api_key, resolve_url
 from llmkit.errors import LlmkitError
 from llmkit.launcher import stop
@@ -101,6 +102,7 @@ def parse_levels(text: str) -> tuple[int, ...]:
 class BenchConfig:
     model: str = DEFAULT_MODEL
     threads: int = 2
+    parallel: int = settings.DEFAULT_PARALLEL  # llmkit serve --parallel
     ctx: int | None = None  # None: as `llmkit serve` picks it
     models_dir: Path | None = None
     peers: list[Peer] = field(default_factory=list)
@@ -311,6 +313,7 @@ def start_llmkit(config: BenchConfig, n_ctx: int, timeout: float = 300.0) -> Sta
     port = free_port()
     options = {
         "threads": config.threads,
+        "parallel": config.parallel,
         "ctx": n_ctx,
         "offline": True,
         "models_dir": config.models_dir,

@@ -484,6 +484,12 @@ def bench(
         str, typer.Option("--model", "-m", help="What to serve and measure.")
     ] = "gemma-3-270m",
     threads: Annotated[int, typer.Option(min=1, help="CPU threads, server and in-process.")] = 2,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            "--parallel", min=1, max=64, help="llmkit serve's --parallel (sequence slots)."
+        ),
+    ] = settings.DEFAULT_PARALLEL,
     ctx: Annotated[
         int | None,
         typer.Option(
@@ -547,6 +553,7 @@ def bench(
         concurrency=concurrency,
         model=model,
         threads=threads,
+        parallel=parallel,
         ctx=ctx,
         models_dir=models_dir,
         repeats=repeats,

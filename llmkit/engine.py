@@ -408,7 +408,7 @@ class Engine:
             if r is not None and (r.job.cancelled or r.job._failed):
                 self._release(slot)
                 r.job._running -= 1
-                if r.job._running == 0:
+                if r.job._running == 0 and not r.job._unstarted:  # else ended below
                     _queue(out, r.job, _END)
         with self._cv:
             for job in [j for j in self._jobs if j.cancelled or j._failed]:

@@ -295,7 +295,7 @@ def render_env(service: Service) -> str:
     """The EnvironmentFile: the settings `llmkit serve` reads from LLMKIT_* variables."""
     lines = [
         "# llmkit service settings: systemd (EnvironmentFile=) hands them to `llmkit serve`;",
-        "# `llmkit serve --help` lists all its LLMKIT_* variables (LLMKIT_THREADS, LLMKIT_CTX...).",
+        "# `llmkit serve --help` lists all its LLMKIT_* variables (LLMKIT_THREADS, LLMKIT_CTX, LLMKIT_PARALLEL...).",
         f"LLMKIT_MODEL={_env_value(service.model)}",
         f"LLMKIT_HOST={_env_value(service.host)}",
         f"LLMKIT_PORT={service.port}",
