@@ -234,6 +234,10 @@ def _completion_prompts(
         items = [prompt]
     else:
         items = list(prompt) or [""]
+    n_vocab = llama.n_vocab()
+    for p in items:
+        if not isinstance(p, str) and not all(0 <= t < n_vocab for t in p):
+            raise BadRequest(f"prompt token ids must be between 0 and {n_vocab - 1}", "prompt")
     texts = [
         p if isinstance(p, str) else llama.detokenize(p).decode(errors="replace") for p in items
     ]

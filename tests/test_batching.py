@@ -1,0 +1,559 @@
+"""Continuous batching: many requests share the model's slots, each one a whole and separate answer.
+
+End to end through `llmkit serve` and the openai SDK, and in-process on the Engine itself. The model
+is a tiny base model: the tests check counts, finish reasons, timing order and JSON validity, and
+only ever compare texts the model produces with a wide margin (a few-shot "repeat the word").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import llmkit
+from llmkit.engine import CacheFull, Delta, Engine, Job, Sequence, Usage
+from llmkit.sampling import SamplingParams
+from tests.conftest import clean_env
+from tests.test_server import chat, get_json, root_url
+
+pytestmark = pytest.mark.slow
+
+REPEAT = (
+    "Repeat the word.\nWord: apple\nRepeat: apple\nWord: river\nRepeat: river\nWord: {}\nRepeat:"
+)
+WORDS = ["violin", "tomato", "castle", "pencil"]
+
+
+def repeat(client: openai.OpenAI, word: str) -> str:
+    response = client.completions.create(
+        model="x", prompt=REPEAT.format(word), stop=["\n"], max_tokens=8, temperature=0
+    )
+    return response.choices[0].text
+
+
+def exactly(n: int) -> dict[str, Any]:
+    """Generate exactly n tokens: the model's end-of-turn token is banned until then."""
+    return {"max_tokens": n, "extra_body": {"min_tokens": n}}
+
+
+def scrape(client: openai.OpenAI) -> dict[str, float]:
+    """/metrics as {sample name{labels}: value}, parsed by prometheus-client's own parser."""
+    with urllib.request.urlopen(root_url(client) + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return samples
+
+
+def health(client: openai.OpenAI) -> dict[str, Any]:
+    status, body = get_json(root_url(client) + "/health")
+    assert status == 200
+    return body
+
+
+def wait_for(condition: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(server_models_dir: Path) -> Iterator[openai.OpenAI]:
+    """`llmkit serve --parallel 1 --ctx 512`: one request at a time, in a small context."""
+    with llmkit.serve(
+        "gemma-3-270m",
+        threads=2,
+        parallel=1,
+        ctx=512,
+        offline=True,
+        env=clean_env(LLMKIT_MODELS_DIR=str(server_models_dir)),
+    ) as client:
+        yield client
+
+
+# --- through the server -------------------------------------------------------------------------
+
+
+def test_eight_concurrent_streams_each_end_with_a_finish_reason_and_their_own_usage(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    results: dict[int, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def one(i: int) -> None:
+        max_tokens = 8 * (i + 1)  # 8, 16, ..., 64
+        forced = exactly(max_tokens) if i % 2 else {"max_tokens": max_tokens}
+        try:
+            start.wait()
+            stream = chat(
+                llmkit_server,
+                f"Write a list of {i + 3} animals.",
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+                **forced,
+            )
+            chunks = list(stream)
+            results[i] = {
+                "max_tokens": max_tokens,
+                "forced": i % 2 == 1,
+                "finish": [
+                    c.choices[0].finish_reason
+                    for c in chunks
+                    if c.choices and c.choices[0].finish_reason
+                ],
+                "pieces": [
+                    c.choices[0].delta.content
+                    for c in chunks
+                    if c.choices and c.choices[0].delta.content
+                ],
+                "last": chunks[-1],
+                "ids": {c.id for c in chunks},
+            }
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    assert sorted(results) == list(range(8))
+    for r in results.values():
+        usage = r["last"].usage
+        assert r["last"].choices == [] and usage is not None  # the usage chunk comes last
+        assert len(r["finish"]) == 1 and r["finish"][0] in ("stop", "length")
+        assert len(r["ids"]) == 1
+        assert 0 < usage.completion_tokens <= r["max_tokens"]
+        if r["finish"] == ["length"]:
+            assert usage.completion_tokens == r["max_tokens"]
+        if r["forced"]:
+            assert r["finish"] == ["length"]
+        # Every streamed piece is at least one token (a piece may hold several: held-back text).
+        assert 0 < len(r["pieces"]) <= usage.completion_tokens
+        assert usage.prompt_tokens > 10
+        assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_a_request_arriving_mid_generation_is_answered_before_the_long_one_ends(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    long = llmkit_server.completions.create(
+        model="x", prompt="Once upon a time", temperature=0.8, stream=True, **exactly(200)
+    )
+    arrivals: list[float] = []
+    finish: list[str | None] = []
+
+    def read() -> None:
+        for chunk in long:
+            arrivals.append(time.monotonic())
+            finish.append(chunk.choices[0].finish_reason if chunk.choices else None)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_for(lambda: len(arrivals) >= 5, 60)
+    short = llmkit_server.completions.create(
+        model="x", prompt="The capital of France is", max_tokens=4, temperature=0
+    )
+    answered = time.monotonic()
+    reader.join(300)
+    assert short.choices[0].finish_reason in ("stop", "length")
+    assert 0 < short.usage.completion_tokens <= 4
+    assert finish[-1] == "length"  # the long one ran to its 200 tokens...
+    still_streaming = [t for t in arrivals if t > answered]
+    assert len(still_streaming) > 20  # ...most of them after the short one had its answer
+
+
+def test_a_client_that_hangs_up_hands_its_slot_to_a_waiting_request(
+    one_slot_server: openai.OpenAI,
+) -> None:
+    client = one_slot_server.with_options(max_retries=0)
+    long = client.completions.create(
+        model="x", prompt="Once upon a time", temperature=0.8, stream=True, **exactly(450)
+    )
+    chunks = iter(long)
+    for _ in range(3):
+        next(chunks)  # the one slot is generating
+    waiting: dict[str, Any] = {}
+
+    def queued() -> None:
+        waiting["answer"] = repeat(client, "violin")
+        waiting["done"] = time.monotonic()
+
+    second = threading.Thread(target=queued)
+    second.start()
+    wait_for(lambda: health(client)["waiting"] == 1)
+    assert health(client)["slots"] == {"total": 1, "active": 1}
+    hung_up = time.monotonic()
+    long.close()
+    second.join(60)
+    assert waiting["answer"] == " violin"
+    assert waiting["done"] - hung_up < 5  # 440-odd more tokens would take far longer
+    wait_for(lambda: health(client)["slots"]["active"] == 0, 5)
+    assert health(client)["waiting"] == 0
+
+
+def test_n_greedy_choices_are_complete_identical_and_count_the_prompt_once(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    prompt = "Name a colour that you like very much and explain why."
+    single = chat(llmkit_server, prompt, temperature=0, **exactly(8))
+    three = chat(llmkit_server, prompt, n=3, temperature=0, **exactly(8))
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    assert all(c.finish_reason == "length" for c in three.choices)
+    assert len({c.message.content for c in three.choices}) == 1
+    assert three.choices[0].message.content
+    assert three.usage.prompt_tokens == single.usage.prompt_tokens
+    assert three.usage.completion_tokens == 3 * 8
+
+
+def test_a_json_schema_answer_stays_valid_while_free_text_streams_share_the_batch(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    started = threading.Semaphore(0)
+    finishes: list[str | None] = []
+
+    def free_text(i: int) -> None:
+        stream = chat(
+            llmkit_server, f"Write a poem about the number {i}.", stream=True, **exactly(48)
+        )
+        for n, chunk in enumerate(stream):
+            if n == 1:
+                started.release()
+            if chunk.choices and chunk.choices[0].finish_reason:
+                finishes.append(chunk.choices[0].finish_reason)
+
+    others = [threading.Thread(target=free_text, args=(i,)) for i in range(3)]
+    for t in others:
+        t.start()
+    for _ in others:
+        assert started.acquire(timeout=60)  # all three are generating
+    response = chat(
+        llmkit_server,
+        "Invent a person.",
+        max_tokens=64,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}},
+    )
+    for t in others:
+        t.join(300)
+    assert finishes == ["length"] * 3
+    assert response.choices[0].finish_reason == "stop"
+    data = json.loads(response.choices[0].message.content)
+    assert set(data) == {"name", "age"}
+    assert isinstance(data["name"], str) and len(data["name"]) <= 12
+    assert isinstance(data["age"], int)
+
+
+def test_concurrent_prompts_each_get_their_own_answer(llmkit_server: openai.OpenAI) -> None:
+    # Alone, the model repeats each word; at once, each must still get its own word back.
+    assert [repeat(llmkit_server, w) for w in WORDS] == [f" {w}" for w in WORDS]
+    for _ in range(2):
+        answers: dict[str, str] = {}
+        start = threading.Barrier(len(WORDS))
+
+        def one(word: str, answers: dict[str, str] = answers, start: Any = start) -> None:
+            start.wait()
+            answers[word] = repeat(llmkit_server, word)
+
+        threads = [threading.Thread(target=one, args=(w,)) for w in WORDS]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for word in WORDS:
+            assert word in answers[word]
+            assert not any(other in answers[word] for other in WORDS if other != word)
+
+
+def test_a_prompt_longer_than_a_slots_context_is_a_400_and_the_server_keeps_serving(
+    one_slot_server: openai.OpenAI,
+) -> None:
+    client = one_slot_server.with_options(max_retries=0)
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as info:
+            chat(client, "word " * 600, max_tokens=4, stream=stream)
+        assert "context" in str(info.value).lower()
+        assert "512" in str(info.value)
+    assert repeat(client, "castle") == " castle"
+    assert health(client)["slots"] == {"total": 1, "active": 0}
+
+
+def test_a_generation_that_fills_its_context_stops_with_length(
+    one_slot_server: openai.OpenAI,
+) -> None:
+    response = one_slot_server.completions.create(
+        model="x", prompt="word " * 480, temperature=0, **exactly(200)
+    )
+    usage = response.usage
+    assert response.choices[0].finish_reason == "length"
+    assert usage.prompt_tokens > 470
+    assert 0 < usage.completion_tokens < 200
+    assert usage.prompt_tokens + usage.completion_tokens <= 512
+
+
+def test_the_tenth_turn_of_a_conversation_recomputes_only_its_new_tokens(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    messages: list[dict[str, str]] = []
+    usages = []
+    computed_before = 0.0
+    for turn in range(1, 11):
+        messages.append({"role": "user", "content": f"Tell me fact number {turn} about the moon."})
+        if turn == 10:
+            computed_before = scrape(llmkit_server)["llmkit_prompt_tokens_total"]
+        response = llmkit_server.chat.completions.create(
+            model="x", messages=messages, max_tokens=12, temperature=0
+        )
+        usages.append(response.usage)
+        messages.append({"role": "assistant", "content": response.choices[0].message.content})
+    computed = scrape(llmkit_server)["llmkit_prompt_tokens_total"] - computed_before
+    ninth, tenth = usages[-2], usages[-1]
+    new = tenth.prompt_tokens - ninth.prompt_tokens  # turn 9's answer, turn 10's question, markup
+    cached = tenth.prompt_tokens_details.cached_tokens
+    assert tenth.prompt_tokens > 200
+    assert cached >= tenth.prompt_tokens - new  # at least all of turn 9's prompt was reused
+    assert computed == tenth.prompt_tokens - cached  # what /metrics counts is what usage says
+    assert computed <= new < tenth.prompt_tokens / 5
+    assert all(u.prompt_tokens_details.cached_tokens > 0 for u in usages[1:])
+
+
+def test_metrics_parse_and_count_requests_tokens_and_latencies(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    before = scrape(llmkit_server)
+    chat(llmkit_server, "Say something.", temperature=0, **exactly(8))
+    with pytest.raises(openai.BadRequestError):
+        chat(llmkit_server.with_options(max_retries=0), "hi", temperature=5, max_tokens=4)
+    after = scrape(llmkit_server)
+
+    def grew(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    requests = "llmkit_requests_total{endpoint=/v1/chat/completions,status=%s}"
+    assert grew(requests % 200) == 1
+    assert grew(requests % 400) == 1
+    assert grew("llmkit_generated_tokens_total") == 8
+    assert grew("llmkit_time_to_first_token_seconds_count") == 1  # one choice, one first token
+    assert grew("llmkit_time_per_output_token_seconds_count") == 7  # and seven after it
+    assert grew("llmkit_time_to_first_token_seconds_sum") > 0
+    assert grew("llmkit_decode_calls_total") >= 8
+    assert grew("llmkit_prompt_tokens_total") + grew("llmkit_prompt_tokens_cached_total") > 0
+    assert (
+        after["llmkit_time_to_first_token_seconds_bucket{le=+Inf}"]
+        == after["llmkit_time_to_first_token_seconds_count"]
+    )
+    assert after["llmkit_slots_total"] == health(llmkit_server)["slots"]["total"] == 4
+    assert after["llmkit_slots_active"] == 0 and after["llmkit_queue_depth"] == 0
+
+
+def test_one_slot_serves_requests_one_after_another(one_slot_server: openai.OpenAI) -> None:
+    assert health(one_slot_server)["slots"] == {"total": 1, "active": 0}
+    assert scrape(one_slot_server)["llmkit_slots_total"] == 1
+    assert repeat(one_slot_server, "pencil") == " pencil"
+    answers: dict[str, str] = {}
+    threads = [
+        threading.Thread(target=lambda w=w: answers.__setitem__(w, repeat(one_slot_server, w)))
+        for w in WORDS
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert answers == {w: f" {w}" for w in WORDS}
+
+
+# --- the engine in-process ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gemma(gemma_gguf: Path) -> Iterator[llama_cpp.Llama]:
+    """The model loaded once; engines take its `model` pointer, tests its tokenizer."""
+    llama = llama_cpp.Llama(model_path=str(gemma_gguf), n_ctx=256, verbose=False, logits_all=False)
+    yield llama
+    llama.close()
+
+
+def tokens(llama: llama_cpp.Llama, text: str) -> list[int]:
+    return llama.tokenize(text.encode(), add_bos=True, special=True)
+
+
+def greedy(max_tokens: int, **kwargs: Any) -> SamplingParams:
+    return SamplingParams(temperature=0, max_tokens=max_tokens, **kwargs)
+
+
+async def collect(job: Job) -> tuple[str, str | None, Usage]:
+    """One single-choice job's text, finish reason and usage."""
+    text, finish, usage = "", None, None
+    async for item in job:
+        if isinstance(item, Delta):
+            text += item.text
+            finish = item.finish_reason or finish
+        else:
+            usage = item
+    assert usage is not None
+    return text, finish, usage
+
+
+async def generate(e: Engine, sequences: list[Sequence]) -> tuple[str, str | None, Usage]:
+    """Submit from inside the event loop (as the server's routes do) and collect the answer."""
+    return await collect(e.submit(sequences))
+
+
+def engine(gemma: llama_cpp.Llama, **options: Any) -> Engine:
+    settings = {"parallel": 2, "slot_ctx": 512, "threads": 2, "max_queue": 8, **options}
+    return Engine(gemma.model, **settings)
+
+
+# Two prompts of about 200 tokens each: a 256-cell cache holds one of them, not both.
+RIVER = "The history of the river: " + "water flows down the valley, " * 30
+ANIMALS = "A list of animals: " + "cat dog bird fish horse cow, " * 30
+
+
+def test_a_full_kv_cache_fails_one_request_and_the_engine_keeps_serving(
+    gemma: llama_cpp.Llama,
+) -> None:
+    prompts = [tokens(gemma, RIVER), tokens(gemma, ANIMALS)]
+    assert all(150 < len(p) < 256 for p in prompts) and sum(map(len, prompts)) > 256
+    # n_batch below the cache size: each decode fits the cache (see the next test for why).
+    e = engine(gemma, kv_size=256, n_batch=128)
+
+    async def main() -> tuple[list[Any], Any]:
+        jobs = [e.submit([Sequence(p, greedy(8))]) for p in prompts]
+        results = await asyncio.gather(*(collect(j) for j in jobs), return_exceptions=True)
+        small = await generate(e, [Sequence(tokens(gemma, "Hello"), greedy(4))])
+        return results, small
+
+    try:
+        assert e.kv_size == 256
+        results, small = asyncio.run(asyncio.wait_for(main(), 300))
+    finally:
+        e.close()
+    failed = [r for r in results if isinstance(r, BaseException)]
+    done = [r for r in results if not isinstance(r, BaseException)]
+    assert len(failed) == 1 and isinstance(failed[0], CacheFull)
+    assert "KV cache is full" in str(failed[0])
+    assert len(done) == 1 and done[0][1] == "length" and done[0][2].completion_tokens == 8
+    assert small[1] == "length" and small[2].completion_tokens == 4
+
+
+def test_a_prompt_bigger_than_a_cache_smaller_than_n_batch_is_refused_not_fatal(
+    gemma_gguf: Path,
+) -> None:
+    # The default n_batch (512) exceeds this 256-cell cache, and llama.cpp clamps a context's
+    # n_batch to its size. Handed a bigger batch, llama.cpp aborts the whole process: so this
+    # engine runs in a child, and the test expects the outcome a full cache has otherwise.
+    script = f"""
+import asyncio, llama_cpp
+from llmkit.engine import CacheFull, Engine, Sequence
+from llmkit.sampling import SamplingParams
+from tests.test_batching import ANIMALS, generate, greedy, tokens
+
+llama = llama_cpp.Llama(model_path={str(gemma_gguf)!r}, n_ctx=256, verbose=False)
+engine = Engine(llama.model, parallel=1, slot_ctx=512, threads=2, max_queue=8, kv_size=256)
+
+async def main():
+    prompt = tokens(llama, ANIMALS + "cat dog bird fish horse cow, " * 13)
+    assert 256 < len(prompt) < 512, len(prompt)
+    try:
+        await generate(engine, [Sequence(prompt, greedy(4))])
+    except CacheFull:
+        print("CacheFull")
+    print((await generate(engine, [Sequence(tokens(llama, "Hello"), greedy(4))]))[1])
+
+asyncio.run(main())
+engine.close()
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
+    failure = [line for line in result.stderr.splitlines() if "ASSERT" in line or "Error" in line]
+    assert result.returncode == 0, "\n".join(failure) or result.stderr[-1500:]
+    assert result.stdout.split() == ["CacheFull", "length"]
+
+
+def test_a_prompt_longer_than_n_batch_is_decoded_in_chunks(gemma: llama_cpp.Llama) -> None:
+    prompt = tokens(gemma, ANIMALS + "cat dog bird fish horse cow, " * 13)
+    assert 290 < len(prompt) < 320
+    e = engine(gemma, parallel=1, n_batch=64)
+    try:
+        text, finish, usage = asyncio.run(generate(e, [Sequence(prompt, greedy(1))]))
+    finally:
+        e.close()
+    assert finish == "length" and usage.completion_tokens == 1
+    assert usage.prompt_tokens == len(prompt) == e.prompt_tokens_computed
+    # llama.cpp aborts on a batch above the context's n_batch (64): so every chunk was within it.
+    assert e.decode_calls == math.ceil(len(prompt) / 64) >= 5
+
+
+def test_a_repeated_prompt_recomputes_only_its_last_token(gemma: llama_cpp.Llama) -> None:
+    prompt = tokens(gemma, REPEAT.format("violin"))
+    e = engine(gemma)
+
+    async def twice() -> list[tuple[str, str | None, Usage]]:
+        return [await generate(e, [Sequence(prompt, greedy(8, stop=["\n"]))]) for _ in "ab"]
+
+    try:
+        first, second = asyncio.run(twice())
+    finally:
+        e.close()
+    assert first[0] == second[0] == " violin"
+    assert first[2].cached_tokens == 0
+    assert second[2].cached_tokens == len(prompt) - 1  # the last token is decoded for its logits
+    assert e.prompt_tokens_computed == len(prompt) + 1
+    assert e.prompt_tokens_cached == len(prompt) - 1
+
+
+def test_a_prompt_extending_one_being_generated_copies_its_cache(gemma: llama_cpp.Llama) -> None:
+    base = tokens(gemma, RIVER)
+    longer = base + tokens(gemma, "and then the sea.")[1:]  # without its BOS
+    e = engine(gemma)
+
+    async def main() -> tuple[list[Any], tuple[str, str | None, Usage]]:
+        running = e.submit([Sequence(base, greedy(40, min_tokens=40))])
+        events = aiter(running)
+        rest = [await anext(events)]  # the first sequence holds its slot and generates
+        follower = await generate(e, [Sequence(longer, greedy(4))])
+        assert e.active == 1  # the first one is still going
+        rest += [item async for item in events]
+        return rest, follower
+
+    try:
+        rest, follower = asyncio.run(asyncio.wait_for(main(), 300))
+    finally:
+        e.close()
+    assert isinstance(rest[-1], Usage) and rest[-1].completion_tokens == 40
+    assert rest[-2].finish_reason == "length"
+    assert follower[1] == "length" and follower[2].completion_tokens == 4
+    assert follower[2].cached_tokens == len(base)  # copied from the busy slot, not recomputed
+    assert e.prompt_tokens_computed == len(longer)
