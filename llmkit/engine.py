@@ -172,13 +172,15 @@ class Engine:
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a context for this model")
         self.kv_size = llama_cpp.llama_n_ctx(self.ctx)
+        # llama.cpp lowers n_batch to a smaller cache; more tokens in one decode abort the process.
+        self.n_batch = min(n_batch, llama_cpp.llama_n_batch(self.ctx))
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
         self._eog = set(self.eog)
         self._pieces: dict[int, bytes] = {}
-        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(seq_id=i) for i in range(parallel)]
         self._jobs: collections.deque[Job] = collections.deque()  # with sequences to admit
         self._closing = False
@@ -237,6 +239,9 @@ class Engine:
                     slot.running.job.cancel()
             self._cv.notify_all()
         self._thread.join(timeout)
+        if not self._thread.is_alive() and self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
 
     # The scheduler thread -----------------------------------------------------------------
 
@@ -494,13 +499,15 @@ class Engine:
                 slot.cached.clear()
             return
         victim = max(chunks, key=lambda c: (len(c[2]), len(c[1].cached)))[0]
-        message = (
-            "the server's KV cache is full: no room for this request's tokens; retry shortly"
+        error = (
+            CacheFull(
+                "the server's KV cache is full: no room for this request's tokens; retry shortly"
+            )
             if status == 1
-            else f"llama_decode failed ({status})"
+            else RuntimeError(f"llama_decode failed ({status})")
         )
         victim.job._failed = True
-        _queue(out, victim.job, CacheFull(message))
+        _queue(out, victim.job, error)
         self._reap_cancelled(out)
 
 

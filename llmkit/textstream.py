@@ -20,6 +20,8 @@ class TextStream:
 
     def feed(self, piece: bytes) -> str:
         """Add a token's bytes; return the text now safe to send (sets `stopped` on a stop)."""
+        if self.stopped:
+            return ""
         self._text += self._decoder.decode(piece)
         if not self.stop:
             out, self._text = self._text, ""

@@ -1,8 +1,10 @@
 """Continuous batching: many requests share the model's slots, each one a whole and separate answer.
 
 End to end through `llmkit serve` and the openai SDK, and in-process on the Engine itself. The model
-is a tiny base model: the tests check counts, finish reasons, timing order and JSON validity, and
-only ever compare texts the model produces with a wide margin (a few-shot "repeat the word").
+is a tiny base model: the tests check counts, finish reasons, timing order and JSON validity. Texts
+are compared only where the model answers with a wide margin (a few-shot "repeat the word"): at
+temperature 0, llama.cpp's logits still shift a little with the shape of the batch a token is
+decoded in, and a long greedy answer can take another path when it shares the batch.
 """
 
 from __future__ import annotations
@@ -213,18 +215,19 @@ def test_a_client_that_hangs_up_hands_its_slot_to_a_waiting_request(
     assert health(client)["waiting"] == 0
 
 
-def test_n_greedy_choices_are_complete_identical_and_count_the_prompt_once(
+def test_n_choices_are_each_complete_and_count_the_prompt_once(
     llmkit_server: openai.OpenAI,
 ) -> None:
     prompt = "Name a colour that you like very much and explain why."
     single = chat(llmkit_server, prompt, temperature=0, **exactly(8))
     three = chat(llmkit_server, prompt, n=3, temperature=0, **exactly(8))
     assert [c.index for c in three.choices] == [0, 1, 2]
-    assert all(c.finish_reason == "length" for c in three.choices)
-    assert len({c.message.content for c in three.choices}) == 1
-    assert three.choices[0].message.content
+    assert all(c.finish_reason == "length" and c.message.content for c in three.choices)
     assert three.usage.prompt_tokens == single.usage.prompt_tokens
     assert three.usage.completion_tokens == 3 * 8
+    # Not asserted: that greedy choices agree. llama.cpp's logits depend slightly on how a batch
+    # is shaped (a prompt decoded whole or its last token alone), and this small model's greedy
+    # path can flip on that; the siblings decode their last prompt token a step after the first.
 
 
 def test_a_json_schema_answer_stays_valid_while_free_text_streams_share_the_batch(
@@ -271,25 +274,39 @@ def test_a_json_schema_answer_stays_valid_while_free_text_streams_share_the_batc
     assert isinstance(data["age"], int)
 
 
+def assert_own_words(answers: dict[str, str]) -> None:
+    for word in WORDS:
+        assert word in answers[word], answers
+        assert not any(other in answers[word] for other in WORDS if other != word), answers
+
+
 def test_concurrent_prompts_each_get_their_own_answer(llmkit_server: openai.OpenAI) -> None:
     # Alone, the model repeats each word; at once, each must still get its own word back.
     assert [repeat(llmkit_server, w) for w in WORDS] == [f" {w}" for w in WORDS]
-    for _ in range(2):
-        answers: dict[str, str] = {}
-        start = threading.Barrier(len(WORDS))
+    # Four requests at once...
+    answers: dict[str, str] = {}
+    start = threading.Barrier(len(WORDS))
 
-        def one(word: str, answers: dict[str, str] = answers, start: Any = start) -> None:
-            start.wait()
-            answers[word] = repeat(llmkit_server, word)
+    def one(word: str) -> None:
+        start.wait()
+        answers[word] = repeat(llmkit_server, word)
 
-        threads = [threading.Thread(target=one, args=(w,)) for w in WORDS]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        for word in WORDS:
-            assert word in answers[word]
-            assert not any(other in answers[word] for other in WORDS if other != word)
+    threads = [threading.Thread(target=one, args=(w,)) for w in WORDS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert_own_words(answers)
+    # ...and four prompts in one request, which the engine admits into the same decode step.
+    response = llmkit_server.completions.create(
+        model="x",
+        prompt=[REPEAT.format(w) for w in WORDS],
+        stop=["\n"],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert [c.index for c in response.choices] == [0, 1, 2, 3]
+    assert_own_words({w: c.text for w, c in zip(WORDS, response.choices, strict=True)})
 
 
 def test_a_prompt_longer_than_a_slots_context_is_a_400_and_the_server_keeps_serving(
@@ -321,6 +338,7 @@ def test_a_generation_that_fills_its_context_stops_with_length(
 def test_the_tenth_turn_of_a_conversation_recomputes_only_its_new_tokens(
     llmkit_server: openai.OpenAI,
 ) -> None:
+    wait_for(lambda: not health(llmkit_server)["busy"])  # nothing else moves the counters
     messages: list[dict[str, str]] = []
     usages = []
     computed_before = 0.0
@@ -347,6 +365,7 @@ def test_the_tenth_turn_of_a_conversation_recomputes_only_its_new_tokens(
 def test_metrics_parse_and_count_requests_tokens_and_latencies(
     llmkit_server: openai.OpenAI,
 ) -> None:
+    wait_for(lambda: not health(llmkit_server)["busy"])  # nothing else moves the counters
     before = scrape(llmkit_server)
     chat(llmkit_server, "Say something.", temperature=0, **exactly(8))
     with pytest.raises(openai.BadRequestError):
@@ -378,10 +397,11 @@ def test_one_slot_serves_requests_one_after_another(one_slot_server: openai.Open
     assert scrape(one_slot_server)["llmkit_slots_total"] == 1
     assert repeat(one_slot_server, "pencil") == " pencil"
     answers: dict[str, str] = {}
-    threads = [
-        threading.Thread(target=lambda w=w: answers.__setitem__(w, repeat(one_slot_server, w)))
-        for w in WORDS
-    ]
+
+    def one(word: str) -> None:
+        answers[word] = repeat(one_slot_server, word)
+
+    threads = [threading.Thread(target=one, args=(w,)) for w in WORDS]
     for t in threads:
         t.start()
     for t in threads:
