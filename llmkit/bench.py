@@ -530,7 +530,8 @@ class InProcess:
 
     def __init__(self, path: Path, threads: int, n_ctx: int, chat_format: str | None) -> None:
         import llama_cpp
-        from llama_cpp.server.types import CreateChatCompletionRequest
+
+        from llmkit.params import ChatRequest
 
         self.llama = llama_cpp.Llama(
             model_path=str(path),
@@ -541,9 +542,8 @@ class InProcess:
             chat_format=chat_format,
             verbose=False,
         )
-        # The sampling a request to llama_cpp.server (and so llmkit serve) gets by default; Llama's
-        # own defaults differ (repeat_penalty 1.0), and the penalties stage is part of each token.
-        fields = CreateChatCompletionRequest.model_fields
+        # The sampling a request to llmkit serve gets by default, so that both sample alike.
+        fields = ChatRequest.model_fields
         self.sampling = {
             name: fields[name].default for name in ("top_p", "top_k", "min_p", "repeat_penalty")
         }
@@ -826,6 +826,7 @@ def table(report: dict[str, Any]) -> Any:
     config = report["config"]
     title = (
         f"{config['model']} · {config['threads']} threads · context {config['n_ctx']} · "
+        f"llmkit --parallel {config.get('parallel', 1)} · "
         f"{config['max_tokens']} tokens a stream · median of {config['repeats']}"
     )
     m = report["machine"]
@@ -930,8 +931,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("aggregate tokens/s")
     ax.set_ylim(bottom=0)
     ax.set_title(
-        f"{config['model']}, {config['threads']} threads, {config['max_tokens']} tokens "
-        f"a stream (median of {config['repeats']})",
+        f"{config['model']}, {config['threads']} threads, llmkit --parallel "
+        f"{config.get('parallel', 1)}, {config['max_tokens']} tokens a stream "
+        f"(median of {config['repeats']})",
         fontsize=10,
     )
     ax.grid(True, alpha=0.3)
