@@ -87,6 +87,9 @@ class Sampler:
                 )
             )
         seed = params.seed % 2**32
+        # Greedy and nothing else: an argmax over the logits row (~0.05 ms) instead of the chain,
+        # which first copies all 262k candidates (~1.2 ms a sequence, 14% of an 8-sequence step).
+        self._argmax = params.temperature == 0 and self.chain_is_empty()
         if params.temperature == 0:
             self._add(llama_cpp.llama_sampler_init_greedy())
         elif params.mirostat_mode == 1:
@@ -129,6 +132,9 @@ class Sampler:
         )
         self._full: np.ndarray | None = None
 
+    def chain_is_empty(self) -> bool:
+        return llama_cpp.llama_sampler_chain_n(self.chain) == 0
+
     def _add(self, sampler: llama_cpp.llama_sampler_p) -> None:
         llama_cpp.llama_sampler_chain_add(self.chain, sampler)
 
@@ -140,7 +146,11 @@ class Sampler:
 
     def sample(self, ctx: llama_cpp.llama_context_p, row: int) -> int:
         """The next token from the logits at `row` of the last decode; accepted into the state."""
-        token = llama_cpp.llama_sampler_sample(self.chain, ctx, row)
+        if self._argmax:
+            logits = llama_cpp.llama_get_logits_ith(ctx, row)
+            token = int(np.ctypeslib.as_array(logits, (self.n_vocab,)).argmax())
+        else:
+            token = llama_cpp.llama_sampler_sample(self.chain, ctx, row)
         if self.grammar is None:
             return token
         if not self._allowed(token):
