@@ -89,7 +89,7 @@ class Sampler:
         seed = params.seed % 2**32
         # Greedy and nothing else: an argmax over the logits row (~0.05 ms) instead of the chain,
         # which first copies all 262k candidates (~1.2 ms a sequence, 14% of an 8-sequence step).
-        self._argmax = params.temperature == 0 and self.chain_is_empty()
+        self._argmax = params.temperature == 0 and llama_cpp.llama_sampler_chain_n(self.chain) == 0
         if params.temperature == 0:
             self._add(llama_cpp.llama_sampler_init_greedy())
         elif params.mirostat_mode == 1:
@@ -131,9 +131,6 @@ class Sampler:
             data=ctypes.pointer(self._one), size=1, selected=-1, sorted=False
         )
         self._full: np.ndarray | None = None
-
-    def chain_is_empty(self) -> bool:
-        return llama_cpp.llama_sampler_chain_n(self.chain) == 0
 
     def _add(self, sampler: llama_cpp.llama_sampler_p) -> None:
         llama_cpp.llama_sampler_chain_add(self.chain, sampler)

@@ -176,7 +176,7 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
 
     @app.exception_handler(ValueError)
     async def value_error(_: Any, exc: ValueError) -> Any:
-        # llama_cpp raises ValueError for what the request asked (context overflow, logprobs, ...).
+        # A chat template that refuses the messages (its raise_exception) raises ValueError.
         return openai_error(400, str(exc))
 
     @app.exception_handler(Unauthorized)
