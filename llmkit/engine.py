@@ -239,9 +239,10 @@ class Engine:
                     slot.running.job.cancel()
             self._cv.notify_all()
         self._thread.join(timeout)
-        if not self._thread.is_alive() and self.ctx:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
+        with self._cv:  # the grace timer and the server's exit may both close: free once
+            if not self._thread.is_alive() and self.ctx:
+                llama_cpp.llama_free(self.ctx)
+                self.ctx = None
 
     # The scheduler thread -----------------------------------------------------------------
 

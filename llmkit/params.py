@@ -39,9 +39,7 @@ class _Common(BaseModel):
     top_p: float = Field(default=0.95, ge=0.0, le=1.0)
     min_p: float = Field(default=0.05, ge=0.0, le=1.0)
     top_k: int = Field(default=40, ge=0)
-    # No penalty unless asked, as in the OpenAI API and llama-server (llama_cpp.server's 1.1 costs
-    # a pass over the whole vocabulary per token, ~8% of a batched step with Gemma's vocabulary).
-    repeat_penalty: float = Field(default=1.0, ge=0.0)
+    repeat_penalty: float = Field(default=1.1, ge=0.0)  # llama_cpp.server's default
     n: int = Field(default=1, ge=1, le=MAX_N)
     max_tokens: int | None = Field(default=None, ge=1)
     min_tokens: int = Field(default=0, ge=0)
