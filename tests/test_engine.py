@@ -185,3 +185,24 @@ def test_a_prompt_extending_one_being_generated_copies_its_cache(gemma: llama_cp
     assert follower[1] == "length" and follower[2].completion_tokens == 4
     assert follower[2].cached_tokens == len(base)  # copied from the busy slot, not recomputed
     assert e.prompt_tokens_computed == len(longer)
+
+
+def test_greedy_with_penalties_picks_what_the_sampler_chain_picks(gemma: llama_cpp.Llama) -> None:
+    # A zero logit_bias changes no logit but sends sampling through llama.cpp's chain; without it,
+    # greedy sampling is llmkit's argmax with the penalties applied to the recent tokens.
+    prompt = tokens(gemma, "Count from one to a hundred: 1, 2, 3,")
+    penalties = {"repeat_penalty": 1.3, "frequency_penalty": 0.5, "presence_penalty": 0.3}
+    e = engine(gemma, parallel=1)
+
+    async def run() -> tuple[str, str]:
+        await generate(e, [Sequence(prompt, greedy(2))])  # both below find the prompt cached
+        fast = await generate(e, [Sequence(prompt, greedy(48, **penalties))])
+        chain = await generate(e, [Sequence(prompt, greedy(48, logit_bias={0: 0.0}, **penalties))])
+        return fast[0], chain[0]
+
+    try:
+        fast, chain = asyncio.run(run())
+    finally:
+        e.close()
+    assert len(fast) > 20
+    assert fast == chain
