@@ -294,23 +294,22 @@ class Engine:
     def _step(self, out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]]) -> None:
         self._reap_cancelled(out)
         self._admit(out)
-        running = [s.running for s in self._slots if s.running is not None]
+        running = [(s.running, s) for s in self._slots if s.running is not None]
         if not running:
             return
-        slots_of = {id(s.running): s for s in self._slots if s.running is not None}
         batch, n = self._batch, 0
         chunks: list[tuple[_Running, _Slot, list[int]]] = []
         # Generating sequences first (one token each), then prompt chunks in the room left.
-        for r in running:
+        for r, slot in running:
             r.row = -1
             if not r.todo:
-                chunks.append((r, slots_of[id(r)], [r.next_token]))
+                chunks.append((r, slot, [r.next_token]))
         budget = self.n_batch - len(chunks)
-        for r in running:
+        for r, slot in running:
             if r.todo and budget > 0:
                 chunk = r.todo[:budget]
                 budget -= len(chunk)
-                chunks.append((r, slots_of[id(r)], chunk))
+                chunks.append((r, slot, chunk))
         for r, slot, chunk in chunks:
             pos = len(slot.cached)
             for j, token in enumerate(chunk):
@@ -383,19 +382,19 @@ class Engine:
         assert r is not None
         text += r.text.flush()
         _queue(out, r.job, Delta(r.seq.index, text, reason))
-        self._release(slot)
-        r.job._running -= 1
-        if r.job._running == 0 and not r.job._unstarted:
+        if self._release(slot):
             _queue(out, r.job, r.job.usage)
             _queue(out, r.job, _END)
 
-    def _release(self, slot: _Slot) -> None:
+    def _release(self, slot: _Slot) -> bool:
+        """Free the slot (its cache stays for reuse); True if that was its job's last sequence."""
         r = slot.running
-        if r is None:
-            return
+        assert r is not None
         r.sampler.close()
         slot.running = None
         slot.last_used = time.perf_counter()
+        r.job._running -= 1
+        return r.job._running == 0 and not r.job._unstarted
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -411,11 +410,8 @@ class Engine:
     def _reap_cancelled(self, out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]]) -> None:
         for slot in self._slots:
             r = slot.running
-            if r is not None and (r.job.cancelled or r.job._failed):
-                self._release(slot)
-                r.job._running -= 1
-                if r.job._running == 0 and not r.job._unstarted:  # else ended below
-                    _queue(out, r.job, _END)
+            if r is not None and (r.job.cancelled or r.job._failed) and self._release(slot):
+                _queue(out, r.job, _END)  # a job with sequences still waiting ends below
         with self._cv:
             for job in [j for j in self._jobs if j.cancelled or j._failed]:
                 self._jobs.remove(job)

@@ -176,7 +176,7 @@ def _logit_bias(raw: dict[str, float] | None, n_vocab: int) -> dict[int, float]:
 def sequences_for(
     body: ChatRequest | CompletionRequest, llama: llama_cpp.Llama
 ) -> tuple[list[Sequence], list[str]]:
-    """The engine's sequences for this request, and each prompt's text (for `echo`)."""
+    """The engine's sequences for this request, and the text each one's answer begins with."""
     _refuse_unsupported(body)
     if isinstance(body, ChatRequest):
         prompts = [chat_prompt(llama, normalize_messages(body.messages))]
@@ -184,7 +184,7 @@ def sequences_for(
         max_tokens = body.max_completion_tokens or body.max_tokens
         grammar = grammar_for(body.response_format, body.grammar)
     else:
-        prompts, texts = _completion_prompts(body.prompt, llama)
+        prompts, texts = _completion_prompts(body.prompt, llama, echo=body.echo)
         max_tokens = body.max_tokens
         grammar = grammar_for(None, body.grammar)
     vocab = llama._model.vocab
@@ -221,13 +221,13 @@ def sequences_for(
             sequences.append(
                 Sequence(prompt.tokens, params, index=p * body.n + i, counts_prompt=i == 0)
             )
-    echo = [t if getattr(body, "echo", False) else "" for t in texts]
-    return sequences, [echo[s.index // body.n] for s in sequences]
+    return sequences, [texts[s.index // body.n] for s in sequences]
 
 
 def _completion_prompts(
-    prompt: str | list[str] | list[int] | list[list[int]], llama: llama_cpp.Llama
+    prompt: str | list[str] | list[int] | list[list[int]], llama: llama_cpp.Llama, echo: bool
 ) -> tuple[list[Prompt], list[str]]:
+    """The prompts, and the text each choice begins with: the prompt's own with `echo`, else ""."""
     if isinstance(prompt, str):
         items: list[Any] = [prompt]
     elif prompt and all(isinstance(p, int) for p in prompt):
@@ -239,6 +239,11 @@ def _completion_prompts(
         if not isinstance(p, str) and not all(0 <= t < n_vocab for t in p):
             raise BadRequest(f"prompt token ids must be between 0 and {n_vocab - 1}", "prompt")
     texts = [
-        p if isinstance(p, str) else llama.detokenize(p).decode(errors="replace") for p in items
+        ""
+        if not echo
+        else p
+        if isinstance(p, str)
+        else llama.detokenize(p).decode(errors="replace")
+        for p in items
     ]
     return [text_prompt(llama, p) for p in items], texts

@@ -400,3 +400,17 @@ def test_one_slot_serves_requests_one_after_another(one_slot_server: openai.Open
     for t in threads:
         t.join(120)
     assert answers == {w: f" {w}" for w in WORDS}
+
+
+def test_echo_puts_the_prompt_before_each_choice(llmkit_server: openai.OpenAI) -> None:
+    prompt = "The sky is"
+    response = llmkit_server.completions.create(
+        model="x", prompt=prompt, echo=True, n=2, max_tokens=4, extra_body={"min_tokens": 4}
+    )
+    assert all(c.text.startswith(prompt) and len(c.text) > len(prompt) for c in response.choices)
+    stream = llmkit_server.completions.create(
+        model="x", prompt=prompt, echo=True, max_tokens=4, stream=True
+    )
+    assert "".join(c.choices[0].text for c in stream if c.choices).startswith(prompt)
+    plain = llmkit_server.completions.create(model="x", prompt=prompt, max_tokens=4)
+    assert not plain.choices[0].text.startswith(prompt)
