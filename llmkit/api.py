@@ -17,9 +17,21 @@ from typing import Any, Literal
 import llama_cpp
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from llmkit.engine import CacheFull, Delta, Engine, Job, QueueFull, ShuttingDown, Usage
-from llmkit.params import BadRequest, ChatRequest, CompletionRequest, sequences_for
+from llmkit.engine import (
+    CacheFull,
+    Delta,
+    Engine,
+    Job,
+    PromptTooLong,
+    QueueFull,
+    ShuttingDown,
+    Usage,
+    opened,
+)
+from llmkit.errors import BadRequest
+from llmkit.params import ChatRequest, CompletionRequest, choices_for
 
 RETRY_AFTER_SECONDS = 2
 
@@ -49,7 +61,7 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
     }
 
 
-class Response:
+class Reply:
     """One request's answer, built from the engine's deltas: as chunks, or as one body at the end."""
 
     def __init__(self, kind: Kind, model: str, echo: list[str], include_usage: bool) -> None:
@@ -147,6 +159,33 @@ class Response:
         }
 
 
+class LoopChannel:
+    """The engine's channel into an asyncio event loop: one call_soon_threadsafe a step."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def inbox(self) -> asyncio.Queue[Any]:
+        return asyncio.Queue()
+
+    def deliver(self, items: list[tuple[Job, Any]]) -> None:
+        self.loop.call_soon_threadsafe(_put_all, items)
+
+
+def _put_all(items: list[tuple[Job, Any]]) -> None:
+    for job, item in items:
+        job.inbox.put_nowait(item)
+
+
+async def events(job: Job) -> AsyncIterator[Delta | Usage]:
+    """A LoopChannel job's deltas as they come, then its usage; raises what failed the job."""
+    while True:
+        event = opened(await job.inbox.get())
+        if event is None:
+            return
+        yield event
+
+
 def _sse(data: Any) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
 
@@ -222,27 +261,29 @@ class Api:
     async def _generate(
         self, request: Request, body: ChatRequest | CompletionRequest, kind: Kind
     ) -> Any:
-        sequences, echo = sequences_for(body, self.llama)
+        # Rendering the template and tokenizing take milliseconds a thousand tokens: off the
+        # event loop, so that the other streams' tokens keep flowing meanwhile.
+        choices, echo = await run_in_threadpool(choices_for, body, self.llama)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        response = Response(kind, body.model or self.model_name, echo, include_usage)
+        response = Reply(kind, body.model or self.model_name, echo, include_usage)
         try:
-            job = self.engine.submit(sequences)
+            job = self.engine.submit(choices, LoopChannel(asyncio.get_running_loop()))
         except QueueFull as exc:
             return _busy(f"server busy: {exc}; retry shortly", "queue_full")
         except ShuttingDown as exc:
             return _busy(str(exc), "shutting_down")
-        except ValueError as exc:  # the prompt does not fit the context
+        except PromptTooLong as exc:
             param = "messages" if kind == "chat.completion" else "prompt"
             raise BadRequest(str(exc), param=param) from None
-        events = aiter(job)
+        stream = events(job)
         try:
             if not body.stream:
                 return JSONResponse(
-                    await _until_disconnect(request, _collect(job, response, events))
+                    await _until_disconnect(request, _collect(job, response, stream))
                 )
             # Wait (through the queue and the prompt) for the first event: a request that fails
             # before its first token gets a proper status code, not a broken stream.
-            first = await _until_disconnect(request, anext(events))
+            first = await _until_disconnect(request, anext(stream))
         except (StopAsyncIteration, _Unfinished):
             return _busy("the server is shutting down", "shutting_down")
         except CacheFull as exc:
@@ -251,13 +292,13 @@ class Api:
             job.cancel()
             raise
         return StreamingResponse(
-            self._stream(job, response, first, events),
+            self._stream(job, response, first, stream),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     async def _stream(
-        self, job: Job, response: Response, first: Any, events: AsyncIterator[Any]
+        self, job: Job, response: Reply, first: Any, stream: AsyncIterator[Any]
     ) -> AsyncIterator[bytes]:
         try:
             item = first
@@ -267,7 +308,7 @@ class Api:
                 elif response.include_usage:
                     yield _sse(response.usage_chunk(item))
                 try:
-                    item = await anext(events)
+                    item = await anext(stream)
                 except StopAsyncIteration:
                     break
             if None in response.finish:  # cut by shutdown after the grace period
@@ -284,9 +325,9 @@ class Api:
             job.cancel()  # a client that went away frees its slot within a step
 
 
-async def _collect(job: Job, response: Response, events: AsyncIterator[Any]) -> dict[str, Any]:
+async def _collect(job: Job, response: Reply, stream: AsyncIterator[Any]) -> dict[str, Any]:
     usage = job.usage
-    async for item in events:
+    async for item in stream:
         if isinstance(item, Delta):
             response.add(item)
         else:

@@ -3,23 +3,25 @@
 One long-lived scheduler thread owns the context. Each step it admits waiting sequences into free
 slots, then makes ONE llama_decode holding the next token of every generating sequence plus prompt
 chunks of newly admitted ones, samples each sequence from its own row of logits and hands the text
-to the event loop in one call. A finished sequence frees its slot at once; the next step fills it.
+to each job's channel in one call a step. A finished sequence frees its slot at once; the next step fills it.
 
-Routes never touch the model: they submit a Job and read its events from an asyncio queue, so
-/health answers while the model works. A slot keeps the tokens it last held, and a new sequence
+Nothing here knows HTTP or asyncio. `submit` queues a Job from any thread; its events (Deltas, then
+the Usage) go through a Channel: by default a plain thread-safe queue that `Job.events()` reads
+(scripts, tests, the benchmark); the server passes a channel that hands them to its event loop.
+So /health answers while the model works. A slot keeps the tokens it last held, and a new sequence
 goes to the slot sharing the longest prefix with its prompt: a growing chat recomputes only its
 new tokens.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import ctypes
 import logging
+import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,8 +31,10 @@ from llmkit.sampling import Sampler, SamplingParams
 from llmkit.textstream import TextStream
 
 DEFAULT_N_BATCH = 512
-# A sequence that repeats another's prompt this long waits a step to copy its cache instead.
+# A choice that repeats another's prompt this long waits a step to copy its cache instead.
 _SHARE_MIN_TOKENS = 16
+
+log = logging.getLogger("llmkit")
 
 
 class QueueFull(Exception):
@@ -45,8 +49,16 @@ class CacheFull(Exception):
     """llama.cpp found no room in the KV cache for this request's tokens."""
 
 
+class PromptTooLong(ValueError):
+    """A prompt that does not fit one slot's context."""
+
+
+class EngineError(RuntimeError):
+    """The engine could not run this job (a bug or a resource llama.cpp refused)."""
+
+
 @dataclass
-class Sequence:
+class Choice:
     """One choice to generate: a prompt (token ids), how to sample it, where its text goes."""
 
     prompt: list[int]
@@ -78,41 +90,99 @@ class Observer(Protocol):
     def next_token(self, seconds: float) -> None: ...
 
 
-_END = object()
+END = object()  # the last item in a job's inbox
+
+
+class Channel(Protocol):
+    """How a job's events reach its reader. `deliver` runs on the scheduler thread, once a step,
+    with every item of that step for the jobs on this channel (in order)."""
+
+    def inbox(self) -> Any: ...
+    def deliver(self, items: list[tuple[Job, Any]]) -> None: ...
+
+
+class QueueChannel:
+    """The default channel: each job's events go into a thread-safe queue that `Job.events` reads."""
+
+    def inbox(self) -> queue.SimpleQueue[Any]:
+        return queue.SimpleQueue()
+
+    def deliver(self, items: list[tuple[Job, Any]]) -> None:
+        for job, item in items:
+            job.inbox.put(item)
+
+
+def opened(item: Any) -> Delta | Usage | None:
+    """An item read from a job's inbox: None at its end; raises what failed the job."""
+    if item is END:
+        return None
+    if isinstance(item, BaseException):
+        raise item
+    return item  # type: ignore[no-any-return]
 
 
 @dataclass(eq=False)
 class Job:
-    """One request: its sequences, and the events the scheduler sends back to the event loop."""
+    """One request: its choices, and the events the scheduler sends back through its channel."""
 
-    sequences: list[Sequence]
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    choices: list[Choice]
+    channel: Channel
+    inbox: Any = None
     usage: Usage = field(default_factory=Usage)
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
-    _unstarted: collections.deque[Sequence] = field(default_factory=collections.deque)
+    _unstarted: collections.deque[Choice] = field(default_factory=collections.deque)
     _running: int = 0
     _failed: bool = False
+    _ended: bool = False
+
+    def __post_init__(self) -> None:
+        if self.inbox is None:
+            self.inbox = self.channel.inbox()
+        self._unstarted.extend(self.choices)
 
     def cancel(self) -> None:
+        """Stop generating; the job's slots are free within a step (safe from any thread)."""
         self.cancelled = True
 
-    async def __aiter__(self) -> AsyncIterator[Delta | Usage]:
-        """Deltas as they come, then the usage; raises what failed the job."""
+    def events(self, timeout: float | None = None) -> Iterator[Delta | Usage]:
+        """Deltas as they come, then the usage; raises what failed the job (QueueChannel jobs).
+
+        `timeout` bounds the wait for each event (TimeoutError past it)."""
         while True:
-            item = await self.events.get()
-            if item is _END:
+            try:
+                item = self.inbox.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"no event from the engine in {timeout:g} s") from None
+            event = opened(item)
+            if event is None:
                 return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            yield event
+
+
+class _Outbox:
+    """What one step sends, grouped by channel, so each channel is called once a step."""
+
+    def __init__(self) -> None:
+        self.items: dict[Channel, list[tuple[Job, Any]]] = {}
+
+    def put(self, job: Job, item: Any) -> None:
+        self.items.setdefault(job.channel, []).append((job, item))
+
+    def send(self) -> None:
+        for channel, items in self.items.items():
+            try:
+                channel.deliver(items)
+            except RuntimeError:  # e.g. its event loop is closed: nobody is listening any more
+                for job, _ in items:
+                    job.cancel()
+        self.items = {}
 
 
 @dataclass(eq=False)
 class _Running:
     job: Job
-    seq: Sequence
+    choice: Choice
     sampler: Sampler
     text: TextStream
     todo: list[int]  # prompt tokens not yet decoded; empty once generating
@@ -125,9 +195,7 @@ class _Running:
 @dataclass(eq=False)
 class _Slot:
     seq_id: int
-    cached: list[int] = field(
-        default_factory=list
-    )  # the tokens this sequence holds in the KV cache
+    cached: list[int] = field(default_factory=list)  # the tokens it holds in the KV cache
     running: _Running | None = None
     last_used: float = 0.0
 
@@ -138,6 +206,9 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+_DEFAULT_CHANNEL = QueueChannel()
 
 
 class Engine:
@@ -182,7 +253,8 @@ class Engine:
         self._pieces: dict[int, bytes] = {}
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(seq_id=i) for i in range(parallel)]
-        self._jobs: collections.deque[Job] = collections.deque()  # with sequences to admit
+        self._jobs: list[Job] = []  # with choices still to start, in arrival order
+        self._admitting: list[tuple[Job, Choice]] = []  # taken from the queue, being started
         self._closing = False
         self._cv = threading.Condition()
         # Counters for /metrics, written only by the scheduler thread.
@@ -193,11 +265,11 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="llmkit-engine", daemon=True)
         self._thread.start()
 
-    # The interface routes use -------------------------------------------------------------
+    # The interface callers use -------------------------------------------------------------
 
     @property
     def waiting(self) -> int:
-        """Jobs none of whose sequences has a slot yet."""
+        """Jobs none of whose choices has a slot yet."""
         with self._cv:
             return sum(1 for job in self._jobs if job._running == 0)
 
@@ -209,16 +281,18 @@ class Engine:
     def busy(self) -> bool:
         return self.active > 0 or self.waiting > 0
 
-    def submit(self, sequences: list[Sequence]) -> Job:
-        """Queue a request's sequences; raises QueueFull or ShuttingDown instead of waiting."""
-        for seq in sequences:
-            if len(seq.prompt) >= self.slot_ctx:
-                raise ValueError(
-                    f"the prompt is {len(seq.prompt)} tokens; this server's context holds "
+    def submit(self, choices: list[Choice], channel: Channel | None = None) -> Job:
+        """Queue a request's choices, from any thread; raises instead of waiting when it can't.
+
+        Raises PromptTooLong, QueueFull or ShuttingDown. Without a channel, read the job's events
+        with `job.events()`."""
+        for choice in choices:
+            if len(choice.prompt) >= self.slot_ctx:
+                raise PromptTooLong(
+                    f"the prompt is {len(choice.prompt)} tokens; this server's context holds "
                     f"{self.slot_ctx} per request"
                 )
-        job = Job(sequences=sequences, loop=asyncio.get_running_loop())
-        job._unstarted.extend(sequences)
+        job = Job(choices=choices, channel=channel or _DEFAULT_CHANNEL)
         with self._cv:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
@@ -253,45 +327,52 @@ class Engine:
                     while not self._closing and not self._jobs and self.active == 0:
                         self._cv.wait()
                     if self._closing and self.active == 0:
-                        self._drop_queued()
+                        out = _Outbox()
+                        self._reap_cancelled(out)  # every queued job was cancelled by close
+                        out.send()
                         return
-                out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
+                out = _Outbox()
                 try:
                     self._step(out)
                 except Exception as exc:  # noqa: BLE001 - a bug must not stop the server
-                    logging.getLogger("llmkit").exception("the engine failed a step")
+                    log.exception("the engine failed a step")
                     self._fail_everything(exc, out)
-                for loop, items in out.items():
-                    try:
-                        loop.call_soon_threadsafe(_deliver, items)
-                    except RuntimeError:  # the loop is closed: nobody is listening any more
-                        for job, _ in items:
-                            job.cancel()
+                out.send()
         finally:
             llama_cpp.llama_batch_free(self._batch)
 
-    def _fail_everything(
-        self, exc: Exception, out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]]
-    ) -> None:
+    def _fail_everything(self, exc: Exception, out: _Outbox) -> None:
         """Fail every job in hand, and clear the cache, whose state is no longer known."""
-        error = RuntimeError(f"the engine failed: {exc}")
-        jobs = {id(s.running.job): s.running.job for s in self._slots if s.running}
+        error = EngineError(f"the engine failed: {exc}")
+        jobs = [s.running.job for s in self._slots if s.running] + [j for j, _ in self._admitting]
         with self._cv:
-            jobs.update({id(j): j for j in self._jobs})
-        for job in jobs.values():
-            job._failed = True
-            _queue(out, job, error)
-        self._reap_cancelled(out)
+            jobs += list(self._jobs)
+        for job in dict.fromkeys(jobs):
+            self._fail(job, error, out)
         llama_cpp.llama_memory_clear(self.memory, True)
         for slot in self._slots:
             slot.cached.clear()
 
-    def _drop_queued(self) -> None:
-        for job in self._jobs:
-            _send_soon(job, _END)
-        self._jobs.clear()
+    def _fail(self, job: Job, error: Exception, out: _Outbox) -> None:
+        """End one job with an error: its running choices are released, the rest never start."""
+        if job._ended:
+            return
+        job._failed = True
+        out.put(job, error)
+        with self._cv:
+            job._unstarted.clear()
+            if job in self._jobs:
+                self._jobs.remove(job)
+        self._reap_cancelled(out)
+        self._end(job, out)
 
-    def _step(self, out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]]) -> None:
+    def _end(self, job: Job, out: _Outbox) -> None:
+        """Send the job's END once nothing of it runs any more (at most once)."""
+        if not job._ended and job._running == 0:
+            job._ended = True
+            out.put(job, END)
+
+    def _step(self, out: _Outbox) -> None:
         self._reap_cancelled(out)
         self._admit(out)
         running = [(s.running, s) for s in self._slots if s.running is not None]
@@ -337,15 +418,9 @@ class Engine:
             if r.row >= 0:
                 self._sample(r, slot, now, out)
 
-    def _sample(
-        self,
-        r: _Running,
-        slot: _Slot,
-        now: float,
-        out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]],
-    ) -> None:
+    def _sample(self, r: _Running, slot: _Slot, now: float, out: _Outbox) -> None:
         token = r.sampler.sample(self.ctx, r.row)
-        params = r.seq.params
+        params = r.choice.params
         if self.observer is not None:
             if r.generated == 0:
                 self.observer.first_token(now - r.job.submitted)
@@ -369,32 +444,26 @@ class Engine:
         else:
             r.next_token = token
             if text:
-                _queue(out, r.job, Delta(r.seq.index, text))
+                out.put(r.job, Delta(r.choice.index, text))
 
-    def _finish(
-        self,
-        slot: _Slot,
-        reason: str,
-        text: str,
-        out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]],
-    ) -> None:
+    def _finish(self, slot: _Slot, reason: str, text: str, out: _Outbox) -> None:
         r = slot.running
         assert r is not None
-        text += r.text.flush()
-        _queue(out, r.job, Delta(r.seq.index, text, reason))
-        if self._release(slot):
-            _queue(out, r.job, r.job.usage)
-            _queue(out, r.job, _END)
+        job = r.job
+        out.put(job, Delta(r.choice.index, text + r.text.flush(), reason))
+        self._release(slot)
+        if not job._unstarted and job._running == 0 and not job._ended:
+            out.put(job, job.usage)
+            self._end(job, out)
 
-    def _release(self, slot: _Slot) -> bool:
-        """Free the slot (its cache stays for reuse); True if that was its job's last sequence."""
+    def _release(self, slot: _Slot) -> None:
+        """Free the slot; its cache stays for reuse."""
         r = slot.running
         assert r is not None
         r.sampler.close()
         slot.running = None
         slot.last_used = time.perf_counter()
         r.job._running -= 1
-        return r.job._running == 0 and not r.job._unstarted
 
     def _piece(self, token: int) -> bytes:
         piece = self._pieces.get(token)
@@ -407,46 +476,78 @@ class Engine:
             piece = self._pieces[token] = buf.raw[:n]
         return piece
 
-    def _reap_cancelled(self, out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]]) -> None:
+    def _reap_cancelled(self, out: _Outbox) -> None:
+        """Release the slots of cancelled and failed jobs, drop them from the queue, end them."""
+        stopped = []
         for slot in self._slots:
             r = slot.running
-            if r is not None and (r.job.cancelled or r.job._failed) and self._release(slot):
-                _queue(out, r.job, _END)  # a job with sequences still waiting ends below
+            if r is not None and (r.job.cancelled or r.job._failed):
+                self._release(slot)
+                stopped.append(r.job)
         with self._cv:
             for job in [j for j in self._jobs if j.cancelled or j._failed]:
                 self._jobs.remove(job)
-                if job._running == 0:
-                    _queue(out, job, _END)
+                job._unstarted.clear()
+                stopped.append(job)
+        for job in stopped:
+            if not job._unstarted:
+                self._end(job, out)
 
-    def _admit(self, out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]]) -> None:
+    def _admit(self, out: _Outbox) -> None:
+        """Start waiting choices in the free slots, in queue order.
+
+        The queue is read under the lock; samplers (a grammar may take a while to parse) are built
+        outside it, so that submit, /health and the metrics never wait on them. A choice that
+        waits to copy its sibling's prompt does not hold up the jobs behind it."""
+        free = [s for s in self._slots if s.running is None]
+        if not free:
+            return
+        starts = self._admitting
         with self._cv:
-            while self._jobs:
-                free = [s for s in self._slots if s.running is None]
-                if not free:
-                    return
-                job = self._jobs[0]
-                seq = job._unstarted[0]
-                if self._should_wait_for_sibling(job, seq):
-                    return
-                job._unstarted.popleft()
+            for job in list(self._jobs):
+                while job._unstarted and len(starts) < len(free):
+                    choice = job._unstarted[0]
+                    if self._waits_for_sibling(job, choice, starts):
+                        break
+                    starts.append((job, job._unstarted.popleft()))
                 if not job._unstarted:
-                    self._jobs.popleft()
-                self._start(job, seq, free)
+                    self._jobs.remove(job)
+                if len(starts) == len(free):
+                    break
+        try:
+            for job, choice in starts:
+                if job._failed:  # an earlier choice of it could not start
+                    continue
+                try:
+                    self._start(job, choice, free)
+                except Exception as exc:  # noqa: BLE001 - fail this job alone
+                    log.exception("could not start a choice of a request")
+                    self._fail(job, EngineError(f"could not start this request: {exc}"), out)
+        finally:
+            starts.clear()
 
-    def _should_wait_for_sibling(self, job: Job, seq: Sequence) -> bool:
+    def _waits_for_sibling(
+        self, job: Job, choice: Choice, starting: list[tuple[Job, Choice]]
+    ) -> bool:
         # n choices of one prompt: the first computes the prompt, the others copy its cache.
+        if len(choice.prompt) < _SHARE_MIN_TOKENS:
+            return False
         for slot in self._slots:
             r = slot.running
-            if r is not None and r.job is job and r.todo and r.seq.prompt == seq.prompt:
-                return len(seq.prompt) >= _SHARE_MIN_TOKENS
-        return False
+            if r is not None and r.job is job and r.todo and r.choice.prompt == choice.prompt:
+                return True
+        return any(j is job and c.prompt == choice.prompt for j, c in starting)
 
-    def _start(self, job: Job, seq: Sequence, free: list[_Slot]) -> None:
-        prompt = seq.prompt
+    def _start(self, job: Job, choice: Choice, free: list[_Slot]) -> None:
+        """Put one choice in the free slot that holds the longest prefix of its prompt."""
+        params = choice.params
+        sampler = Sampler(params, self.vocab, self.eog)
+        prompt = choice.prompt
         limit = len(prompt) - 1  # the last prompt token is always decoded, for its logits
         target = max(
             free, key=lambda s: (min(common_prefix(s.cached, prompt), limit), -s.last_used)
         )
+        free.remove(target)
         reuse = min(common_prefix(target.cached, prompt), limit)
         donor, donor_reuse = None, reuse
         for slot in self._slots:
@@ -464,25 +565,21 @@ class Engine:
             llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
             reuse = 0
         del target.cached[reuse:]
-        if seq.counts_prompt:
+        if choice.counts_prompt:
             job.usage.prompt_tokens += len(prompt)
             job.usage.cached_tokens += reuse
         self.prompt_tokens_cached += reuse
-        params = seq.params
         target.running = _Running(
             job=job,
-            seq=seq,
-            sampler=Sampler(params, self.vocab, self.eog),
+            choice=choice,
+            sampler=sampler,
             text=TextStream(params.stop),
             todo=list(prompt[reuse:]),
         )
         job._running += 1
 
     def _decode_failed(
-        self,
-        status: int,
-        chunks: list[tuple[_Running, _Slot, list[int]]],
-        out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]],
+        self, status: int, chunks: list[tuple[_Running, _Slot, list[int]]], out: _Outbox
     ) -> None:
         """No room in the KV cache (1) or an error: fail one job and let the others go on."""
         # Roll back whatever part of the batch llama.cpp may have placed.
@@ -501,26 +598,6 @@ class Engine:
                 "the server's KV cache is full: no room for this request's tokens; retry shortly"
             )
             if status == 1
-            else RuntimeError(f"llama_decode failed ({status})")
+            else EngineError(f"llama_decode failed ({status})")
         )
-        victim.job._failed = True
-        _queue(out, victim.job, error)
-        self._reap_cancelled(out)
-
-
-def _queue(
-    out: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]], job: Job, item: Any
-) -> None:
-    out.setdefault(job.loop, []).append((job, item))
-
-
-def _deliver(items: list[tuple[Job, Any]]) -> None:
-    for job, item in items:
-        job.events.put_nowait(item)
-
-
-def _send_soon(job: Job, item: Any) -> None:
-    try:
-        job.loop.call_soon_threadsafe(job.events.put_nowait, item)
-    except RuntimeError:
-        pass
+        self._fail(victim.job, error, out)

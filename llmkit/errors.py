@@ -1,4 +1,5 @@
-"""The exceptions a user can act on: the CLI prints their message as one line and exits 1."""
+"""The exceptions a user can act on: the CLI prints their message as one line and exits 1; the
+server answers a BadRequest with a 400."""
 
 from __future__ import annotations
 
@@ -29,3 +30,11 @@ class OfflineError(LlmkitError):
 
 class ServerUnreachable(LlmkitError):
     """No llmkit (or other OpenAI-compatible) server answers at the URL."""
+
+
+class BadRequest(Exception):
+    """A request the server cannot honour as sent: answered with a 400 and this message."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param

@@ -1,11 +1,10 @@
-"""OpenAI request bodies: validated, then turned into the engine's sequences (one per prompt × choice).
+"""OpenAI request bodies: validated, then turned into the engine's choices (one per prompt × n).
 
 Whatever the engine cannot honour is a 400 that says so, never silently ignored.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any
 
@@ -13,20 +12,14 @@ import llama_cpp
 from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
 from pydantic import BaseModel, Field
 
-from llmkit.engine import Sequence
-from llmkit.prompts import Prompt, chat_prompt, text_prompt
+from llmkit.engine import Choice
+from llmkit.errors import BadRequest
+from llmkit.grammar import grammar_for
+from llmkit.prompts import chat_prompt, completion_prompts
 from llmkit.sampling import GrammarError, SamplingParams, check_grammar
 
 MAX_N = 16
 MAX_STOP = 16
-
-
-class BadRequest(Exception):
-    """A request the server cannot honour; answered with 400 and this message."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class StreamOptions(BaseModel):
@@ -99,44 +92,6 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def grammar_for(response_format: dict[str, Any] | None, grammar: str | None) -> str | None:
-    """The GBNF grammar that forces JSON (or the schema) when asked."""
-    try:
-        if grammar is not None:
-            return grammar
-        if not response_format or response_format.get("type") in (None, "text"):
-            return None
-        kind = response_format.get("type")
-        if kind == "json_object":
-            schema = response_format.get("schema")
-            if schema is None:
-                return str(llama_cpp.llama_grammar.JSON_GBNF)
-            return _schema_grammar(schema)
-        if kind == "json_schema":
-            spec = response_format.get("json_schema") or {}
-            schema = spec.get("schema") if isinstance(spec, dict) else None
-            if not isinstance(schema, dict):
-                raise BadRequest(
-                    "response_format.json_schema.schema must be a JSON schema object",
-                    param="response_format",
-                )
-            return _schema_grammar(schema)
-    except BadRequest:
-        raise
-    except Exception as exc:  # noqa: BLE001 - llama_cpp's schema errors are the user's to fix
-        raise BadRequest(
-            f"could not build a grammar from this request: {exc}", param="response_format"
-        ) from None
-    raise BadRequest(
-        f"response_format.type must be text, json_object or json_schema, not {kind!r}",
-        param="response_format",
-    )
-
-
-def _schema_grammar(schema: Any) -> str:
-    return str(llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)._grammar)
-
-
 def seeds_for(seed: int | None, n: int) -> list[int]:
     """One seed per choice: the caller's seed (then seed+1, ...) or fresh random ones."""
     if seed is None:
@@ -173,10 +128,10 @@ def _logit_bias(raw: dict[str, float] | None, n_vocab: int) -> dict[int, float]:
     return out
 
 
-def sequences_for(
+def choices_for(
     body: ChatRequest | CompletionRequest, llama: llama_cpp.Llama
-) -> tuple[list[Sequence], list[str]]:
-    """The engine's sequences for this request, and the text each one's answer begins with."""
+) -> tuple[list[Choice], list[str]]:
+    """The engine's choices for this request, and the text each one's answer begins with."""
     _refuse_unsupported(body)
     if isinstance(body, ChatRequest):
         prompts = [chat_prompt(llama, normalize_messages(body.messages))]
@@ -184,7 +139,7 @@ def sequences_for(
         max_tokens = body.max_completion_tokens or body.max_tokens
         grammar = grammar_for(body.response_format, body.grammar)
     else:
-        prompts, texts = _completion_prompts(body.prompt, llama, echo=body.echo)
+        prompts, texts = completion_prompts(body.prompt, llama, echo=body.echo)
         max_tokens = body.max_tokens
         grammar = grammar_for(None, body.grammar)
     vocab = llama._model.vocab
@@ -195,7 +150,7 @@ def sequences_for(
             raise BadRequest(str(exc), param="grammar") from None
     user_stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     bias = _logit_bias(body.logit_bias, llama.n_vocab())
-    sequences = []
+    choices = []
     for p, prompt in enumerate(prompts):
         if not prompt.tokens:
             raise BadRequest("the prompt is empty", param="prompt")
@@ -218,32 +173,7 @@ def sequences_for(
                 max_tokens=max_tokens,
                 stop=user_stop + prompt.stop,
             )
-            sequences.append(
-                Sequence(prompt.tokens, params, index=p * body.n + i, counts_prompt=i == 0)
+            choices.append(
+                Choice(prompt.tokens, params, index=p * body.n + i, counts_prompt=i == 0)
             )
-    return sequences, [texts[s.index // body.n] for s in sequences]
-
-
-def _completion_prompts(
-    prompt: str | list[str] | list[int] | list[list[int]], llama: llama_cpp.Llama, echo: bool
-) -> tuple[list[Prompt], list[str]]:
-    """The prompts, and the text each choice begins with: the prompt's own with `echo`, else ""."""
-    if isinstance(prompt, str):
-        items: list[Any] = [prompt]
-    elif prompt and all(isinstance(p, int) for p in prompt):
-        items = [prompt]
-    else:
-        items = list(prompt) or [""]
-    n_vocab = llama.n_vocab()
-    for p in items:
-        if not isinstance(p, str) and not all(0 <= t < n_vocab for t in p):
-            raise BadRequest(f"prompt token ids must be between 0 and {n_vocab - 1}", "prompt")
-    texts = [
-        ""
-        if not echo
-        else p
-        if isinstance(p, str)
-        else llama.detokenize(p).decode(errors="replace")
-        for p in items
-    ]
-    return [text_prompt(llama, p) for p in items], texts
+    return choices, [texts[c.index // body.n] for c in choices]

@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import jinja2
 import llama_cpp
 from llama_cpp import llama_chat_format
+
+from llmkit.errors import BadRequest
 
 
 @dataclass
@@ -53,6 +56,12 @@ def chat_prompt(llama: llama_cpp.Llama, messages: list[dict[str, Any]]) -> Promp
         handler(llama=_Recorder(llama), messages=messages)  # type: ignore[arg-type]
     except _Rendered as rendered:
         kwargs = rendered.kwargs
+    except (ValueError, jinja2.TemplateError) as exc:
+        # The template's own raise_exception (roles that must alternate, say) raises ValueError;
+        # a template that cannot render these messages raises jinja2's errors.
+        raise BadRequest(
+            f"the model's chat template refused these messages: {exc}", param="messages"
+        ) from None
     else:  # pragma: no cover - every text handler ends in create_completion
         raise RuntimeError("the chat handler did not produce a prompt")
     stop = kwargs.get("stop") or []
@@ -64,3 +73,28 @@ def text_prompt(llama: llama_cpp.Llama, prompt: str | list[int]) -> Prompt:
     if isinstance(prompt, str):
         return Prompt(tokens=llama.tokenize(prompt.encode(), add_bos=True, special=True), stop=[])
     return Prompt(tokens=list(prompt), stop=[])
+
+
+def completion_prompts(
+    prompt: str | list[str] | list[int] | list[list[int]], llama: llama_cpp.Llama, echo: bool
+) -> tuple[list[Prompt], list[str]]:
+    """The prompts, and the text each choice begins with: the prompt's own with `echo`, else ""."""
+    if isinstance(prompt, str):
+        items: list[Any] = [prompt]
+    elif prompt and all(isinstance(p, int) for p in prompt):
+        items = [prompt]
+    else:
+        items = list(prompt) or [""]
+    n_vocab = llama.n_vocab()
+    for p in items:
+        if not isinstance(p, str) and not all(0 <= t < n_vocab for t in p):
+            raise BadRequest(f"prompt token ids must be between 0 and {n_vocab - 1}", "prompt")
+    texts = [
+        ""
+        if not echo
+        else p
+        if isinstance(p, str)
+        else llama.detokenize(p).decode(errors="replace")
+        for p in items
+    ]
+    return [text_prompt(llama, p) for p in items], texts

@@ -8,6 +8,7 @@ import math
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +112,8 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
 
     from llmkit.api import Api, Unauthorized, openai_error
     from llmkit.engine import Engine
+    from llmkit.errors import BadRequest
     from llmkit.metrics import Metrics, RequestCounter
-    from llmkit.params import BadRequest
 
     # Drop the routes llmkit replaces from llama_cpp.server's router before the app includes it.
     llama_server.router.routes[:] = [
@@ -174,11 +175,6 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
     async def bad_request(_: Any, exc: BadRequest) -> Any:
         return openai_error(400, str(exc), param=exc.param)
 
-    @app.exception_handler(ValueError)
-    async def value_error(_: Any, exc: ValueError) -> Any:
-        # A chat template that refuses the messages (its raise_exception) raises ValueError.
-        return openai_error(400, str(exc))
-
     @app.exception_handler(Unauthorized)
     async def unauthorized(_: Any, exc: Unauthorized) -> Any:
         return openai_error(
@@ -193,8 +189,15 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
 
     @app.exception_handler(Exception)
     async def server_error(_: Any, exc: Exception) -> Any:
-        logging.getLogger("llmkit").exception("request failed")
-        return openai_error(500, f"internal error: {exc}", kind="server_error")
+        # A bug, not the request's fault: the id ties the answer to the traceback in the log.
+        error_id = uuid.uuid4().hex[:12]
+        logging.getLogger("llmkit").exception("request failed (error id %s)", error_id)
+        return openai_error(
+            500,
+            f"internal error (id {error_id}): {exc}",
+            kind="server_error",
+            code="internal_error",
+        )
 
     return app, api, engine
 

@@ -414,3 +414,65 @@ def test_echo_puts_the_prompt_before_each_choice(llmkit_server: openai.OpenAI) -
     assert "".join(c.choices[0].text for c in stream if c.choices).startswith(prompt)
     plain = llmkit_server.completions.create(model="x", prompt=prompt, max_tokens=4)
     assert not plain.choices[0].text.startswith(prompt)
+
+
+def test_tokenizing_a_huge_prompt_does_not_stall_the_event_loop(
+    llmkit_server: openai.OpenAI, gemma_gguf: Path
+) -> None:
+    # Rendering and tokenizing run beside the event loop, not on it: while a prompt of 500k
+    # tokens is tokenized (and then refused: it does not fit the context), /health answers and a
+    # running stream's tokens keep coming. On the event loop, both would wait for the whole
+    # tokenization. (The prompt is that big so that tokenizing takes seconds, far longer than a
+    # step; on 2 cores the extra thread slows the steps, so the loop is timed through /health.)
+    import llama_cpp
+
+    text = "The history of the river: water flows down the valley, " * 50_000
+    llama = llama_cpp.Llama(model_path=str(gemma_gguf), n_ctx=256, verbose=False)
+    started = time.perf_counter()
+    assert len(llama.tokenize(text.encode(), add_bos=True, special=True)) > 400_000
+    tokenizing = time.perf_counter() - started
+    llama.close()
+    arrivals: list[float] = []
+    stream = llmkit_server.completions.create(
+        model="x", prompt="Count from 1 to 1000:", stream=True, temperature=0, **exactly(400)
+    )
+
+    done = threading.Event()
+
+    def read() -> None:
+        for _ in stream:
+            arrivals.append(time.perf_counter())
+            if done.is_set():
+                break
+        stream.close()  # hangs up: the server frees the slot
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_for(lambda: len(arrivals) >= 3, 60)
+    refused: list[float] = []
+
+    def huge() -> None:
+        with pytest.raises(openai.BadRequestError, match="context"):
+            llmkit_server.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": text}], max_tokens=1
+            )
+        refused.append(time.perf_counter())
+
+    sender = threading.Thread(target=huge)
+    sent = time.perf_counter()
+    sender.start()
+    slowest = 0.0
+    try:
+        while not refused and time.perf_counter() < sent + 10 * tokenizing + 60:
+            t = time.perf_counter()
+            health(llmkit_server)
+            slowest = max(slowest, time.perf_counter() - t)
+            time.sleep(0.05)
+        sender.join(60)
+    finally:
+        done.set()
+        reader.join(60)
+    assert refused, "the huge request was not answered"
+    assert refused[0] - sent > tokenizing / 2  # it was tokenized: the window is real
+    assert slowest < tokenizing / 4, (slowest, tokenizing)
+    assert any(sent < t < refused[0] for t in arrivals)  # the stream went on meanwhile

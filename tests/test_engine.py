@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +13,8 @@ from typing import Any
 import llama_cpp
 import pytest
 
-from llmkit.engine import CacheFull, Delta, Engine, Job, Sequence, Usage
-from llmkit.sampling import SamplingParams
+from llmkit.engine import CacheFull, Choice, Delta, Engine, EngineError, Job, QueueChannel, Usage
+from llmkit.sampling import Sampler, SamplingParams
 from tests.test_batching import REPEAT
 
 pytestmark = pytest.mark.slow
@@ -36,10 +36,10 @@ def greedy(max_tokens: int, **kwargs: Any) -> SamplingParams:
     return SamplingParams(temperature=0, max_tokens=max_tokens, **kwargs)
 
 
-async def collect(job: Job) -> tuple[str, str | None, Usage]:
+def collect(job: Job, timeout: float = 120) -> tuple[str, str | None, Usage]:
     """One single-choice job's text, finish reason and usage."""
     text, finish, usage = "", None, None
-    async for item in job:
+    for item in job.events(timeout=timeout):
         if isinstance(item, Delta):
             text += item.text
             finish = item.finish_reason or finish
@@ -49,9 +49,9 @@ async def collect(job: Job) -> tuple[str, str | None, Usage]:
     return text, finish, usage
 
 
-async def generate(e: Engine, sequences: list[Sequence]) -> tuple[str, str | None, Usage]:
-    """Submit from inside the event loop (as the server's routes do) and collect the answer."""
-    return await collect(e.submit(sequences))
+def generate(e: Engine, choices: list[Choice]) -> tuple[str, str | None, Usage]:
+    """Submit (from this thread: the engine needs no event loop) and collect the answer."""
+    return collect(e.submit(choices))
 
 
 def engine(gemma: llama_cpp.Llama, **options: Any) -> Engine:
@@ -72,15 +72,17 @@ def test_a_full_kv_cache_fails_one_request_and_the_engine_keeps_serving(
     # n_batch below the cache size: each decode fits the cache (see the next test for why).
     e = engine(gemma, kv_size=256, n_batch=128)
 
-    async def main() -> tuple[list[Any], Any]:
-        jobs = [e.submit([Sequence(p, greedy(8))]) for p in prompts]
-        results = await asyncio.gather(*(collect(j) for j in jobs), return_exceptions=True)
-        small = await generate(e, [Sequence(tokens(gemma, "Hello"), greedy(4))])
-        return results, small
+    def outcome(job: Job) -> Any:
+        try:
+            return collect(job)
+        except CacheFull as exc:
+            return exc
 
     try:
         assert e.kv_size == 256
-        results, small = asyncio.run(asyncio.wait_for(main(), 300))
+        jobs = [e.submit([Choice(p, greedy(8))]) for p in prompts]
+        results = [outcome(job) for job in jobs]  # both run together; read one after the other
+        small = generate(e, [Choice(tokens(gemma, "Hello"), greedy(4))])
     finally:
         e.close()
     failed = [r for r in results if isinstance(r, BaseException)]
@@ -98,24 +100,19 @@ def test_a_prompt_bigger_than_a_cache_smaller_than_n_batch_is_refused_not_fatal(
     # n_batch to its size. Handed a bigger batch, llama.cpp aborts the whole process: so this
     # engine runs in a child, and the test expects the outcome a full cache has otherwise.
     script = f"""
-import asyncio, llama_cpp
-from llmkit.engine import CacheFull, Engine, Sequence
-from llmkit.sampling import SamplingParams
+import llama_cpp
+from llmkit.engine import CacheFull, Choice, Engine
 from tests.test_engine import ANIMALS, generate, greedy, tokens
 
 llama = llama_cpp.Llama(model_path={str(gemma_gguf)!r}, n_ctx=256, verbose=False)
 engine = Engine(llama.model, parallel=1, slot_ctx=512, threads=2, max_queue=8, kv_size=256)
-
-async def main():
-    prompt = tokens(llama, ANIMALS + "cat dog bird fish horse cow, " * 13)
-    assert 256 < len(prompt) < 512, len(prompt)
-    try:
-        await generate(engine, [Sequence(prompt, greedy(4))])
-    except CacheFull:
-        print("CacheFull")
-    print((await generate(engine, [Sequence(tokens(llama, "Hello"), greedy(4))]))[1])
-
-asyncio.run(main())
+prompt = tokens(llama, ANIMALS + "cat dog bird fish horse cow, " * 13)
+assert 256 < len(prompt) < 512, len(prompt)
+try:
+    generate(engine, [Choice(prompt, greedy(4))])
+except CacheFull:
+    print("CacheFull")
+print(generate(engine, [Choice(tokens(llama, "Hello"), greedy(4))])[1])
 engine.close()
 """
     result = subprocess.run(
@@ -135,7 +132,7 @@ def test_a_prompt_longer_than_n_batch_is_decoded_in_chunks(gemma: llama_cpp.Llam
     assert 290 < len(prompt) < 320
     e = engine(gemma, parallel=1, n_batch=64)
     try:
-        text, finish, usage = asyncio.run(generate(e, [Sequence(prompt, greedy(1))]))
+        text, finish, usage = generate(e, [Choice(prompt, greedy(1))])
     finally:
         e.close()
     assert finish == "length" and usage.completion_tokens == 1
@@ -148,11 +145,8 @@ def test_a_repeated_prompt_recomputes_only_its_last_token(gemma: llama_cpp.Llama
     prompt = tokens(gemma, REPEAT.format("violin"))
     e = engine(gemma)
 
-    async def twice() -> list[tuple[str, str | None, Usage]]:
-        return [await generate(e, [Sequence(prompt, greedy(8, stop=["\n"]))]) for _ in "ab"]
-
     try:
-        first, second = asyncio.run(twice())
+        first, second = (generate(e, [Choice(prompt, greedy(8, stop=["\n"]))]) for _ in "ab")
     finally:
         e.close()
     assert first[0] == second[0] == " violin"
@@ -167,17 +161,12 @@ def test_a_prompt_extending_one_being_generated_copies_its_cache(gemma: llama_cp
     longer = base + tokens(gemma, "and then the sea.")[1:]  # without its BOS
     e = engine(gemma)
 
-    async def main() -> tuple[list[Any], tuple[str, str | None, Usage]]:
-        running = e.submit([Sequence(base, greedy(40, min_tokens=40))])
-        events = aiter(running)
-        rest = [await anext(events)]  # the first sequence holds its slot and generates
-        follower = await generate(e, [Sequence(longer, greedy(4))])
-        assert e.active == 1  # the first one is still going
-        rest += [item async for item in events]
-        return rest, follower
-
     try:
-        rest, follower = asyncio.run(asyncio.wait_for(main(), 300))
+        events = e.submit([Choice(base, greedy(40, min_tokens=40))]).events(timeout=120)
+        rest: list[Any] = [next(events)]  # the first choice holds its slot and generates
+        follower = generate(e, [Choice(longer, greedy(4))])
+        assert e.active == 1  # the first one is still going
+        rest += list(events)
     finally:
         e.close()
     assert isinstance(rest[-1], Usage) and rest[-1].completion_tokens == 40
@@ -194,15 +183,98 @@ def test_greedy_with_penalties_picks_what_the_sampler_chain_picks(gemma: llama_c
     penalties = {"repeat_penalty": 1.3, "frequency_penalty": 0.5, "presence_penalty": 0.3}
     e = engine(gemma, parallel=1)
 
-    async def run() -> tuple[str, str]:
-        await generate(e, [Sequence(prompt, greedy(2))])  # both below find the prompt cached
-        fast = await generate(e, [Sequence(prompt, greedy(48, **penalties))])
-        chain = await generate(e, [Sequence(prompt, greedy(48, logit_bias={0: 0.0}, **penalties))])
-        return fast[0], chain[0]
-
     try:
-        fast, chain = asyncio.run(run())
+        generate(e, [Choice(prompt, greedy(2))])  # both below find the prompt cached
+        fast = generate(e, [Choice(prompt, greedy(48, **penalties))])[0]
+        chain = generate(e, [Choice(prompt, greedy(48, logit_bias={0: 0.0}, **penalties))])[0]
     finally:
         e.close()
     assert len(fast) > 20
     assert fast == chain
+
+
+def test_a_choice_that_cannot_start_fails_its_request_alone(gemma: llama_cpp.Llama) -> None:
+    # A grammar llama.cpp cannot parse makes the sampler fail to build, after the job has left the
+    # queue. Only that request fails, at once and with a clear error; the one running goes on,
+    # and the cache it left is still there for the next request.
+    prompt = tokens(gemma, RIVER)
+    e = engine(gemma)
+    try:
+        running = e.submit([Choice(prompt, greedy(24, min_tokens=24))]).events(timeout=120)
+        first = next(running)
+        broken = e.submit([Choice(tokens(gemma, "Hi"), greedy(4, grammar="root ::= ("))])
+        with pytest.raises(EngineError, match="could not start this request"):
+            collect(broken, timeout=30)
+        rest = list(running)
+        again = generate(e, [Choice(prompt, greedy(2))])
+    finally:
+        e.close()
+    assert isinstance(first, Delta) and isinstance(rest[-1], Usage)
+    assert rest[-1].completion_tokens == 24
+    assert again[2].cached_tokens == len(prompt) - 1
+
+
+class Recorder(QueueChannel):
+    """A channel that also keeps every event in the order the scheduler sent them."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[Job, Any]] = []
+
+    def deliver(self, items: list[tuple[Job, Any]]) -> None:
+        self.log += items
+        super().deliver(items)
+
+
+def test_choices_waiting_for_their_sibling_do_not_hold_up_the_queue(
+    gemma: llama_cpp.Llama,
+) -> None:
+    # Two choices of one long prompt: the second waits for the first to compute the prompt, then
+    # copies its cache. A request queued behind them takes a free slot meanwhile.
+    long = tokens(gemma, ANIMALS + "cat dog bird fish horse cow, " * 13)
+    short = tokens(gemma, "Hello")
+    e = engine(gemma, parallel=3, n_batch=32)  # the long prompt takes about ten steps
+    channel = Recorder()
+    try:
+        siblings = e.submit(
+            [Choice(long, greedy(2)), Choice(long, greedy(2), index=1, counts_prompt=False)],
+            channel,
+        )
+        behind = e.submit([Choice(short, greedy(3))], channel)
+        admitted_early = False
+        deadline = time.perf_counter() + 60
+        while time.perf_counter() < deadline and not any(job is siblings for job, _ in channel.log):
+            if e.active == 2 and e.waiting == 0:  # the first choice and the one behind
+                admitted_early = True
+                break
+            time.sleep(0.002)
+        collect(behind)
+        for _ in siblings.events(timeout=120):
+            pass
+    finally:
+        e.close()
+    assert admitted_early
+    # The second choice copied the first one's prompt: only its last token was computed again.
+    assert e.prompt_tokens_computed == len(long) + 1 + len(short)
+
+
+def test_building_a_big_grammar_does_not_block_submit_or_health(gemma: llama_cpp.Llama) -> None:
+    # Slow to build (each alternative is a parse stack), quick to sample: any text is allowed.
+    grammar = "root ::= [^\\x00]* | " + " | ".join(f'"w{i}x"' for i in range(40_000))
+    params = greedy(1, grammar=grammar)
+    started = time.perf_counter()
+    Sampler(params, gemma._model.vocab, []).close()
+    build = time.perf_counter() - started
+    assert build > 0.3  # big enough to see a stall if the scheduler's lock were held
+    e = engine(gemma)
+    try:
+        job = e.submit([Choice(tokens(gemma, "Hi"), params)])
+        slowest, deadline = 0.0, time.perf_counter() + 2 * build
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            _ = e.waiting  # what /health and the metrics read, under the scheduler's lock
+            slowest = max(slowest, time.perf_counter() - t)
+            time.sleep(0.005)
+        collect(job)
+    finally:
+        e.close()
+    assert slowest < build / 3, (slowest, build)
