@@ -1,15 +1,17 @@
 """End to end under a real systemd: `llmkit service install` in a systemd-nspawn container.
 
-The container comes from the systemd-sandbox scripts beside this repository
-(`<repo>/../shared/systemd-sandbox`): Debian bookworm booted with systemd as PID 1, which enforces
-the unit's hardening (MemoryDenyWriteExecute, SystemCallFilter, DynamicUser, IPAddressDeny, ...).
-Its only network is lo, so nothing in it can download. llmkit goes in as wheels made on this
-machine: llmkit's own built from the checkout, every dependency repacked from the files this venv
-runs (the same llama-cpp-python build, compile flags and all, that the rest of the suite tests).
+The container comes from `tests/systemd_container.py`: Debian bookworm, debootstrapped from the
+mirror apt uses, booted with systemd as PID 1, which enforces the unit's hardening
+(MemoryDenyWriteExecute, SystemCallFilter, DynamicUser, IPAddressDeny, ...). Its only network is
+lo, so nothing in it can download. llmkit goes in as wheels made on this machine: llmkit's own
+built from the checkout, every dependency repacked from the files this venv runs (the same
+llama-cpp-python build, compile flags and all, that the rest of the suite tests).
 
-Needs root. LLMKIT_E2E_DIR (default /var/tmp/llmkit-e2e) keeps the container's root file system
-and the wheels between runs, so that a second run boots in a second; the container itself is
-powered off at the end.
+Needs root, systemd-nspawn and debootstrap (`apt-get install systemd-container debootstrap`) and a
+reachable Debian mirror; without them the tests skip with one line saying which is missing (and
+fail when CI is set, so that CI never passes without them). LLMKIT_E2E_DIR (default
+/var/tmp/llmkit-e2e) keeps the container's root file system and the wheels between runs, so that a
+second run boots in seconds; the container itself is powered off at the end.
 """
 
 from __future__ import annotations
@@ -28,22 +30,32 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from llmkit.service import parse_exposure
+from tests import systemd_container
 
 REPO = Path(__file__).resolve().parents[1]
-SANDBOX = REPO.parent / "shared" / "systemd-sandbox"
 WORK = Path(os.environ.get("LLMKIT_E2E_DIR") or "/var/tmp/llmkit-e2e")
 MACHINE = "llmkit-e2e"
 VENV = "/opt/llmkit"
 KEY = 'e2e "secret" $key\\'
 USER = "llmkit-e2e"
+# libgomp1: llama.cpp's OpenMP runtime (the host's compiler brought it; minbase lacks it).
+# libpam-systemd: a user's own systemd (user@.service), for --user.
+PACKAGES = ["python3", "python3-venv", "libgomp1", "libpam-systemd"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+try:  # the quick checks here, so that a skip is one line for the module, not one per test
+    systemd_container.require_host()
+except systemd_container.Unavailable as exc:
+    if not os.environ.get("CI"):  # on CI the container fixture fails instead
+        pytest.skip(str(exc), allow_module_level=True)
 
 
 # -- wheels ----------------------------------------------------------------------------------
@@ -121,11 +133,6 @@ def closure(requirements: list[str]) -> dict[str, importlib.metadata.Distributio
     return found
 
 
-@pytest.fixture(scope="module")
-def wheels() -> Path:
-    return build_wheels(WORK / "wheels")
-
-
 def build_wheels(folder: Path) -> Path:
     """A folder of wheels: llmkit built from this checkout, its dependencies repacked from the venv.
 
@@ -179,23 +186,13 @@ def build_wheels(folder: Path) -> Path:
 # -- the container ---------------------------------------------------------------------------
 
 
-class Container:
-    """systemd as PID 1 in a systemd-nspawn container; `run` is a root shell inside it."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
+class Container(systemd_container.Container):
+    """The test's view of the container: `run` asserts success unless told not to."""
 
     def run(
         self, command: str, input: str | None = None, timeout: float = 300, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(SANDBOX / "run-in.sh"), command],
-            env=self.env,
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        result = super().run(command, input=input, timeout=timeout)
         if check:
             assert result.returncode == 0, (
                 f"{command}: exit {result.returncode}\n{result.stdout}{result.stderr}"
@@ -243,33 +240,29 @@ except OSError as e:
 """
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Skip, in one line; on CI fail instead, since there a skip would hide a broken setup."""
+    if os.environ.get("CI"):
+        pytest.fail(f"the systemd end-to-end test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
-def container(wheels: Path) -> Iterator[Container]:
+def container() -> Iterator[Container]:
     """The booted container with llmkit installed in /opt/llmkit, and no llmkit service yet."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("the systemd end-to-end test needs root")
-        pytest.skip("the systemd end-to-end test needs root")
-    assert (SANDBOX / "boot.sh").is_file(), f"no systemd-sandbox at {SANDBOX}"
-    env = {
-        **os.environ,
-        "ROOT": str(WORK / "root"),
-        "STATE": str(WORK / "state"),
-        "MACHINE": MACHINE,
-        "PRIVATE_NET": "1",
-        "NSPAWN_ARGS": f"--bind-ro={wheels}:/wheels",
-        # llama.cpp's OpenMP runtime: the host's compiler brought it; minbase lacks it.
-        # libpam-systemd: a user's own systemd (user@.service), for --user.
-        "EXTRA_PKGS": "libgomp1 libpam-systemd",
-    }
-    # A container left running by an interrupted run would lack this run's wheels: start afresh.
-    subprocess.run([str(SANDBOX / "stop.sh")], env=env, capture_output=True, timeout=120)
     try:
-        boot = subprocess.run(
-            [str(SANDBOX / "boot.sh")], env=env, capture_output=True, text=True, timeout=1200
-        )
-        assert boot.returncode == 0, boot.stdout + boot.stderr
-        box = Container(env)
+        systemd_container.require_host()
+    except systemd_container.Unavailable as exc:
+        unavailable(str(exc))
+    WORK.mkdir(parents=True, exist_ok=True)
+    # Booted afresh each time: one left from an earlier run would lack this run's wheels.
+    with Container(WORK, MACHINE, PACKAGES) as box:
+        try:
+            box.make_root()
+        except systemd_container.Unavailable as exc:
+            unavailable(str(exc))
+        wheels = build_wheels(WORK / "wheels")
+        box.boot(binds={wheels: "/wheels"})
         box.run(
             f"""
             set -e
@@ -291,8 +284,6 @@ def container(wheels: Path) -> Iterator[Container]:
         box.run("cat > /root/probe.py", input=PROBE)
         box.run("umask 077 && cat > /root/llmkit.key", input=KEY + "\n")
         yield box
-    finally:
-        subprocess.run([str(SANDBOX / "stop.sh")], env=env, capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
