@@ -12,16 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from llmkit.bench import (
-    Peer,
-    compare,
-    complete,
-    configure,
-    parse_levels,
-    parse_peer,
-    parse_status,
-    percentile,
-)
+from llmkit.bench.config import Peer, configure, parse_levels, parse_peer
+from llmkit.bench.machine import parse_status
+from llmkit.bench.measure import complete
+from llmkit.bench.summary import compare, percentile
 from llmkit.client import Answer
 from llmkit.errors import LlmkitError
 from tests.conftest import clean_env
