@@ -26,7 +26,7 @@ from llmkit.bench.config import BenchConfig, Peer, configure
 from llmkit.bench.inprocess import InProcess
 from llmkit.bench.machine import machine, process_memory
 from llmkit.bench.measure import IN_PROCESS, LLMKIT, Log, Measured, Remote, nop, start_llmkit
-from llmkit.bench.report import plot, pyplot, show, targets, write_json
+from llmkit.bench.report import plot, pyplot, show, write_json
 from llmkit.bench.summary import compare, summarize
 from llmkit.bench.workloads import TURNS
 from llmkit.errors import LlmkitError
@@ -42,7 +42,7 @@ def main(
     console: Any = None,
     log: Log = nop,
 ) -> dict[str, Any]:
-    """`llmkit bench`: run, print the tables, write the JSON and the plot when asked."""
+    """`llmkit bench`: run, print the table, write the JSON and the plot when asked."""
     from rich.console import Console
 
     if plot_file is not None:
@@ -130,7 +130,7 @@ def run(config: BenchConfig, log: Log = nop) -> dict[str, Any]:
             stop(server.process)
 
     results = compare([summarize(m) for m in (llmkit_, *(m for m, _ in peers), ceiling)])
-    report = {
+    return {
         "started": begun.isoformat(timespec="seconds"),
         # scripts/bench.py runs `llmkit bench`: one command reproduces the figures either way.
         "command": shlex.join(["llmkit", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None,
@@ -145,5 +145,3 @@ def run(config: BenchConfig, log: Log = nop) -> dict[str, Any]:
         },
         "results": results,
     }
-    report["targets"] = targets(report)
-    return report

@@ -6,71 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmkit.bench.measure import LLMKIT
-from llmkit.bench.summary import ratio
 from llmkit.bench.workloads import TURNS
 from llmkit.errors import LlmkitError
-
-
-def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets for llmkit serve, each with what was measured and whether it was met."""
-    by_name = {r["name"]: r for r in report["results"]}
-    ours = by_name[LLMKIT]
-    figures = ours["figures"]
-    checks: list[dict[str, Any]] = []
-
-    def check(target: str, measured: float | None, met: bool | None, shown: str) -> None:
-        checks.append({"target": target, "measured": measured, "met": met, "shown": shown})
-
-    vs, paired = figures.get("vs_in_process"), figures.get("vs_in_process_paired")
-    check(
-        "1 client ≥ 95% of in-process tokens/s",
-        vs,
-        None if vs is None else vs >= 0.95,
-        _fmt(vs, "{:.0%}") + (f" (within each repeat: {paired:.0%})" if paired else ""),
-    )
-    cold = figures.get("cold_start_s")
-    check("cold start < 3 s", cold, None if cold is None else cold < 3.0, _fmt(cold, "{:.2f} s"))
-    turns = figures.get("turn_ratio")
-    check(
-        f"turn-{TURNS} TTFT ≤ 1.5× turn-1",
-        turns,
-        None if turns is None else turns <= 1.5,
-        _fmt(turns, "{:.2f}×"),
-    )
-    requests = sum(level["requests"] for level in ours["concurrency"].values())
-    done = sum(level["complete"] for level in ours["concurrency"].values())
-    check(
-        "zero incomplete responses",
-        requests - done,
-        requests > 0 and done == requests,
-        f"{requests - done} of {requests}",
-    )
-    json_ratio = figures.get("json_vs_text")
-    check(
-        "JSON mode ≥ 0.5× free text",
-        json_ratio,
-        None if json_ratio is None else json_ratio >= 0.5,
-        _fmt(json_ratio, "{:.2f}×"),
-    )
-    for peer in (r for r in report["results"] if r["kind"] == "peer"):
-        for clients, level in ours["concurrency"].items():
-            theirs = peer["concurrency"].get(clients, {}).get("tokens_per_s")
-            value = ratio(level.get("tokens_per_s"), theirs)
-            if int(clients) > 1 and value is not None:
-                check(
-                    f"{clients} clients ≥ {peer['name']} aggregate tokens/s",
-                    value,
-                    value >= 1.0,
-                    _fmt(value, "{:.2f}×"),
-                )
-    return checks
 
 
 def show(report: dict[str, Any], console: Any) -> None:
     """Print the figures table and the problems to a rich console."""
     console.print(table(report))
-    console.print(targets_table(report))
     for line in problems(report):
         console.print(f"[yellow]problem:[/] {line}", highlight=False)
 
@@ -134,6 +76,9 @@ def table(report: dict[str, Any]) -> Any:
             f"{clients} client{'s' * (clients > 1)}, aggregate tokens/s",
             *(_fmt(lv and lv["tokens_per_s"], "{:.1f}") for lv in levels),
         )
+        versus = [_fmt(lv and lv.get("llmkit_vs_this"), "{:.2f}×") for lv in levels]
+        if any(cell != "—" for cell in versus):
+            grid.add_row("  llmkit ÷ this", *versus)
         grid.add_row(
             "  TTFT p50 / p95, s",
             *(
@@ -146,16 +91,6 @@ def table(report: dict[str, Any]) -> Any:
         grid.add_row(
             "  complete", *(f"{lv['complete']}/{lv['requests']}" if lv else "—" for lv in levels)
         )
-    return grid
-
-
-def targets_table(report: dict[str, Any]) -> Any:
-    from rich.table import Table
-
-    grid = Table("target (llmkit serve)", "measured", "", title="Targets", title_justify="left")
-    for check in report["targets"]:
-        verdict = {True: "[green]met[/]", False: "[red]missed[/]", None: "—"}[check["met"]]
-        grid.add_row(check["target"], check["shown"], verdict)
     return grid
 
 

@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from llmkit.bench.measure import IN_PROCESS, Measured
+from llmkit.bench.measure import IN_PROCESS, LLMKIT, Measured
 
 
 def median(values: Sequence[float]) -> float | None:
@@ -57,9 +57,20 @@ def summarize(measured: Measured) -> dict[str, Any]:
 
 
 def compare(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add the figures that need the in-process run (the last result): ratios, prompt speed."""
+    """Add the figures that set one result beside another: ratios, prompt speed.
+
+    Each server against the in-process run (the last result), and at each number of clients,
+    llmkit's aggregate tokens/s against each other server's (`llmkit_vs_this`).
+    """
     ceiling = results[-1]["figures"]
+    llmkit = next((r for r in results if r.get("kind") == LLMKIT), None)
     for result in results:
+        if llmkit is not None and result is not llmkit:
+            for clients, level in result.get("concurrency", {}).items():
+                mine = llmkit["concurrency"].get(clients, {}).get("tokens_per_s")
+                value = ratio(mine, level.get("tokens_per_s"))
+                if value is not None:
+                    level["llmkit_vs_this"] = value
         figures = result["figures"]
         if result is not results[-1]:
             figures["vs_in_process"] = ratio(
