@@ -7,6 +7,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from llmkit.modelinfo import available_memory
+from llmkit.settings import physical_cores
+
 
 def process_memory(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM of a process, in MiB (empty where /proc does not tell)."""
@@ -52,10 +55,13 @@ def machine() -> dict[str, Any]:
         llama_version = None
     from llmkit import __version__
 
+    available = available_memory()  # what `llmkit serve` checks a model against, cgroups included
     return {
         "cpu": cpu or platform.processor(),
         "cpus": os.cpu_count(),
+        "physical_cores": physical_cores(),  # what `llmkit serve` picks its threads from
         "memory_gib": memory_gib,
+        "memory_available_gib": round(available / 1024**3, 1) if available is not None else None,
         "system": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "llama_cpp_python": llama_version,
