@@ -2,7 +2,8 @@
 
 For now this is `llama_cpp.Llama` in this process (same file, threads and context). It is meant to
 become llmkit's own engine driven without the server (`Engine.submit(...)`, then `job.events()`
-from a plain thread) once the engine's Job works without asyncio; only `__init__` and `ask` change.
+from a plain thread) once the engine's Job works without asyncio: `__init__` and `ask` change,
+and the prompt tokens come from the job's `Usage` instead of `llama.n_tokens`.
 """
 
 from __future__ import annotations
