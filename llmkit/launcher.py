@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,39 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@dataclass
+class Launched:
+    """An `llmkit serve` child process, its /v1 and /health URLs, and the file it logs to."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    health: str
+    log: Path
+
+
+def start(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    options: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> Launched:
+    """Start `llmkit serve` and return at once: the caller waits for /health and calls `stop`.
+
+    For a caller that times the start itself or keeps the server past one `with` block (the
+    benchmark); `serve()` is the one that waits, yields a client and stops the server.
+    """
+    port = port or free_port(host)
+    log = Path(tempfile.mkstemp(prefix="llmkit-serve-", suffix=".log")[1])
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llmkit", *serve_args(model, host, port, options or {})],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    return Launched(process, f"{base}/v1", f"{base}/health", log)

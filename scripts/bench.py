@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark `llmkit serve` against llama-cpp-python in-process and other servers.
 
-The same as `llmkit bench` (the code is in llmkit/bench.py); `--help` lists the options.
+The same as `llmkit bench` (the code is in llmkit/bench/); `--help` lists the options.
 
     scripts/bench.py                                   # gemma-3-270m, 2 threads, median of 3
     scripts/bench.py --quick --json /tmp/bench.json    # a smoke run in under a minute
