@@ -435,7 +435,7 @@ class Engine:
         self.tokens_generated += 1
         r.sampler.tokens_generated(r.generated, params.min_tokens)
         text = r.text.feed(self._piece(token))
-        if r.text.stopped:
+        if r.text.stopped or r.sampler.done:  # a stop string, or a grammar that is complete
             self._finish(slot, "stop", text, out)
         elif params.max_tokens is not None and r.generated >= params.max_tokens:
             self._finish(slot, "length", text, out)

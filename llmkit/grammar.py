@@ -1,48 +1,139 @@
-"""Constrained decoding: what a request's `response_format` or `grammar` asks for, as a GBNF grammar."""
+"""Constrained decoding on llguidance: what a request's `response_format` or `grammar` asks for.
+
+llguidance (the engine llama.cpp, vLLM and SGLang build against) compiles JSON Schema far more
+completely than a GBNF converter: integer and number ranges, `pattern`, string and array lengths,
+`enum`/`const`, `anyOf`/`oneOf`, `$ref`/`$defs`, `additionalProperties: false`, formats. What it
+cannot honour it reports, and the request is refused with that message, never loosened. GBNF
+grammars (the `grammar` field llama.cpp's servers take) go through llguidance's own converter,
+so there is one code path.
+
+Its tokenizer is built from llama.cpp's vocabulary once per model (about a second or more for a
+large vocabulary), on a background thread when the server starts, not on the request path.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
+import warnings
 from typing import Any
 
 import llama_cpp
+import llguidance
+import llguidance.llamacpp
 
 from llmkit.errors import BadRequest
 
+# Between JSON tokens: at most a few spaces or newlines. Unbounded whitespace lets a small model
+# fill its whole answer with it (llama.cpp's own JSON grammars bound it the same way).
+JSON_OPTIONS: dict[str, Any] = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,16}"}
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+# JSON Schema integers are unbounded; without a bound a small model can write digits until its
+# token limit. They are kept to the integers every JSON parser reads exactly (JavaScript's safe
+# integers, 16 digits), as llama.cpp's own schema grammars keep them to 16 digits.
+SAFE_INTEGERS = (-(2**53 - 1), 2**53 - 1)
+
 
 def grammar_for(response_format: dict[str, Any] | None, grammar: str | None) -> str | None:
-    """The GBNF grammar that forces JSON (or the schema) when asked."""
-    try:
-        if grammar is not None:
-            return grammar
-        if not response_format or response_format.get("type") in (None, "text"):
-            return None
-        kind = response_format.get("type")
-        if kind == "json_object":
-            schema = response_format.get("schema")
-            if schema is None:
-                return str(llama_cpp.llama_grammar.JSON_GBNF)
-            return _schema_grammar(schema)
-        if kind == "json_schema":
-            spec = response_format.get("json_schema") or {}
-            schema = spec.get("schema") if isinstance(spec, dict) else None
-            if not isinstance(schema, dict):
-                raise BadRequest(
-                    "response_format.json_schema.schema must be a JSON schema object",
-                    param="response_format",
-                )
-            return _schema_grammar(schema)
-    except BadRequest:
-        raise
-    except Exception as exc:  # noqa: BLE001 - llama_cpp's schema errors are the user's to fix
+    """The llguidance grammar a request asks for (validated), or None for free text."""
+    if grammar is not None:
+        try:
+            compiled = llguidance.grammar_from("gbnf", grammar)
+        except ValueError as exc:
+            raise BadRequest(f"grammar: {exc}", param="grammar") from None
+        return _validated(compiled, "grammar")
+    if not response_format or response_format.get("type") in (None, "text"):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        schema = response_format.get("schema", ANY_OBJECT)
+    elif kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise BadRequest(
+                "response_format.json_schema.schema must be a JSON schema object",
+                param="response_format",
+            )
+    else:
         raise BadRequest(
-            f"could not build a grammar from this request: {exc}", param="response_format"
-        ) from None
-    raise BadRequest(
-        f"response_format.type must be text, json_object or json_schema, not {kind!r}",
-        param="response_format",
+            f"response_format.type must be text, json_object or json_schema, not {kind!r}",
+            param="response_format",
+        )
+    return schema_grammar(schema)
+
+
+def schema_grammar(schema: Any) -> str:
+    """The grammar of JSON documents that satisfy `schema`; a BadRequest naming what it can't do."""
+    if not isinstance(schema, dict):
+        raise BadRequest("a JSON schema must be an object", param="response_format")
+    try:
+        compiled = llguidance.LLMatcher.grammar_from_json_schema(
+            json.dumps(bounded_integers(schema)),
+            defaults=JSON_OPTIONS,  # type: ignore[arg-type]
+        )
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"response_format: {exc}", param="response_format") from None
+    return _validated(compiled, "response_format")
+
+
+def bounded_integers(schema: Any) -> Any:
+    """The schema with every integer that has no bound of its own kept to the safe integers."""
+    if isinstance(schema, list):
+        return [bounded_integers(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: bounded_integers(value) for key, value in schema.items()}
+    kinds = out.get("type")
+    if kinds == "integer" or (isinstance(kinds, list) and "integer" in kinds):
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = SAFE_INTEGERS[0]
+        if "maximum" not in out and "exclusiveMaximum" not in out:
+            out["maximum"] = SAFE_INTEGERS[1]
+    return out
+
+
+def _validated(compiled: str, param: str) -> str:
+    error = llguidance.LLMatcher.validate_grammar(compiled)
+    if error:
+        where = "the JSON schema" if param == "response_format" else "the grammar"
+        raise BadRequest(f"{where} cannot be enforced: {error}", param=param)
+    return compiled
+
+
+_tokenizers: dict[int, llguidance.LLTokenizer] = {}
+_lock = threading.Lock()
+
+
+def tokenizer(vocab: llama_cpp.llama_vocab_p, eog: list[int]) -> llguidance.LLTokenizer:
+    """llguidance's view of this model's vocabulary, built once (callers wait for the first)."""
+    key = int(vocab or 0)
+    with _lock:
+        found = _tokenizers.get(key)
+        if found is None:
+            with warnings.catch_warnings():  # its bridge calls a deprecated alias per token
+                warnings.simplefilter("ignore", DeprecationWarning)
+                found = llguidance.llamacpp.lltokenizer_from_vocab(vocab, eos_token=eog)
+            _tokenizers[key] = found
+        return found
+
+
+def warm_up(vocab: llama_cpp.llama_vocab_p, eog: list[int]) -> threading.Thread:
+    """Build the tokenizer on a background thread, so that the first JSON request need not."""
+    thread = threading.Thread(
+        target=tokenizer, args=(vocab, eog), name="llmkit-grammar", daemon=True
     )
+    thread.start()
+    return thread
 
 
-def _schema_grammar(schema: Any) -> str:
-    return str(llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)._grammar)
+class GrammarError(ValueError):
+    """llguidance could not build a matcher for this grammar."""
+
+
+def matcher(vocab: llama_cpp.llama_vocab_p, eog: list[int], grammar: str) -> llguidance.LLMatcher:
+    """A fresh matcher (one sequence's grammar state) for a grammar from `grammar_for`."""
+    found = llguidance.LLMatcher(tokenizer(vocab, eog), grammar, log_level=0)
+    if found.is_error():
+        raise GrammarError(f"the grammar cannot be enforced: {found.get_error()}")
+    return found

@@ -16,7 +16,7 @@ from llmkit.engine import Choice
 from llmkit.errors import BadRequest
 from llmkit.grammar import grammar_for
 from llmkit.prompts import chat_prompt, completion_prompts
-from llmkit.sampling import GrammarError, SamplingParams, check_grammar
+from llmkit.sampling import SamplingParams
 
 MAX_N = 16
 MAX_STOP = 16
@@ -142,12 +142,6 @@ def choices_for(
         prompts, texts = completion_prompts(body.prompt, llama, echo=body.echo)
         max_tokens = body.max_tokens
         grammar = grammar_for(None, body.grammar)
-    vocab = llama._model.vocab
-    if grammar is not None:
-        try:
-            check_grammar(vocab, grammar)
-        except GrammarError as exc:
-            raise BadRequest(str(exc), param="grammar") from None
     user_stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     bias = _logit_bias(body.logit_bias, llama.n_vocab())
     choices = []

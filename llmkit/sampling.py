@@ -1,9 +1,10 @@
 """One sequence's sampler: llama.cpp's sampler chain, plus a grammar checked against the chosen token first.
 
-Each sequence in a batch gets its own chain (its own seed, penalties history and grammar state). The
-grammar is kept out of the chain: a full grammar pass over Gemma's 262k-token vocabulary costs
-about 30 ms, so the chain picks a token first and the grammar only checks that one token; only when
-it is rejected does the full pass run (as llama.cpp's own server does).
+Each sequence in a batch gets its own chain (its own seed and penalties history) and its own
+llguidance matcher (grammar state). The grammar is kept out of the chain: the chain picks a token
+first and the matcher only checks that one token; only when it is rejected is the mask of allowed
+tokens computed (tens of microseconds with llguidance) and the pick made again among them, as
+llama.cpp's own server does. Only the token finally chosen enters the chain's history.
 """
 
 from __future__ import annotations
@@ -15,12 +16,9 @@ from dataclasses import dataclass, field
 import llama_cpp
 import numpy as np
 
-LLAMA_GRAMMAR_ROOT = "root"
+from llmkit import grammar
+
 PENALTY_LAST_N = 64
-
-
-class GrammarError(ValueError):
-    """llama.cpp could not parse the grammar."""
 
 
 @dataclass
@@ -40,20 +38,10 @@ class SamplingParams:
     mirostat_eta: float = 0.1
     seed: int = 0
     logit_bias: dict[int, float] = field(default_factory=dict)
-    grammar: str | None = None  # GBNF text
+    grammar: str | None = None  # an llguidance grammar, from grammar.grammar_for
     min_tokens: int = 0
     max_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
-
-
-def check_grammar(vocab: llama_cpp.llama_vocab_p, grammar: str) -> None:
-    """Raise GrammarError if llama.cpp cannot build a sampler from this grammar."""
-    sampler = llama_cpp.llama_sampler_init_grammar(
-        vocab, grammar.encode(), LLAMA_GRAMMAR_ROOT.encode()
-    )
-    if not sampler:
-        raise GrammarError("llama.cpp could not parse the grammar")
-    llama_cpp.llama_sampler_free(sampler)
 
 
 class Sampler:
@@ -122,18 +110,13 @@ class Sampler:
                 self._add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
             self._add(llama_cpp.llama_sampler_init_temp(params.temperature))
             self._add(llama_cpp.llama_sampler_init_dist(seed))
-        self.grammar = None
+        self.matcher = None
         if params.grammar is not None:
-            self.grammar = llama_cpp.llama_sampler_init_grammar(
-                vocab, params.grammar.encode(), LLAMA_GRAMMAR_ROOT.encode()
-            )
-            if not self.grammar:
+            try:
+                self.matcher = grammar.matcher(vocab, eog, params.grammar)
+            except BaseException:
                 self.close()
-                raise GrammarError("llama.cpp could not parse the grammar")
-        self._one = llama_cpp.llama_token_data()
-        self._one_array = llama_cpp.llama_token_data_array(
-            data=ctypes.pointer(self._one), size=1, selected=-1, sorted=False
-        )
+                raise
         self._full: np.ndarray | None = None
 
     def _add(self, sampler: llama_cpp.llama_sampler_p) -> None:
@@ -147,21 +130,56 @@ class Sampler:
 
     def sample(self, ctx: llama_cpp.llama_context_p, row: int) -> int:
         """The next token from the logits at `row` of the last decode; accepted into the state."""
-        if self._argmax:
+        if self.matcher is None:
+            if not self._argmax:
+                return int(llama_cpp.llama_sampler_sample(self.chain, ctx, row))
             token = self._greedy(ctx, row)
-            llama_cpp.llama_sampler_accept(
-                self.chain, token
-            )  # keeps the chain's penalties' history
         else:
-            token = llama_cpp.llama_sampler_sample(self.chain, ctx, row)
-        if self.grammar is None:
-            return token
-        if not self._allowed(token):
-            token = self._sample_with_grammar(ctx, row)
-        llama_cpp.llama_sampler_accept(self.grammar, token)
+            token = self._pick(ctx, row, None)
+            if not self.matcher.try_consume_tokens([token]):
+                token = self._pick(ctx, row, self._allowed())
+                self.matcher.consume_token(token)
+        if self._argmax:
+            self._recent.append(token)
+        llama_cpp.llama_sampler_accept(self.chain, token)  # the chain's penalties' history
         return token
 
-    def _greedy(self, ctx: llama_cpp.llama_context_p, row: int) -> int:
+    @property
+    def done(self) -> bool:
+        """The grammar is complete and allows nothing more."""
+        return self.matcher is not None and self.matcher.is_stopped()
+
+    def _pick(self, ctx: llama_cpp.llama_context_p, row: int, allowed: np.ndarray | None) -> int:
+        """The chain's pick (without accepting it), among the allowed tokens if given."""
+        if self._argmax:
+            return self._greedy(ctx, row, allowed)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row), (self.n_vocab,))
+        if self._full is None:
+            self._full = np.zeros(
+                self.n_vocab, dtype=[("id", np.int32), ("logit", np.float32), ("p", np.float32)]
+            )
+        full = self._full
+        full["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        full["logit"] = logits if allowed is None else np.where(allowed, logits, -np.inf)
+        full["p"] = 0.0
+        array = llama_cpp.llama_token_data_array(
+            data=full.ctypes.data_as(llama_cpp.llama_token_data_p),
+            size=self.n_vocab,
+            selected=-1,
+            sorted=False,
+        )
+        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(array))
+        return int(full["id"][array.selected])
+
+    def _allowed(self) -> np.ndarray:
+        """The grammar's mask for the next token: True where a token is allowed."""
+        assert self.matcher is not None
+        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+        return np.unpackbits(bits, bitorder="little")[: self.n_vocab].astype(bool)
+
+    def _greedy(
+        self, ctx: llama_cpp.llama_context_p, row: int, allowed: np.ndarray | None = None
+    ) -> int:
         """The chain's greedy pick, penalties included (llama.cpp's formula, same window)."""
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row), (self.n_vocab,))
         repeat, frequency, presence = self._penalties
@@ -171,9 +189,9 @@ class Sampler:
             seen = np.where(seen <= 0, seen * repeat, seen / repeat)
             logits = logits.copy()
             logits[tokens] = seen - counts * frequency - presence
-        token = int(logits.argmax())
-        self._recent.append(token)
-        return token
+        if allowed is not None:
+            logits = np.where(allowed, logits, -np.inf)
+        return int(logits.argmax())
 
     def tokens_generated(self, count: int, min_tokens: int) -> None:
         """Lift the end-of-generation ban once min_tokens have been generated."""
@@ -181,41 +199,8 @@ class Sampler:
             llama_cpp.llama_sampler_free(llama_cpp.llama_sampler_chain_remove(self.chain, 0))
             self._ban_eog = False
 
-    def _allowed(self, token: int) -> bool:
-        self._one.id, self._one.logit, self._one.p = token, 1.0, 0.0  # type: ignore[assignment]
-        self._one_array.size, self._one_array.selected = 1, -1  # type: ignore[assignment]
-        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(self._one_array))
-        return bool(self._one.logit != float("-inf"))
-
-    def _sample_with_grammar(self, ctx: llama_cpp.llama_context_p, row: int) -> int:
-        # The full pass: every token's logit, the grammar's mask, then the chain over what is left.
-        # The chain has already accepted the rejected token; for penalties that means one extra
-        # token in their history, which llama.cpp's server avoids and we accept for simplicity.
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row), (self.n_vocab,))
-        if self._full is None:
-            self._full = np.zeros(
-                self.n_vocab, dtype=[("id", np.int32), ("logit", np.float32), ("p", np.float32)]
-            )
-        full = self._full
-        full["id"] = np.arange(self.n_vocab, dtype=np.int32)
-        full["logit"] = logits
-        full["p"] = 0.0
-        array = llama_cpp.llama_token_data_array(
-            data=full.ctypes.data_as(llama_cpp.llama_token_data_p),
-            size=self.n_vocab,
-            selected=-1,
-            sorted=False,
-        )
-        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(array))
-        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(array))
-        token = int(full["id"][array.selected])
-        llama_cpp.llama_sampler_accept(self.chain, token)
-        return token
-
     def close(self) -> None:
         if self.chain:
             llama_cpp.llama_sampler_free(self.chain)
             self.chain = None
-        if getattr(self, "grammar", None):
-            llama_cpp.llama_sampler_free(self.grammar)
-            self.grammar = None
+        self.matcher = None

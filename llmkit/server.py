@@ -110,6 +110,7 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
     from llama_cpp.server import app as llama_server
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
+    from llmkit import grammar
     from llmkit.api import Api, Unauthorized, openai_error
     from llmkit.engine import Engine
     from llmkit.errors import BadRequest
@@ -152,6 +153,9 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
         observer=metrics,
     )
     metrics.watch(engine)
+    grammar.warm_up(
+        engine.vocab, engine.eog
+    )  # llguidance's tokenizer, before the first JSON request
     api = Api(engine, llama, prepared.name, config.api_key)
     app.include_router(api.router())
     app.add_api_route(

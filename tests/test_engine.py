@@ -14,6 +14,7 @@ import llama_cpp
 import pytest
 
 from llmkit.engine import CacheFull, Choice, Delta, Engine, EngineError, Job, QueueChannel, Usage
+from llmkit.grammar import grammar_for, schema_grammar
 from llmkit.sampling import Sampler, SamplingParams
 from tests.test_batching import REPEAT
 
@@ -259,8 +260,8 @@ def test_choices_waiting_for_their_sibling_do_not_hold_up_the_queue(
 
 def test_building_a_big_grammar_does_not_block_submit_or_health(gemma: llama_cpp.Llama) -> None:
     # Slow to build (each alternative is a parse stack), quick to sample: any text is allowed.
-    grammar = "root ::= [^\\x00]* | " + " | ".join(f'"w{i}x"' for i in range(40_000))
-    params = greedy(1, grammar=grammar)
+    gbnf = "root ::= [^\\x00]* | " + " | ".join(f'"w{i}x"' for i in range(40_000))
+    params = greedy(1, grammar=grammar_for(None, gbnf))
     started = time.perf_counter()
     Sampler(params, gemma._model.vocab, []).close()
     build = time.perf_counter() - started
@@ -278,3 +279,24 @@ def test_building_a_big_grammar_does_not_block_submit_or_health(gemma: llama_cpp
     finally:
         e.close()
     assert slowest < build / 3, (slowest, build)
+
+
+def test_greedy_with_penalties_and_a_grammar_remembers_the_token_it_chose(
+    gemma: llama_cpp.Llama,
+) -> None:
+    # Where the grammar rejects the first pick, the penalties must see the token finally chosen:
+    # the argmax path and llama.cpp's chain (through a zero logit_bias) then agree token by token.
+    prompt = tokens(gemma, "A list of fruits as JSON:")
+    fruits = schema_grammar(
+        {"type": "object", "properties": {"fruits": {"type": "array", "items": {"type": "string"}}}}
+    )
+    penalties = {"repeat_penalty": 1.3, "frequency_penalty": 0.5, "grammar": fruits}
+    e = engine(gemma, parallel=1)
+    try:
+        generate(e, [Choice(prompt, greedy(2))])  # both below find the prompt cached
+        fast = generate(e, [Choice(prompt, greedy(40, **penalties))])
+        chain = generate(e, [Choice(prompt, greedy(40, logit_bias={0: 0.0}, **penalties))])
+    finally:
+        e.close()
+    assert fast[0].startswith('{"fruits"') or fast[0].startswith("{")
+    assert fast[0] == chain[0]

@@ -1,0 +1,96 @@
+"""Constrained decoding on llguidance: what requests may ask for, and what the matcher enforces."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import pytest
+from llama_cpp.llama_grammar import JSON_GBNF
+
+from llmkit import grammar
+from llmkit.errors import BadRequest
+from llmkit.grammar import GrammarError, grammar_for, schema_grammar
+from llmkit.sampling import Sampler, SamplingParams
+
+PET = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 2, "maxLength": 12, "pattern": "^[A-Z][a-z]+$"},
+        "legs": {"type": "integer", "minimum": 0, "maximum": 8},
+    },
+    "required": ["name", "legs"],
+    "additionalProperties": False,
+}
+
+
+def schema_format(schema: Any) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+
+def test_free_text_needs_no_grammar() -> None:
+    assert grammar_for(None, None) is None
+    assert grammar_for({"type": "text"}, None) is None
+
+
+def test_json_modes_and_gbnf_compile_to_one_kind_of_grammar() -> None:
+    assert grammar_for({"type": "json_object"}, None)
+    assert grammar_for(schema_format(PET), None)
+    assert grammar_for(None, JSON_GBNF)  # llama.cpp's own JSON grammar, through the converter
+
+
+@pytest.mark.parametrize(
+    ("response_format", "gbnf", "param", "words"),
+    [
+        (None, 'root ::= "a" | undefined-rule', "grammar", "undefined"),
+        (None, "root ::= (", "grammar", "grammar"),
+        ({"type": "xml"}, None, "response_format", "xml"),
+        ({"type": "json_schema", "json_schema": {}}, None, "response_format", "schema"),
+        (schema_format({"type": "string", "format": "no-such"}), None, "response_format", "format"),
+    ],
+)
+def test_what_cannot_be_enforced_is_a_bad_request_that_names_it(
+    response_format: Any, gbnf: str | None, param: str, words: str
+) -> None:
+    with pytest.raises(BadRequest, match=words) as caught:
+        grammar_for(response_format, gbnf)
+    assert caught.value.param == param
+
+
+@pytest.fixture(scope="module")
+def vocab(gemma_gguf: Path) -> Iterator[tuple[Any, llama_cpp.Llama, list[int]]]:
+    llama = llama_cpp.Llama(model_path=str(gemma_gguf), n_ctx=256, verbose=False)
+    v = llama._model.vocab
+    eog = [t for t in range(llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(v, t)]
+    yield v, llama, eog
+    llama.close()
+
+
+@pytest.mark.slow
+def test_the_matcher_enforces_ranges_lengths_and_patterns(vocab: Any) -> None:
+    v, llama, eog = vocab
+    pet = schema_grammar(PET)
+
+    def accepted(text: str) -> bool:
+        tokens = llama.tokenize(text.encode(), add_bos=False)
+        return grammar.matcher(v, eog, pet).validate_tokens(tokens) == len(tokens)
+
+    assert accepted('{"name": "Rex", "legs": 4}')
+    assert accepted('{"name": "Octo", "legs": 8}')
+    assert not accepted('{"name": "Rex", "legs": 20}')  # maximum
+    assert not accepted('{"name": "rex", "legs": 4}')  # pattern
+    assert not accepted('{"name": "Abcdefghijklmnop", "legs": 4}')  # maxLength
+    assert not accepted('{"name": "Rex", "legs": 4, "tail": true}')  # additionalProperties
+
+
+@pytest.mark.slow
+def test_a_sampler_refuses_a_grammar_llguidance_cannot_build(vocab: Any) -> None:
+    v, _, eog = vocab
+    with pytest.raises(GrammarError):
+        Sampler(SamplingParams(grammar="root ::= ("), v, eog)
+    sampler = Sampler(SamplingParams(grammar=schema_grammar(PET), temperature=0), v, eog)
+    assert sampler.matcher is not None and not sampler.done
+    sampler.close()
+    assert sampler.matcher is None and sampler.chain is None
