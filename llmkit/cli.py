@@ -197,7 +197,7 @@ def list_models(
 ) -> None:
     """List the models in the store (or, with --available, the catalog)."""
     from llmkit.catalog import load_catalog
-    from llmkit.store import human_size
+    from llmkit.sizes import human_size
 
     catalog = load_catalog()
     if available:

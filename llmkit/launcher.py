@@ -19,6 +19,7 @@ from typing import Any
 import openai
 
 from llmkit.errors import LlmkitError
+from llmkit.net import url_host
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -68,7 +69,7 @@ def serve(
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
-    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    base = f"http://{url_host(host)}:{port}"
     try:
         _wait_ready(proc, f"{base}/health", log, startup_timeout)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=api_key or "llmkit")

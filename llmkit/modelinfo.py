@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.errors import NotEnoughSpace
+from llmkit.sizes import human_size
 
 # llama.cpp's compute buffers and Python's own footprint, beyond weights and KV cache.
 _OVERHEAD_BYTES = 256 * 1024 * 1024
@@ -106,8 +107,6 @@ def check_fits(info: ModelInfo, n_ctx: int, parallel: int = 1) -> None:
     available = available_memory()
     needed = info.needed_bytes(n_ctx * parallel)
     if available is not None and needed > available:
-        from llmkit.store import human_size
-
         raise NotEnoughSpace(
             f"{info.path.name} with a {n_ctx}-token context for each of {parallel} slots needs "
             f"about {human_size(needed)} of memory but only {human_size(available)} is "

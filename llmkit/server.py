@@ -15,6 +15,7 @@ from typing import Any
 
 from llmkit import settings
 from llmkit.errors import LlmkitError
+from llmkit.net import is_loopback, url_host
 
 # The context of the Llama that only tokenizes and renders prompts (llama.cpp's minimum).
 _TOKENIZER_CTX = 256
@@ -211,7 +212,7 @@ def _metrics_route(metrics: Any) -> Any:
 
 def base_url(config: ServeConfig) -> str:
     """The /v1 URL a client on this machine uses to reach the server."""
-    return f"http://{_url_host(config.host)}:{config.port}/v1"
+    return f"http://{url_host(config.host)}:{config.port}/v1"
 
 
 def banner(config: ServeConfig, prepared: Prepared) -> str:
@@ -228,14 +229,6 @@ def banner(config: ServeConfig, prepared: Prepared) -> str:
         f"  api key      {'required' if config.api_key else 'none'}",
     ]
     return "\n".join(lines)
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
-
-
-def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def run(config: ServeConfig) -> None:

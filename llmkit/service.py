@@ -23,6 +23,7 @@ import platformdirs
 
 from llmkit import settings
 from llmkit.errors import LlmkitError
+from llmkit.net import is_loopback
 
 if TYPE_CHECKING:
     from llmkit.catalog import Reference
@@ -178,8 +179,6 @@ def render_unit(service: Service, where: Layout, systemd_version: int = 0) -> st
 
 
 def _network_order(host: str, user: bool) -> list[str]:
-    from llmkit.server import is_loopback
-
     if user or is_loopback(host) or host in ("0.0.0.0", "::", ""):
         return ["After=network.target"]
     # A specific address can only be bound once the network has configured it.
@@ -193,8 +192,6 @@ def _restart_delay(systemd_version: int) -> list[str]:
 
 
 def _system_hardening(service: Service) -> list[str]:
-    from llmkit.server import is_loopback
-
     privileged_port = service.port < 1024
     lines = [
         "# ---- Hardening: `systemd-analyze security llmkit` rates this unit 2.0 or lower. ----",

@@ -34,6 +34,7 @@ from llmkit.errors import (
     OfflineError,
     UnknownModel,
 )
+from llmkit.sizes import human_size
 
 _MARKER_DIR = ".llmkit"
 # Where llmkit kept partial downloads before it had them in .llmkit (huggingface-hub's local-dir
@@ -416,15 +417,3 @@ def _hub_error(spec: ModelSpec, exc: BaseException) -> str:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def human_size(size: int | float | None) -> str:
-    """Bytes as a person reads them (decimal units, as the Hub shows sizes)."""
-    if not size:
-        return "?"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
