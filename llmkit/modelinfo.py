@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,8 +101,6 @@ def available_memory() -> int | None:
 
 def check_fits(info: ModelInfo, n_ctx: int, parallel: int = 1) -> None:
     """Refuse clearly, before loading, a model and context the machine cannot hold."""
-    if os.environ.get("LLMKIT_SKIP_MEMORY_CHECK"):
-        return
     available = available_memory()
     needed = info.needed_bytes(n_ctx * parallel)
     if available is not None and needed > available:

@@ -29,6 +29,7 @@ from llmkit.service import (
     render_env,
     render_unit,
 )
+from llmkit.settings import ServeSettings
 from tests.conftest import clean_env, free_port, run_llmkit
 
 MAX_EXPOSURE = 2.0
@@ -65,8 +66,9 @@ def user(tmp_path: Path) -> Layout:
     )
 
 
-def service(**changes: object) -> Service:
-    return Service(**{"command": llmkit_command(), "model": "gemma-3-270m", **changes})  # type: ignore[arg-type]
+def service(command: tuple[str, ...] | None = None, **changes: object) -> Service:
+    settings = ServeSettings(**{"model": "gemma-3-270m", **changes})  # type: ignore[arg-type]
+    return Service(command or llmkit_command(), settings)
 
 
 def unit_entries(unit: str) -> dict[str, list[str]]:
