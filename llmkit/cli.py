@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 
@@ -18,7 +19,22 @@ from llmkit import settings
 from llmkit.errors import LlmkitError
 from llmkit.settings import SERVE_TYPES, ServeSettings
 
+
+class _Group(typer.core.TyperGroup):
+    """Turns a user's mistake (LlmkitError) into one red line and exit code 1, in one place."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LlmkitError as exc:
+            if settings.debug():
+                raise
+            err.print(f"error: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     help="Run a large language model on your own machine, behind an OpenAI-compatible API.",
     no_args_is_help=True,
     add_completion=False,
@@ -470,14 +486,9 @@ def bench(
 
 
 def main() -> None:
-    """Console-script entry point: user errors become one red line and exit code 1."""
+    """Console-script entry point (user errors become one red line and exit code 1 in _Group)."""
     try:
         app()
-    except LlmkitError as exc:
-        if settings.debug():
-            raise
-        err.print(f"error: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted", style="red")
         sys.exit(130)
