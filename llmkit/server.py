@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import signal
@@ -157,6 +158,40 @@ def banner(config: ServeSettings, prepared: Plan) -> str:
     return "\n".join(lines)
 
 
+def quiet_llama_logs() -> None:
+    """Keep llama.cpp's own log lines (llama_context: ..., llama_kv_cache_iswa: ...) off the output.
+
+    `Llama(verbose=False)` only quiets its own load, and llama-cpp-python's log callback maps the
+    levels of an older llama.cpp (its ERROR is today's WARN), so the engine's context creation
+    still prints. Errors still get through.
+    """
+    global _quiet_callback
+    import llama_cpp
+
+    if _quiet_callback is None:
+
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            global _last_level
+            if level != _GGML_LOG_LEVEL_CONT:
+                _last_level = level
+            if _last_level == _GGML_LOG_LEVEL_ERROR:
+                sys.stderr.write(text.decode("utf-8", errors="replace"))
+                sys.stderr.flush()
+
+        _quiet_callback = callback
+    llama_cpp.llama_log_set(_quiet_callback, ctypes.c_void_p(0))
+
+
+# ggml.h's enum ggml_log_level in the llama.cpp llama-cpp-python 0.3.36 bundles: NONE, DEBUG,
+# INFO, WARN, ERROR, CONT (a continuation of the previous line).
+_GGML_LOG_LEVEL_ERROR = 4
+_GGML_LOG_LEVEL_CONT = 5
+_last_level = 0
+# llama.cpp keeps a bare pointer to the callback: the ctypes object must outlive every call.
+_quiet_callback: Any = None
+
+
 def run(config: ServeSettings) -> None:
     """Serve until SIGTERM or Ctrl-C; in-flight requests get `grace` seconds to finish."""
     import uvicorn
@@ -171,6 +206,8 @@ def run(config: ServeSettings) -> None:
             flush=True,
         )
     prepared = plan(config, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if not config.verbose:
+        quiet_llama_logs()  # before build_app loads the model and the engine makes its context
     print(banner(config, prepared), flush=True)
     app, api, engine = build_app(config, prepared)
 

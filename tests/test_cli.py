@@ -11,12 +11,15 @@ import dataclasses
 import json
 import re
 from pathlib import Path
+from typing import Any
 
+import pytest
 from typer.testing import Result
 
+import llmkit
 from llmkit.errors import LlmkitError
 from llmkit.settings import ServeSettings
-from tests.conftest import LlmkitCli, free_port
+from tests.conftest import LlmkitCli, clean_env, free_port
 
 REF = "llmkit-test/tiny-GGUF/tiny-270m.Q4_K_M.gguf"
 
@@ -170,3 +173,30 @@ def test_chat_without_a_server_is_one_line_naming_llmkit_serve(llmkit_cli: Llmki
 def test_chat_with_nothing_to_ask_says_so(llmkit_cli: LlmkitCli) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
     assert_one_line_error(llmkit_cli("chat", "--url", url, " ", input=""), "nothing to ask")
+
+
+# -- what serve prints ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+def test_serve_prints_llama_cpp_logs_only_with_verbose(
+    server_models_dir: Path, verbose: bool
+) -> None:
+    options: dict[str, Any] = {"verbose": True} if verbose else {}
+    with llmkit.serve(
+        "gemma-3-270m",
+        threads=1,
+        ctx=512,
+        offline=True,
+        env=clean_env(LLMKIT_MODELS_DIR=str(server_models_dir)),
+        **options,
+    ) as client:
+        log = Path(client.llmkit_log).read_text()  # type: ignore[attr-defined]
+    startup = log.partition("\nready: ")[0]
+    assert "llmkit serving gemma-3-270m" in startup
+    llama_lines = [line for line in startup.splitlines() if line.startswith("llama_")]
+    if verbose:
+        assert any(line.startswith("llama_context:") for line in llama_lines), startup
+    else:
+        assert llama_lines == [], startup
