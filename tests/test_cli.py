@@ -13,11 +13,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from typer.testing import Result
 
 import llmkit
 from llmkit.errors import LlmkitError
+from llmkit.repl import Writer
 from llmkit.settings import ServeSettings
 from tests.conftest import LlmkitCli, clean_env, free_port
 
@@ -173,6 +175,40 @@ def test_chat_without_a_server_is_one_line_naming_llmkit_serve(llmkit_cli: Llmki
 def test_chat_with_nothing_to_ask_says_so(llmkit_cli: LlmkitCli) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
     assert_one_line_error(llmkit_cli("chat", "--url", url, " ", input=""), "nothing to ask")
+
+
+# -- what a one-shot chat prints --------------------------------------------------------------
+
+
+def test_the_answer_writer_ends_an_unfinished_line_once(capsys: pytest.CaptureFixture[str]) -> None:
+    for pieces, printed in [
+        (["Paris is the capital", " of France!"], "Paris is the capital of France!\n"),
+        (["Paris.\n"], "Paris.\n"),
+        (["Paris.\n", "\n"], "Paris.\n\n"),
+        ([], ""),
+    ]:
+        out = Writer()
+        for piece in pieces:
+            out.write(piece)
+        out.end_line()
+        out.end_line()
+        assert capsys.readouterr().out == printed, pieces
+
+
+@pytest.mark.slow
+def test_one_shot_puts_the_stats_on_a_line_of_their_own(
+    llmkit_cli: LlmkitCli, llmkit_server: openai.OpenAI
+) -> None:
+    url = str(llmkit_server.base_url).rstrip("/")
+    result = llmkit_cli(
+        "chat", "--url", url, "-t", "0", "--max-tokens", "8", "The capital of France is"
+    )
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() and result.stdout.endswith("\n")
+    # Both streams as a terminal shows them: the stats line starts a line, after the answer's.
+    assert re.search(r"\nfirst token [\d.]+ s · ", "\n" + result.output), result.output
+    assert result.output.startswith(result.stdout)
 
 
 # -- what serve prints ------------------------------------------------------------------------
