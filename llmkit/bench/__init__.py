@@ -72,15 +72,16 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 def run(config: BenchConfig, log: Log = nop) -> dict[str, Any]:
     """Measure llmkit serve, each peer and the in-process ceiling; return the report, as JSON."""
-    from llmkit.server import ServeConfig, prepare
+    from llmkit.plan import plan
+    from llmkit.settings import ServeSettings
 
     if config.repeats < 1:
         raise LlmkitError("--repeats must be at least 1")
     begun = datetime.datetime.now(datetime.UTC)
     host = machine()  # now, for the load average before we add to it
     # Pull (or find) the model first, so that the cold starts time the server and not a download.
-    prepared = prepare(
-        ServeConfig(
+    prepared = plan(
+        ServeSettings(
             model=config.model, threads=config.threads, ctx=config.ctx, models_dir=config.models_dir
         ),
         log=log,
