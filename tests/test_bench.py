@@ -1,4 +1,5 @@
-"""The benchmark: a quick real run has every figure; its small pure parts behave as documented."""
+"""The benchmark: a quick real run has every figure; in-process is llmkit's engine without the
+server; its small pure parts behave as documented."""
 
 from __future__ import annotations
 
@@ -9,16 +10,20 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from llmkit.bench.config import Peer, configure, parse_levels, parse_peer
+from llmkit.bench.inprocess import InProcess
 from llmkit.bench.machine import parse_status
 from llmkit.bench.measure import Measured, complete
 from llmkit.bench.report import problems, table
 from llmkit.bench.summary import compare, median, percentile, ratio, summarize
+from llmkit.bench.workloads import GENERATION_PROMPT, JSON_PROMPT, long_prompt
 from llmkit.client import Answer
+from llmkit.engine import ShuttingDown
 from llmkit.errors import LlmkitError
 from tests.conftest import clean_env
 
@@ -94,6 +99,54 @@ def test_a_quick_run_reports_every_figure_for_llmkit_and_in_process(
     assert report["config"]["repeats"] == 1
     if with_plot:
         assert plot_file.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.fixture(scope="module")
+def in_process(gemma_gguf: Path) -> Iterator[InProcess]:
+    """The model loaded in-process as `llmkit bench` loads it for the catalog's gemma."""
+    local = InProcess(gemma_gguf, threads=2, n_ctx=2048, chat_format="gemma")
+    yield local
+    local.close()
+
+
+@pytest.mark.slow
+def test_in_process_generates_with_llmkits_engine_and_counts_tokens_from_its_usage(
+    in_process: InProcess,
+) -> None:
+    answer = in_process.ask(GENERATION_PROMPT, 16)
+    assert (answer.completion_tokens, answer.finish_reason) == (16, "length")
+    assert not answer.tokens_counted and answer.text
+    assert answer.seconds_to_first_token is not None and answer.seconds_to_first_token > 0
+    assert answer.tokens_per_second is not None and answer.tokens_per_second > 0
+
+
+@pytest.mark.slow
+def test_in_process_json_mode_is_constrained_by_the_servers_grammar(
+    in_process: InProcess,
+) -> None:
+    answer = in_process.ask(JSON_PROMPT, 24, json_mode=True)
+    assert answer.text.lstrip().startswith("{"), answer.text
+    assert answer.completion_tokens > 0
+
+
+@pytest.mark.slow
+def test_in_process_prompt_tokens_are_those_its_cache_did_not_hold(in_process: InProcess) -> None:
+    prompt = long_prompt(10)
+    first = in_process.ask(prompt, 1)
+    again = in_process.ask(prompt, 1)
+    assert first.prompt_tokens is not None and first.prompt_tokens > 100
+    assert again.prompt_tokens == 1  # the slot held the rest; the last is decoded for its logits
+
+
+@pytest.mark.slow
+def test_closing_in_process_stops_its_engine_and_frees_the_context_and_the_model(
+    gemma_gguf: Path,
+) -> None:
+    local = InProcess(gemma_gguf, threads=2, n_ctx=512, chat_format="gemma")
+    local.close()
+    assert local.engine.ctx is None and local.llama._model.model is None
+    with pytest.raises(ShuttingDown):
+        local.engine.submit([])
 
 
 def test_a_peer_is_a_url_or_a_named_url_and_gets_its_v1() -> None:

@@ -94,6 +94,7 @@ def run(config: BenchConfig, log: Log = nop) -> dict[str, Any]:
     peer_remotes = [(measured, Remote(peer.url, config)) for measured, peer in peers]
     starts = config.repeats + (1 if config.warmup_start else 0)
     server: Launched | None = None
+    local: InProcess | None = None
     try:
         for i in range(starts):
             if server is not None:
@@ -129,6 +130,8 @@ def run(config: BenchConfig, log: Log = nop) -> dict[str, Any]:
     finally:
         if server is not None:
             stop(server.process)
+        if local is not None:
+            local.close()
 
     results = compare([summarize(m) for m in (llmkit_, *(m for m, _ in peers), ceiling)])
     return {

@@ -1,9 +1,11 @@
-"""The in-process ceiling: the same generation without a server, for a server's figures to be set beside.
+"""The in-process figure: llmkit's own engine driven directly, without the server.
 
-For now this is `llama_cpp.Llama` in this process (same file, threads and context). It is meant to
-become llmkit's own engine driven without the server (`Engine.submit(...)`, then `job.events()`
-from a plain thread) once the engine's Job works without asyncio: `__init__` and `ask` change,
-and the prompt tokens come from the job's `Usage` instead of `llama.n_tokens`.
+The model is loaded as `llmkit serve` loads it (a small `llama_cpp.Llama` that tokenizes and renders
+chat templates, and an `Engine` with its own context for generation), and each question goes
+through the request path a request to the server takes (`ChatRequest`, then `choices_for`: the same
+validation, chat template, sampling defaults and JSON-mode grammar) into `Engine.submit`, whose
+`job.events()` are read from this thread. What is left out is HTTP, the event loop and the openai
+SDK: the gap between this figure and llmkit's is what the server adds.
 """
 
 from __future__ import annotations
@@ -12,63 +14,98 @@ import time
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
+
+from llmkit import settings
 from llmkit.bench.config import BenchConfig
 from llmkit.bench.measure import IN_PROCESS, Log, Measured
 from llmkit.bench.workloads import GENERATION_PROMPT, JSON_PROMPT, long_prompt, nonce
 from llmkit.client import Answer
+from llmkit.engine import Delta, Engine, Usage
+from llmkit.params import ChatRequest, choices_for
+from llmkit.server import _TOKENIZER_CTX
+
+# How long to wait for each event of an answer: the benchmark's client timeout for a server.
+_EVENT_TIMEOUT = 600.0
 
 
 class InProcess:
-    """The same generation with `llama_cpp.Llama` in this process: the ceiling for a server."""
+    """llmkit's engine in this process, one slot: what a server adds its overhead to."""
 
     def __init__(self, path: Path, threads: int, n_ctx: int, chat_format: str | None) -> None:
-        import llama_cpp
-
-        from llmkit.params import ChatRequest
-
+        # As build_app loads it: this Llama only tokenizes and renders prompts.
         self.llama = llama_cpp.Llama(
             model_path=str(path),
+            n_ctx=_TOKENIZER_CTX,
+            n_batch=_TOKENIZER_CTX,
+            n_ubatch=_TOKENIZER_CTX,
             n_threads=threads,
             n_threads_batch=threads,
-            n_ctx=n_ctx,
             n_gpu_layers=0,
             chat_format=chat_format,
+            logits_all=False,
             verbose=False,
         )
-        # The sampling a request to llmkit serve gets by default, so that both sample alike.
-        fields = ChatRequest.model_fields
-        self.sampling = {
-            name: fields[name].default for name in ("top_p", "top_k", "min_p", "repeat_penalty")
-        }
+        try:
+            self.engine = Engine(
+                self.llama.model,
+                parallel=1,
+                slot_ctx=n_ctx,
+                threads=threads,
+                max_queue=settings.DEFAULT_MAX_QUEUE,
+            )
+        except BaseException:
+            self.llama.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the engine and free its context, then the model."""
+        self.engine.close()
+        # A scheduler that did not stop in time still uses the model: leave it to the process exit.
+        if self.engine.ctx is None:
+            self.llama.close()
 
     def ask(self, prompt: str, max_tokens: int, json_mode: bool = False) -> Answer:
-        """Stream an answer as a server would, timed and counted as the clients count."""
-        started = time.perf_counter()
+        """One answer as `llmkit serve` would generate it, timed and counted as the clients count."""
+        started = time.perf_counter()  # the request path is part of what a client waits for
+        # The body the benchmark's client sends, validated as the server validates a JSON body.
+        request: dict[str, Any] = {
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if json_mode:
+            request["response_format"] = {"type": "json_object"}
+        body = ChatRequest.model_validate(request)
+        choices, _ = choices_for(body, self.llama)
+        job = self.engine.submit(choices)
         first: float | None = None
         pieces: list[str] = []
-        finish = None
-        stream: Any = self.llama.create_chat_completion(
-            messages=[{"role": "user", "content": prompt}],
-            max_tokens=max_tokens,
-            temperature=0,
-            stream=True,
-            response_format={"type": "json_object"} if json_mode else None,
-            **self.sampling,
-        )
-        for chunk in stream:
-            for choice in chunk["choices"]:
-                finish = choice.get("finish_reason") or finish
-                text = choice.get("delta", {}).get("content")
-                if text:
-                    if first is None:
-                        first = time.perf_counter() - started
-                    pieces.append(text)
+        finish: str | None = None
+        usage: Usage | None = None
+        try:
+            for item in job.events(timeout=_EVENT_TIMEOUT):
+                if isinstance(item, Delta):
+                    finish = item.finish_reason or finish
+                    if item.text:
+                        if first is None:
+                            first = time.perf_counter() - started
+                        pieces.append(item.text)
+                else:
+                    usage = item
+        finally:
+            job.cancel()  # frees its slot if the wait failed; nothing to do once it has ended
+        total = time.perf_counter() - started
+        assert usage is not None, "the engine ended the job without its usage"
         return Answer(
             text="".join(pieces),
             seconds_to_first_token=first,
-            completion_tokens=len(pieces),
-            total_seconds=time.perf_counter() - started,
-            tokens_counted=True,
+            completion_tokens=usage.completion_tokens,
+            total_seconds=total,
+            # The tokens read in the time to first token: those the slot's cache did not hold.
+            prompt_tokens=usage.prompt_tokens - usage.cached_tokens,
             finish_reason=finish,
         )
 
@@ -82,10 +119,9 @@ class InProcess:
         into.add("tokens_per_s", answer.tokens_per_second)
         into.add("tokens", answer.completion_tokens)
         log(f"  {IN_PROCESS}: prompt")
-        prompt = f"{nonce()} {long_prompt(config.prompt_lines)}"
-        answer = self.ask(prompt, 1)
+        answer = self.ask(f"{nonce()} {long_prompt(config.prompt_lines)}", 1)
         into.add("prompt_ttft_s", answer.seconds_to_first_token)
-        into.add("prompt_tokens", self.llama.n_tokens)  # all it evaluated: the one token is not
+        into.add("prompt_tokens", answer.prompt_tokens)
         log(f"  {IN_PROCESS}: JSON mode")
         answer = self.ask(f"{nonce()} {JSON_PROMPT}", config.json_max_tokens, json_mode=True)
         into.add("json_tokens_per_s", answer.tokens_per_second)
