@@ -467,7 +467,7 @@ def bench(
     ] = None,
     models_dir: ModelsDir = None,
 ) -> None:
-    """Measure llmkit serve against llama-cpp-python in-process and other servers (--peer-url)."""
+    """Measure llmkit serve against its engine in-process and other servers (--peer-url)."""
     from llmkit import bench as benchmark
 
     config = benchmark.configure(

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark `llmkit serve` against llama-cpp-python in-process and other servers.
+"""Benchmark `llmkit serve` against its own engine in-process (no HTTP) and other servers.
 
 The same as `llmkit bench` (the code is in llmkit/bench/); `--help` lists the options.
 

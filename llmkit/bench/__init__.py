@@ -1,9 +1,9 @@
-"""`llmkit bench`: how fast `llmkit serve` is, beside llama-cpp-python in-process and other servers.
+"""`llmkit bench`: how fast `llmkit serve` is, beside its own engine in-process and other servers.
 
 Every server is measured the same way, through the openai SDK with streaming (the client users
 have): time to first token, generation and prompt speed, a growing conversation, concurrent clients
-and JSON mode. The same generation run in-process with `llama_cpp.Llama` (same file, threads and
-context) is the ceiling llmkit's server adds its overhead to. Servers are measured interleaved,
+and JSON mode. The same generation run in-process on llmkit's engine, driven directly with no HTTP
+(same file, threads and context), is the ceiling llmkit's server adds its overhead to. Servers are measured interleaved,
 each figure `repeats` times after a warm-up, and reported as the median.
 
 Here `run` measures and `main` also shows the report; the parts are `config.py` (the options),

@@ -127,7 +127,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
                     linestyle="--",
                     color="grey",
                     linewidth=1,
-                    label=f"in-process llama-cpp-python, 1 stream ({ceiling:.1f})",
+                    label=f"in-process engine, 1 stream ({ceiling:.1f})",
                 )
             continue
         values = [result["concurrency"].get(str(c), {}).get("tokens_per_s") for c in levels]
