@@ -4,48 +4,14 @@ in this process (typer's CliRunner)."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import Result
 
-# `llmkit ARGS` in this process: the llmkit_cli fixture.
-LlmkitCli = Callable[..., Result]
-
-GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for a child llmkit: no stray LLMKIT_/HF_/OPENAI_ settings from the caller."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMKIT_", "HF_", "OPENAI_"))}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def run_llmkit(
-    *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI (`python -m llmkit ...`) and capture what a user would see."""
-    return subprocess.run(
-        [sys.executable, "-m", "llmkit", *args],
-        env=env or clean_env(),
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.helpers import LlmkitCli, clean_env, run_llmkit
 
 
 @pytest.fixture

@@ -12,24 +12,18 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import llmkit
-from tests.conftest import clean_env
-from tests.test_server import chat, get_json, root_url
+from tests.helpers import REPEAT, chat, clean_env, exactly, health, scrape, wait_for
 
 pytestmark = pytest.mark.slow
 
-REPEAT = (
-    "Repeat the word.\nWord: apple\nRepeat: apple\nWord: river\nRepeat: river\nWord: {}\nRepeat:"
-)
 WORDS = ["violin", "tomato", "castle", "pencil"]
 
 
@@ -38,36 +32,6 @@ def repeat(client: openai.OpenAI, word: str) -> str:
         model="x", prompt=REPEAT.format(word), stop=["\n"], max_tokens=8, temperature=0
     )
     return response.choices[0].text
-
-
-def exactly(n: int) -> dict[str, Any]:
-    """Generate exactly n tokens: the model's end-of-turn token is banned until then."""
-    return {"max_tokens": n, "extra_body": {"min_tokens": n}}
-
-
-def scrape(client: openai.OpenAI) -> dict[str, float]:
-    """/metrics as {sample name{labels}: value}, parsed by prometheus-client's own parser."""
-    with urllib.request.urlopen(root_url(client) + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return samples
-
-
-def health(client: openai.OpenAI) -> dict[str, Any]:
-    status, body = get_json(root_url(client) + "/health")
-    assert status == 200
-    return body
-
-
-def wait_for(condition: Any, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

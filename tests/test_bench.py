@@ -25,7 +25,7 @@ from llmkit.bench.workloads import GENERATION_PROMPT, JSON_PROMPT, long_prompt
 from llmkit.client import Answer
 from llmkit.engine import ShuttingDown
 from llmkit.errors import LlmkitError
-from tests.conftest import clean_env
+from tests.helpers import clean_env
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 

@@ -18,7 +18,7 @@ from llmkit.catalog import (
     spec_from_toml,
 )
 from llmkit.errors import UnknownModel
-from tests.conftest import GEMMA_SHA256
+from tests.helpers import GEMMA_SHA256
 
 MODELS = Path(__file__).parent.parent / "models"
 

@@ -19,7 +19,7 @@ import pexpect
 import pytest
 
 import llmkit
-from tests.conftest import clean_env, free_port, run_llmkit
+from tests.helpers import clean_env, free_port, run_llmkit
 
 pytestmark = pytest.mark.slow
 

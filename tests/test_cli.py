@@ -21,7 +21,7 @@ import llmkit
 from llmkit.errors import LlmkitError
 from llmkit.repl import Writer
 from llmkit.settings import ServeSettings
-from tests.conftest import LlmkitCli, clean_env, free_port
+from tests.helpers import LlmkitCli, clean_env, free_port
 
 REF = "llmkit-test/tiny-GGUF/tiny-270m.Q4_K_M.gguf"
 

@@ -25,7 +25,7 @@ from llmkit.client import (
     resolve_url,
 )
 from llmkit.errors import LlmkitError, ServerUnreachable
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 # Long enough that an answer is still streaming when a test stops it.
 COUNTING = "Count from 1 to 500, separated by commas: 1, 2, 3, 4, 5,"

@@ -16,7 +16,7 @@ import pytest
 from llmkit.engine import CacheFull, Choice, Delta, Engine, EngineError, Job, QueueChannel, Usage
 from llmkit.grammar import grammar_for, schema_grammar
 from llmkit.sampling import Sampler, SamplingParams
-from tests.test_batching import REPEAT
+from tests.helpers import REPEAT
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from llmkit.notify import notify
-from tests.conftest import clean_env, free_port
+from tests.helpers import clean_env, free_port
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from llmkit.store import sha256_file
-from tests.conftest import GEMMA_SHA256, free_port, run_llmkit
+from tests.helpers import GEMMA_SHA256, free_port, run_llmkit
 from tests.hub import Hub, HubFile, hub  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,29 +15,19 @@ import openai
 import pytest
 
 import llmkit
-from tests.conftest import clean_env, free_port, run_llmkit
+from tests.helpers import (
+    chat,
+    clean_env,
+    free_port,
+    get_json,
+    root_url,
+    run_llmkit,
+    wait_until_idle,
+)
 
 pytestmark = pytest.mark.slow
 
 SHORT = {"max_tokens": 16, "temperature": 0}
-
-
-def get_json(url: str, timeout: float = 5) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def root_url(client: openai.OpenAI) -> str:
-    return str(client.base_url).rstrip("/").removesuffix("/v1")
-
-
-def chat(client: openai.OpenAI, text: str, **kwargs: Any) -> Any:
-    return client.chat.completions.create(
-        model="gpt-3.5-turbo", messages=[{"role": "user", "content": text}], **kwargs
-    )
 
 
 @pytest.fixture
@@ -119,19 +108,6 @@ def test_n_returns_that_many_complete_choices(llmkit_server: openai.OpenAI) -> N
     stream = chat(llmkit_server, "Name a colour.", n=2, max_tokens=8, temperature=1.0, stream=True)
     finished = {c.choices[0].index for c in stream if c.choices and c.choices[0].finish_reason}
     assert finished == {0, 1}
-
-
-def wait_until_idle(client: openai.OpenAI, timeout: float = 120) -> None:
-    """Return once /health shows no active slot and nothing waiting (a hung-up stream's sequence
-    runs until the engine notices the client has gone)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        body = get_json(root_url(client) + "/health")[1]
-        if body["slots"]["active"] == 0 and body["waiting"] == 0:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"the server was still busy after {timeout:g} s: {body}")
-        time.sleep(0.05)
 
 
 def served_alone(client: openai.OpenAI, text: str, **kwargs: Any) -> str:

@@ -31,7 +31,7 @@ from llmkit.service import (
     render_unit,
 )
 from llmkit.settings import ServeSettings
-from tests.conftest import LlmkitCli, clean_env, free_port
+from tests.helpers import LlmkitCli, clean_env, env_file_values, free_port
 
 MAX_EXPOSURE = 2.0
 
@@ -88,20 +88,6 @@ def unit_environment(unit: str) -> dict[str, str]:
         for value in unit_entries(unit).get("Environment", [])
         for pair in shlex.split(value)
     )
-
-
-def env_file_values(text: str) -> dict[str, str]:
-    """An EnvironmentFile's variables, read by /bin/sh: systemd unquotes values as sh does."""
-    script = 'set -a; eval "$ENV_FILE"; set +a; exec env -0'
-    result = subprocess.run(
-        ["/bin/sh", "-c", script],
-        env={"ENV_FILE": text},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    pairs = (item.split("=", 1) for item in result.stdout.split("\0") if item.startswith("LLMKIT_"))
-    return dict(pairs)
 
 
 def exec_start(unit: str) -> list[str]:

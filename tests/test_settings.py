@@ -19,7 +19,7 @@ from llmkit.cli import app
 from llmkit.launcher import serve_args
 from llmkit.service import Service, render_env
 from llmkit.settings import ServeSettings
-from tests.test_service import env_file_values
+from tests.helpers import env_file_values
 
 README = Path(__file__).parent.parent / "README.md"
 

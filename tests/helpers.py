@@ -1,0 +1,137 @@
+"""Helpers the test modules share: the CLI in a subprocess, HTTP to a server, waiting, parsing.
+
+Fixtures live in conftest.py; plain functions and constants live here, so that no test module
+imports another's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import Result
+
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+# `llmkit ARGS` in this process: the llmkit_cli fixture.
+LlmkitCli = Callable[..., Result]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child llmkit: no stray LLMKIT_/HF_/OPENAI_ settings from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMKIT_", "HF_", "OPENAI_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_llmkit(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI (`python -m llmkit ...`) and capture what a user would see."""
+    return subprocess.run(
+        [sys.executable, "-m", "llmkit", *args],
+        env=env or clean_env(),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def get_json(url: str, timeout: float = 5) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def root_url(client: openai.OpenAI) -> str:
+    return str(client.base_url).rstrip("/").removesuffix("/v1")
+
+
+def chat(client: openai.OpenAI, text: str, **kwargs: Any) -> Any:
+    return client.chat.completions.create(
+        model="gpt-3.5-turbo", messages=[{"role": "user", "content": text}], **kwargs
+    )
+
+
+def health(client: openai.OpenAI) -> dict[str, Any]:
+    status, body = get_json(root_url(client) + "/health")
+    assert status == 200
+    return body
+
+
+def wait_for(condition: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def wait_until_idle(client: openai.OpenAI, timeout: float = 120) -> None:
+    """Return once /health shows no active slot and nothing waiting (a hung-up stream's sequence
+    runs until the engine notices the client has gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = get_json(root_url(client) + "/health")[1]
+        if body["slots"]["active"] == 0 and body["waiting"] == 0:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"the server was still busy after {timeout:g} s: {body}")
+        time.sleep(0.05)
+
+
+def exactly(n: int) -> dict[str, Any]:
+    """Generate exactly n tokens: the model's end-of-turn token is banned until then."""
+    return {"max_tokens": n, "extra_body": {"min_tokens": n}}
+
+
+def scrape(client: openai.OpenAI) -> dict[str, float]:
+    """/metrics as {sample name{labels}: value}, parsed by prometheus-client's own parser."""
+    with urllib.request.urlopen(root_url(client) + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return samples
+
+
+REPEAT = (
+    "Repeat the word.\nWord: apple\nRepeat: apple\nWord: river\nRepeat: river\nWord: {}\nRepeat:"
+)
+
+
+def env_file_values(text: str) -> dict[str, str]:
+    """An EnvironmentFile's variables, read by /bin/sh: systemd unquotes values as sh does."""
+    script = 'set -a; eval "$ENV_FILE"; set +a; exec env -0'
+    result = subprocess.run(
+        ["/bin/sh", "-c", script],
+        env={"ENV_FILE": text},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pairs = (item.split("=", 1) for item in result.stdout.split("\0") if item.startswith("LLMKIT_"))
+    return dict(pairs)
