@@ -50,6 +50,8 @@ def _option(name: str, **changes: Any) -> Any:
     """The typer option of a ServeSettings field: its flags, LLMKIT_* variable, help, bounds."""
     s = ServeSettings.setting(name)
     declared = {"envvar": s.env, "help": s.help, "min": s.min, "max": s.max, **changes}
+    if s.metavar:
+        declared["metavar"] = s.metavar
     return typer.Option(*s.flags, **declared)
 
 

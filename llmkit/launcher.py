@@ -48,6 +48,9 @@ def serve_args(model: str, host: str, port: int, options: dict[str, Any]) -> lis
         value = values.get(name)
         if value is True:
             args.append(ServeSettings.flag(name))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                args += [ServeSettings.flag(name), str(item)]
         elif value is not None and value is not False:
             args += [ServeSettings.flag(name), str(value)]
     return args

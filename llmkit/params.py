@@ -62,7 +62,7 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for i, message in enumerate(messages):
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise BadRequest(
                 f"messages[{i}].role must be one of {sorted(_ROLES)}, not {role!r}",
                 param=f"messages[{i}].role",

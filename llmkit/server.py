@@ -33,16 +33,19 @@ _REPLACED_ROUTES = {
 
 def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped-def]
     """Load the model through llama_cpp.server's create_app and put llmkit's routes on top."""
-    from fastapi import Depends, HTTPException
+    from fastapi import Depends
     from fastapi.exceptions import RequestValidationError
+    from fastapi.middleware.cors import CORSMiddleware
     from llama_cpp.server import app as llama_server
     from llama_cpp.server.settings import ModelSettings, ServerSettings
+    from starlette.exceptions import HTTPException
 
     from llmkit import grammar
     from llmkit.api import Api, Unauthorized, openai_error
     from llmkit.engine import Engine
     from llmkit.errors import BadRequest
     from llmkit.metrics import Metrics, RequestCounter
+    from llmkit.origins import OriginGuard, Policy
 
     # Drop the routes llmkit replaces from llama_cpp.server's router before the app includes it.
     llama_server.router.routes[:] = [
@@ -70,6 +73,8 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
             )
         ],
     )
+    # llama_cpp.server lets every origin in, with credentials: llmkit's OriginGuard decides.
+    app.user_middleware[:] = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
     llama = llama_server._llama_proxy(None)  # type: ignore[misc]  # the model create_app loaded
     metrics = Metrics()
     engine = Engine(
@@ -85,12 +90,23 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
     api = Api(engine, llama, prepared.name, prepared.api_key)
     app.include_router(api.router())
     app.add_api_route(
-        "/metrics", _metrics_route(metrics), methods=["GET"], dependencies=[Depends(api.check_key)]
+        "/metrics",
+        _metrics_route(metrics),
+        methods=["GET"],
+        dependencies=[Depends(api.check_key)],
+        include_in_schema=False,  # Prometheus text, not an OpenAI route
     )
     app.add_middleware(RequestCounter, metrics=metrics)
+    policy = Policy.for_server(config.host, config.allow_origin, config.allow_host)
+    app.add_middleware(OriginGuard, policy=policy)  # outermost: before anything else runs
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Any, exc: RequestValidationError) -> Any:
+    async def invalid(request: Any, exc: RequestValidationError) -> Any:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind not in ("", "application/json"):  # FastAPI did not read it as JSON at all
+            return openai_error(
+                415, f"the body must be JSON (Content-Type: application/json), not {kind}"
+            )
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return openai_error(
@@ -113,7 +129,7 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
             code="invalid_api_key",
         )
 
-    @app.exception_handler(HTTPException)
+    @app.exception_handler(HTTPException)  # starlette's: unknown routes and methods too
     async def http_error(_: Any, exc: HTTPException) -> Any:
         return openai_error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
@@ -135,7 +151,7 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
 def _metrics_route(metrics: Any) -> Any:
     from fastapi import Response
 
-    async def metrics_route() -> Response:
+    async def metrics_route():  # type: ignore[no-untyped-def]  # (an annotation breaks /openapi.json)
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

@@ -323,6 +323,8 @@ def render_env(service: Service) -> str:
 def _env_text(value: object) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
+    if isinstance(value, list | tuple):  # a repeatable flag: its variable holds words
+        return " ".join(map(str, value))
     return str(value)
 
 

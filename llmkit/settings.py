@@ -28,6 +28,7 @@ class Setting:
     help: str
     min: int | None = None
     max: int | None = None
+    metavar: str | None = None
 
 
 def _setting(
@@ -38,8 +39,10 @@ def _setting(
     flags: tuple[str, ...] = (),
     min: int | None = None,
     max: int | None = None,
+    metavar: str | None = None,
 ) -> Any:
-    return field(default=default, metadata={"setting": Setting(flags, env, help, min, max)})
+    spec = Setting(flags, env, help, min, max, metavar)
+    return field(default=default, metadata={"setting": spec})
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,18 @@ class ServeSettings:
     grace: float = _setting(
         5.0, "LLMKIT_GRACE", "Seconds in-flight requests get to finish on shutdown.", min=0
     )
+    allow_origin: list[str] | None = _setting(
+        None,
+        "LLMKIT_ALLOW_ORIGINS",
+        "A web page origin allowed to call the API, besides localhost's (repeat it; * for any).",
+        metavar="ORIGIN",
+    )
+    allow_host: list[str] | None = _setting(
+        None,
+        "LLMKIT_ALLOW_HOSTS",
+        "A Host name accepted besides loopback's, when listening on loopback (repeat it).",
+        metavar="HOST",
+    )
     offline: bool = _setting(
         False,
         "LLMKIT_OFFLINE",
@@ -104,6 +119,12 @@ class ServeSettings:
         "LLMKIT_MODELS_DIR",
         "Model store (default: ~/.local/share/llmkit/models).",
     )
+
+    def __post_init__(self) -> None:
+        # Repeatable flags: typer hands over () when none is given, a program may pass a tuple.
+        for name in ("allow_origin", "allow_host"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, list(value) if value else None)
 
     @staticmethod
     def setting(name: str) -> Setting:

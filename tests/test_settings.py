@@ -79,6 +79,8 @@ def test_the_python_api_keywords_become_flags_that_parse_back_to_the_same_settin
         "parallel": 3,
         "max_queue": 0,
         "grace": 1.5,
+        "allow_origin": ["https://a.example", "https://b.example"],
+        "allow_host": ["llm.internal"],
         "offline": True,
         "verbose": True,
         "models_dir": Path("/srv/models"),
@@ -110,7 +112,12 @@ def test_the_service_env_file_parses_back_to_the_services_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = ServeSettings(
-        model="gemma-3-270m", host="0.0.0.0", port=8443, api_key='se"cret $key', parallel=2
+        model="gemma-3-270m",
+        host="0.0.0.0",
+        port=8443,
+        api_key='se"cret $key',
+        parallel=2,
+        allow_origin=["https://a.example", "http://b.example:8080"],
     )
 
     values = env_file_values(render_env(Service(("llmkit",), settings)))
@@ -121,6 +128,7 @@ def test_the_service_env_file_parses_back_to_the_services_settings(
         "LLMKIT_PORT",
         "LLMKIT_API_KEY",
         "LLMKIT_PARALLEL",
+        "LLMKIT_ALLOW_ORIGINS",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)

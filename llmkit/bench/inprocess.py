@@ -16,7 +16,6 @@ from typing import Any
 
 import llama_cpp
 
-from llmkit import settings
 from llmkit.bench.config import BenchConfig
 from llmkit.bench.measure import IN_PROCESS, Log, Measured
 from llmkit.bench.workloads import GENERATION_PROMPT, JSON_PROMPT, long_prompt, nonce
@@ -24,6 +23,7 @@ from llmkit.client import Answer
 from llmkit.engine import Delta, Engine, Usage
 from llmkit.params import ChatRequest, choices_for
 from llmkit.server import _TOKENIZER_CTX
+from llmkit.settings import ServeSettings
 
 # How long to wait for each event of an answer: the benchmark's client timeout for a server.
 _EVENT_TIMEOUT = 600.0
@@ -52,7 +52,7 @@ class InProcess:
                 parallel=1,
                 slot_ctx=n_ctx,
                 threads=threads,
-                max_queue=settings.DEFAULT_MAX_QUEUE,
+                max_queue=ServeSettings.max_queue,
             )
         except BaseException:
             self.llama.close()
