@@ -11,7 +11,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 import llama_cpp
@@ -31,6 +31,7 @@ from llmkit.engine import (
     opened,
 )
 from llmkit.errors import BadRequest
+from llmkit.logprobs import TokenLogprob
 from llmkit.params import ChatRequest, CompletionRequest, choices_for
 
 RETRY_AFTER_SECONDS = 2
@@ -64,11 +65,21 @@ def usage_dict(usage: Usage) -> dict[str, Any]:
 class Reply:
     """One request's answer, built from the engine's deltas: as chunks, or as one body at the end."""
 
-    def __init__(self, kind: Kind, model: str, echo: list[str], include_usage: bool) -> None:
+    def __init__(
+        self,
+        kind: Kind,
+        model: str,
+        echo: list[str],
+        include_usage: bool,
+        piece: Callable[[int], bytes] | None = None,
+    ) -> None:
         self.kind = kind
         self.model = model
         self.echo = echo
         self.include_usage = include_usage
+        self.piece = piece  # set when the request asks for logprobs: a token's bytes
+        self.logprobs: list[list[TokenLogprob]] = [[] for _ in echo]  # for the body
+        self._offsets = [0] * len(echo)  # completions' text_offset: where the next token starts
         self.id = f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.texts = [""] * len(echo)
@@ -96,12 +107,62 @@ class Reply:
             text = self.echo[i] + text
             if self.kind == "chat.completion":
                 out.append(_sse(self._choice_chunk(i, {"role": "assistant", "content": ""}, None)))
-        if text:
+        entries = self._entries(delta)
+        if text and entries is None:
             out.append(self._text_event(i, text))
+        elif text or entries:
+            logprobs = self._logprobs_object(i, entries or [])
+            out.append(_sse(self._choice_chunk(i, {"content": text}, None, text, logprobs)))
         if delta.finish_reason is not None:
             self.finish[i] = delta.finish_reason
             out.append(_sse(self._choice_chunk(i, {}, delta.finish_reason, "")))
         return b"".join(out)
+
+    def _entries(self, delta: Delta) -> list[TokenLogprob] | None:
+        """The delta's logprobs, the prompt's first (echo); None when the request asks for none."""
+        if self.piece is None:
+            return None
+        return (delta.prompt_logprobs or []) + (delta.logprobs or [])
+
+    def _token(self, token: int) -> tuple[str, bytes]:
+        assert self.piece is not None
+        raw = self.piece(token)
+        return raw.decode(errors="replace"), raw
+
+    def _logprobs_object(self, i: int, entries: list[TokenLogprob]) -> dict[str, Any]:
+        """`choices[].logprobs` in the shape of this endpoint: chat's content list, or legacy."""
+        if self.kind == "chat.completion":
+            content = []
+            for entry in entries:
+                text, raw = self._token(entry.token)
+                top = []
+                for token, logprob in entry.top:
+                    alt_text, alt_raw = self._token(token)
+                    top.append({"token": alt_text, "logprob": logprob, "bytes": list(alt_raw)})
+                content.append(
+                    {
+                        "token": text,
+                        "logprob": entry.logprob,
+                        "bytes": list(raw),
+                        "top_logprobs": top,
+                    }
+                )
+            return {"content": content, "refusal": None}
+        tokens, offsets = [], []
+        for entry in entries:
+            text = self._token(entry.token)[0]
+            tokens.append(text)
+            offsets.append(self._offsets[i])
+            self._offsets[i] += len(text)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [
+                None if e.logprob is None else {self._token(t)[0]: lp for t, lp in e.top}
+                for e in entries
+            ],
+            "text_offset": offsets,
+        }
 
     def _text_event(self, i: int, text: str) -> bytes:
         # The event sent for nearly every token, formatted without building and dumping dicts:
@@ -117,12 +178,17 @@ class Reply:
         return (self._head + tail).encode()
 
     def _choice_chunk(
-        self, i: int, delta: dict[str, Any], finish: str | None, text: str = ""
+        self,
+        i: int,
+        delta: dict[str, Any],
+        finish: str | None,
+        text: str = "",
+        logprobs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         if self.kind == "chat.completion":
-            choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         else:
-            choice = {"text": text, "index": i, "logprobs": None, "finish_reason": finish}
+            choice = {"text": text, "index": i, "logprobs": logprobs, "finish_reason": finish}
         return self._chunk([choice])
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
@@ -134,20 +200,22 @@ class Reply:
             self._started[i] = True
             self.texts[i] = self.echo[i]
         self.texts[i] += delta.text
+        self.logprobs[i] += self._entries(delta) or []
         if delta.finish_reason is not None:
             self.finish[i] = delta.finish_reason
 
     def body(self, usage: Usage) -> dict[str, Any]:
         choices: list[dict[str, Any]] = []
         for i, (text, finish) in enumerate(zip(self.texts, self.finish, strict=True)):
+            logprobs = None if self.piece is None else self._logprobs_object(i, self.logprobs[i])
             if self.kind == "chat.completion":
                 message = {"role": "assistant", "content": text}
                 choices.append(
-                    {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+                    {"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish}
                 )
             else:
                 choices.append(
-                    {"text": text, "index": i, "logprobs": None, "finish_reason": finish}
+                    {"text": text, "index": i, "logprobs": logprobs, "finish_reason": finish}
                 )
         return {
             "id": self.id,
@@ -265,7 +333,9 @@ class Api:
         # event loop, so that the other streams' tokens keep flowing meanwhile.
         choices, echo = await run_in_threadpool(choices_for, body, self.llama)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        response = Reply(kind, body.model or self.model_name, echo, include_usage)
+        wants_logprobs = any(c.params.logprobs is not None for c in choices)
+        piece = self.engine.piece if wants_logprobs else None
+        response = Reply(kind, body.model or self.model_name, echo, include_usage, piece)
         try:
             job = self.engine.submit(choices, LoopChannel(asyncio.get_running_loop()))
         except QueueFull as exc:

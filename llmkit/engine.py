@@ -26,7 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import llama_cpp
+import numpy as np
 
+from llmkit import logprobs
+from llmkit.logprobs import TokenLogprob
 from llmkit.sampling import Sampler, SamplingParams
 from llmkit.textstream import TextStream
 
@@ -74,6 +77,8 @@ class Delta:
     index: int
     text: str
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # the tokens since the last delta, when asked
+    prompt_logprobs: list[TokenLogprob] | None = None  # on the first delta, when asked
 
 
 @dataclass
@@ -190,6 +195,9 @@ class _Running:
     generated: int = 0
     last_time: float = 0.0
     row: int = -1  # this step's logits row, or -1
+    logprobs: list[TokenLogprob] | None = None  # not yet sent, when the request asks for them
+    prompt_logprobs: list[TokenLogprob] | None = None
+    prompt_rows: int = -1  # with prompt logprobs: the first row of this step's prompt chunk
 
 
 @dataclass(eq=False)
@@ -247,7 +255,7 @@ class Engine:
         self.n_batch = min(n_batch, llama_cpp.llama_n_batch(self.ctx))
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.vocab = llama_cpp.llama_model_get_vocab(model)
-        n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        n_vocab = self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
         self._eog = set(self.eog)
         self._pieces: dict[int, bytes] = {}
@@ -393,12 +401,14 @@ class Engine:
                 chunks.append((r, slot, chunk))
         for r, slot, chunk in chunks:
             pos = len(slot.cached)
+            every_row = r.prompt_logprobs is not None and bool(r.todo)
+            r.prompt_rows = n if every_row else -1
             for j, token in enumerate(chunk):
                 batch.token[n] = token
                 batch.pos[n] = pos + j
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = slot.seq_id
-                batch.logits[n] = 0
+                batch.logits[n] = every_row
                 n += 1
             if len(chunk) == len(r.todo) or not r.todo:  # its last prompt token, or a new token
                 batch.logits[n - 1] = 1
@@ -412,15 +422,30 @@ class Engine:
         now = time.perf_counter()
         for r, slot, chunk in chunks:
             slot.cached.extend(chunk)
+            if r.prompt_rows >= 0:
+                self._prompt_logprobs(r, chunk)
             if r.todo:
                 del r.todo[: len(chunk)]
                 self.prompt_tokens_computed += len(chunk)
             if r.row >= 0:
                 self._sample(r, slot, now, out)
 
+    def _logits(self, row: int) -> Any:
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, row), (self.n_vocab,))
+
+    def _prompt_logprobs(self, r: _Running, chunk: list[int]) -> None:
+        """Each prompt token's logprob, from the row of the token before it."""
+        assert r.prompt_logprobs is not None
+        following = chunk[1:] + r.todo[len(chunk) : len(chunk) + 1]
+        top = r.choice.params.logprobs or 0
+        for j, token in enumerate(following):
+            r.prompt_logprobs.append(logprobs.at(self._logits(r.prompt_rows + j), token, top))
+
     def _sample(self, r: _Running, slot: _Slot, now: float, out: _Outbox) -> None:
         token = r.sampler.sample(self.ctx, r.row)
         params = r.choice.params
+        if r.logprobs is not None and token not in self._eog:
+            r.logprobs.append(logprobs.at(self._logits(r.row), token, params.logprobs or 0))
         if self.observer is not None:
             if r.generated == 0:
                 self.observer.first_token(now - r.job.submitted)
@@ -434,7 +459,7 @@ class Engine:
         r.job.usage.completion_tokens += 1
         self.tokens_generated += 1
         r.sampler.tokens_generated(r.generated, params.min_tokens)
-        text = r.text.feed(self._piece(token))
+        text = r.text.feed(self.piece(token))
         if r.text.stopped or r.sampler.done:  # a stop string, or a grammar that is complete
             self._finish(slot, "stop", text, out)
         elif params.max_tokens is not None and r.generated >= params.max_tokens:
@@ -444,13 +469,21 @@ class Engine:
         else:
             r.next_token = token
             if text:
-                out.put(r.job, Delta(r.choice.index, text))
+                out.put(r.job, self._delta(r, text))
+
+    def _delta(self, r: _Running, text: str, reason: str | None = None) -> Delta:
+        """The next delta of a choice, with the logprobs gathered since the last one."""
+        delta = Delta(r.choice.index, text, reason, r.logprobs, r.prompt_logprobs)
+        if r.logprobs is not None:
+            r.logprobs = []
+        r.prompt_logprobs = None
+        return delta
 
     def _finish(self, slot: _Slot, reason: str, text: str, out: _Outbox) -> None:
         r = slot.running
         assert r is not None
         job = r.job
-        out.put(job, Delta(r.choice.index, text + r.text.flush(), reason))
+        out.put(job, self._delta(r, text + r.text.flush(), reason))
         self._release(slot)
         if not job._unstarted and job._running == 0 and not job._ended:
             out.put(job, job.usage)
@@ -465,7 +498,8 @@ class Engine:
         slot.last_used = time.perf_counter()
         r.job._running -= 1
 
-    def _piece(self, token: int) -> bytes:
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (cached)."""
         piece = self._pieces.get(token)
         if piece is None:
             buf = ctypes.create_string_buffer(64)
@@ -530,7 +564,7 @@ class Engine:
         self, job: Job, choice: Choice, starting: list[tuple[Job, Choice]]
     ) -> bool:
         # n choices of one prompt: the first computes the prompt, the others copy its cache.
-        if len(choice.prompt) < _SHARE_MIN_TOKENS:
+        if len(choice.prompt) < _SHARE_MIN_TOKENS or choice.params.prompt_logprobs:
             return False
         for slot in self._slots:
             r = slot.running
@@ -548,6 +582,8 @@ class Engine:
             free, key=lambda s: (min(common_prefix(s.cached, prompt), limit), -s.last_used)
         )
         free.remove(target)
+        # Prompt logprobs need the logits of every prompt position: nothing is reused then.
+        limit = 0 if params.prompt_logprobs else limit
         reuse = min(common_prefix(target.cached, prompt), limit)
         donor, donor_reuse = None, reuse
         for slot in self._slots:
@@ -575,6 +611,8 @@ class Engine:
             sampler=sampler,
             text=TextStream(params.stop),
             todo=list(prompt[reuse:]),
+            logprobs=[] if params.logprobs is not None else None,
+            prompt_logprobs=[TokenLogprob(prompt[0], None)] if params.prompt_logprobs else None,
         )
         job._running += 1
 

@@ -15,11 +15,13 @@ from pydantic import BaseModel, Field
 from llmkit.engine import Choice
 from llmkit.errors import BadRequest
 from llmkit.grammar import grammar_for
+from llmkit.logprobs import MAX_TOP
 from llmkit.prompts import chat_prompt, completion_prompts
 from llmkit.sampling import SamplingParams
 
 MAX_N = 16
 MAX_STOP = 16
+MAX_COMPLETION_LOGPROBS = 5
 
 
 class StreamOptions(BaseModel):
@@ -105,8 +107,6 @@ def _refuse_unsupported(body: ChatRequest | CompletionRequest) -> None:
         raise BadRequest("best_of is not supported (ask for n choices instead)", param="best_of")
     if isinstance(body.stop, list) and len(body.stop) > MAX_STOP:
         raise BadRequest(f"stop takes at most {MAX_STOP} sequences", param="stop")
-    if body.logprobs or getattr(body, "top_logprobs", None):
-        raise BadRequest("logprobs are not supported by this server", param="logprobs")
     if getattr(body, "suffix", None):
         raise BadRequest("suffix (fill-in-the-middle) is not supported", param="suffix")
     if getattr(body, "tools", None) or getattr(body, "functions", None):
@@ -128,6 +128,25 @@ def _logit_bias(raw: dict[str, float] | None, n_vocab: int) -> dict[int, float]:
     return out
 
 
+def chat_logprobs(logprobs: bool | None, top_logprobs: int | None) -> int | None:
+    """How many alternatives chat's logprobs list per token; None when not asked."""
+    if top_logprobs is not None:
+        if not logprobs:
+            raise BadRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+        if not 0 <= top_logprobs <= MAX_TOP:
+            raise BadRequest(f"top_logprobs must be 0 to {MAX_TOP}", param="top_logprobs")
+    return (top_logprobs or 0) if logprobs else None
+
+
+def completion_logprobs(logprobs: int | None) -> int | None:
+    """Completions' legacy `logprobs: N`: N alternatives per token (OpenAI allows at most 5)."""
+    if logprobs is not None and not 0 <= logprobs <= MAX_COMPLETION_LOGPROBS:
+        raise BadRequest(
+            f"logprobs must be 0 to {MAX_COMPLETION_LOGPROBS} for completions", param="logprobs"
+        )
+    return logprobs
+
+
 def choices_for(
     body: ChatRequest | CompletionRequest, llama: llama_cpp.Llama
 ) -> tuple[list[Choice], list[str]]:
@@ -138,10 +157,14 @@ def choices_for(
         texts = [""]
         max_tokens = body.max_completion_tokens or body.max_tokens
         grammar = grammar_for(body.response_format, body.grammar)
+        top = chat_logprobs(body.logprobs, body.top_logprobs)
+        prompt_logprobs = False
     else:
         prompts, texts = completion_prompts(body.prompt, llama, echo=body.echo)
         max_tokens = body.max_tokens
         grammar = grammar_for(None, body.grammar)
+        top = completion_logprobs(body.logprobs)
+        prompt_logprobs = body.echo and top is not None
     user_stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     bias = _logit_bias(body.logit_bias, llama.n_vocab())
     choices = []
@@ -164,6 +187,8 @@ def choices_for(
                 logit_bias=bias,
                 grammar=grammar,
                 min_tokens=body.min_tokens,
+                logprobs=top,
+                prompt_logprobs=prompt_logprobs,
                 max_tokens=max_tokens,
                 stop=user_stop + prompt.stop,
             )

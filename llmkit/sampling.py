@@ -40,6 +40,8 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     grammar: str | None = None  # an llguidance grammar, from grammar.grammar_for
     min_tokens: int = 0
+    logprobs: int | None = None  # report each token's logprob with this many alternatives
+    prompt_logprobs: bool = False  # and the prompt's tokens' (completions with echo)
     max_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
 
