@@ -22,6 +22,7 @@ from llmkit.sampling import SamplingParams
 MAX_N = 16
 MAX_STOP = 16
 MAX_COMPLETION_LOGPROBS = 5
+NEVER = 2**62  # a min_tokens no generation reaches: the end-of-generation tokens stay banned
 
 
 class StreamOptions(BaseModel):
@@ -34,10 +35,13 @@ class _Common(BaseModel):
     top_p: float = Field(default=0.95, ge=0.0, le=1.0)
     min_p: float = Field(default=0.05, ge=0.0, le=1.0)
     top_k: int = Field(default=40, ge=0)
-    repeat_penalty: float = Field(default=1.1, ge=0.0)  # llama_cpp.server's default
+    # No repeat penalty unless asked, as the OpenAI API and llama-server (llama_cpp.server: 1.1).
+    repeat_penalty: float = Field(default=1.0, ge=0.0)
     n: int = Field(default=1, ge=1, le=MAX_N)
     max_tokens: int | None = Field(default=None, ge=1)
     min_tokens: int = Field(default=0, ge=0)
+    # llama-server's extension, which benchmarks send: generate to max_tokens (or the context).
+    ignore_eos: bool = False
     presence_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
     mirostat_mode: int = Field(default=0, ge=0, le=2)
@@ -186,7 +190,7 @@ def choices_for(
                 seed=seed,
                 logit_bias=bias,
                 grammar=grammar,
-                min_tokens=body.min_tokens,
+                min_tokens=NEVER if body.ignore_eos else body.min_tokens,
                 logprobs=top,
                 prompt_logprobs=prompt_logprobs,
                 max_tokens=max_tokens,

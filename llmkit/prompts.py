@@ -45,8 +45,28 @@ class _Recorder:
         return getattr(self._llama, name)
 
 
+# Chat formats whose llama_cpp formatter drops system messages, silently. Their models' own
+# templates put the system text at the start of the first user turn: so does llmkit.
+_SYSTEM_INTO_FIRST_USER = {"gemma"}
+
+
+def fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with the system ones' text put before the first user message's."""
+    system = "\n\n".join(str(m["content"]) for m in messages if m["role"] == "system")
+    rest = [m for m in messages if m["role"] != "system"]
+    if not system:
+        return rest
+    for i, message in enumerate(rest):
+        if message["role"] == "user":
+            rest[i] = {**message, "content": f"{system}\n\n{message['content'] or ''}"}
+            return rest
+    return [{"role": "user", "content": system}, *rest]
+
+
 def chat_prompt(llama: llama_cpp.Llama, messages: list[dict[str, Any]]) -> Prompt:
     """The prompt llama_cpp would build for these messages with this model's chat template."""
+    if llama.chat_handler is None and llama.chat_format in _SYSTEM_INTO_FIRST_USER:
+        messages = fold_system(messages)
     handler = (
         llama.chat_handler
         or llama._chat_handlers.get(llama.chat_format or "")

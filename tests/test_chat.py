@@ -254,7 +254,7 @@ def test_ctrl_c_stops_the_answer_and_the_conversation_goes_on(
     repl.prompt()
     repl.child.sendline(COUNTING)
     repl.child.expect_exact(COUNTING)  # the terminal's echo
-    repl.child.expect(r"\d+\D+\d+")  # the answer is streaming
+    repl.child.expect(r"\d\d\d")  # the answer is streaming (no repeat penalty: maybe "1000…")
     repl.child.sendintr()
     interrupted = repl.prompt()
     assert "interrupted" in interrupted and "Traceback" not in interrupted
@@ -264,7 +264,7 @@ def test_ctrl_c_stops_the_answer_and_the_conversation_goes_on(
     repl.say(f"/save {tmp_path / 'c.json'}")
     messages = saved(tmp_path / "c.json")
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
-    assert re.search(r"\d+\D+\d+", messages[1]["content"])  # the partial answer was kept
+    assert re.search(r"\d\d\d", messages[1]["content"])  # the partial answer was kept
     repl.child.sendline("/bye")
     assert repl.exit_status() == 0
 

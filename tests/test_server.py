@@ -474,3 +474,30 @@ def test_serve_offline_without_the_model_is_one_clear_line(tmp_path: Path) -> No
     result = run_llmkit("serve", "--model", "llama-2-7b-chat", env=env, timeout=60)
     assert result.returncode == 1
     assert "not in the store" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_system_message_reaches_the_model(llmkit_server: openai.OpenAI) -> None:
+    # llama_cpp's gemma format drops system messages; llmkit puts them in the first user turn,
+    # as Gemma's own template does: the prompt grows by the system text's tokens.
+    plain = chat(llmkit_server, "Hello", max_tokens=1, temperature=0)
+    system = llmkit_server.chat.completions.create(
+        model="x",
+        messages=[
+            {"role": "system", "content": "Answer in French."},
+            {"role": "user", "content": "Hello"},
+        ],
+        max_tokens=1,
+        temperature=0,
+    )
+    assert system.usage.prompt_tokens >= plain.usage.prompt_tokens + 4
+
+
+def test_ignore_eos_generates_to_max_tokens(llmkit_server: openai.OpenAI) -> None:
+    # A bias toward Gemma's end-of-turn token (106) makes the model end at once...
+    to_the_end = {"logit_bias": {"106": 100}, "temperature": 0}
+    ended = chat(llmkit_server, "Hi", max_tokens=12, **to_the_end)
+    assert ended.choices[0].finish_reason == "stop" and ended.usage.completion_tokens == 0
+    # ...unless end-of-generation tokens are ignored: then it runs to max_tokens.
+    kept = chat(llmkit_server, "Hi", max_tokens=12, extra_body={"ignore_eos": True}, **to_the_end)
+    assert kept.choices[0].finish_reason == "length"
+    assert kept.usage.completion_tokens == 12
