@@ -280,6 +280,9 @@ class Api:
         v1.add_api_route("/chat/completions", self.chat, methods=["POST"])
         v1.add_api_route("/completions", self.completions, methods=["POST"])
         v1.add_api_route("/embeddings", self.embeddings, methods=["POST"])
+        from llmkit import responses  # it builds on this module
+
+        responses.add_routes(v1, self)
         router.include_router(v1)
         return router
 
