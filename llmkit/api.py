@@ -17,6 +17,7 @@ from typing import Any, Literal
 import llama_cpp
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from llama_cpp.server.types import DetokenizeInputRequest, TokenizeInputRequest
 from starlette.concurrency import run_in_threadpool
 
 from llmkit.engine import (
@@ -284,7 +285,28 @@ class Api:
 
         responses.add_routes(v1, self)
         router.include_router(v1)
+        extras = APIRouter(prefix="/extras", dependencies=key)  # llama_cpp.server's own
+        extras.add_api_route("/tokenize", self.tokenize, methods=["POST"])
+        extras.add_api_route("/tokenize/count", self.count_tokens, methods=["POST"])
+        extras.add_api_route("/detokenize", self.detokenize, methods=["POST"])
+        router.include_router(extras)
         return router
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.llama.tokenize(text.encode(), add_bos=True, special=True)
+
+    async def tokenize(self, body: TokenizeInputRequest) -> dict[str, Any]:
+        return {"tokens": await run_in_threadpool(self._tokens, body.input)}
+
+    async def count_tokens(self, body: TokenizeInputRequest) -> dict[str, Any]:
+        return {"count": len(await run_in_threadpool(self._tokens, body.input))}
+
+    async def detokenize(self, body: DetokenizeInputRequest) -> dict[str, Any]:
+        n_vocab = self.llama.n_vocab()
+        if not all(0 <= t < n_vocab for t in body.tokens):
+            raise BadRequest(f"token ids must be between 0 and {n_vocab - 1}", param="tokens")
+        text = await run_in_threadpool(self.llama.detokenize, body.tokens)
+        return {"text": text.decode(errors="replace")}
 
     async def check_key(self, request: Request) -> None:
         if self.api_key is None:

@@ -432,9 +432,14 @@ def add_routes(router: APIRouter, api: Api) -> None:
             code="response_not_found",
         )
 
+    async def stored_part(response_id: str, part: str) -> Any:  # cancel, input_items
+        return await stored(response_id)
+
     router.add_api_route("/responses", create, methods=["POST"])
     router.add_api_route("/responses/{response_id}", stored, methods=["GET", "DELETE"])
-    router.add_api_route("/responses/{response_id}/{_:path}", stored, methods=["GET", "POST"])
+    router.add_api_route(
+        "/responses/{response_id}/{part:path}", stored_part, methods=["GET", "POST"]
+    )
 
 
 async def respond(api: Api, request: Request, body: ResponsesRequest) -> Any:

@@ -28,6 +28,11 @@ _REPLACED_ROUTES = {
     "/v1/chat/completions",
     "/v1/models",
     "/v1/embeddings",
+    # Its tokenizer extras pass token ids unchecked to llama.cpp, which aborts the process on one
+    # outside the vocabulary: llmkit's check them.
+    "/extras/tokenize",
+    "/extras/tokenize/count",
+    "/extras/detokenize",
 }
 
 
@@ -45,6 +50,7 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
     from llmkit.engine import Engine
     from llmkit.errors import BadRequest
     from llmkit.metrics import Metrics, RequestCounter
+    from llmkit.openapi import with_openai_errors
     from llmkit.origins import OriginGuard, Policy
 
     # Drop the routes llmkit replaces from llama_cpp.server's router before the app includes it.
@@ -97,6 +103,14 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
         include_in_schema=False,  # Prometheus text, not an OpenAI route
     )
     app.add_middleware(RequestCounter, metrics=metrics)
+    fastapi_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:  # FastAPI's, with the errors as llmkit answers them
+        if not getattr(app, "llmkit_schema", None):
+            app.llmkit_schema = with_openai_errors(fastapi_schema())  # type: ignore[attr-defined]
+        return app.llmkit_schema  # type: ignore[attr-defined,no-any-return]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     policy = Policy.for_server(config.host, config.allow_origin, config.allow_host)
     app.add_middleware(OriginGuard, policy=policy)  # outermost: before anything else runs
 

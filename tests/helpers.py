@@ -65,6 +65,17 @@ def get_json(url: str, timeout: float = 5) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read())
 
 
+def post_json(url: str, body: Any, timeout: float = 30) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 def root_url(client: openai.OpenAI) -> str:
     return str(client.base_url).rstrip("/").removesuffix("/v1")
 

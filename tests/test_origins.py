@@ -171,3 +171,19 @@ def test_the_openapi_schema_and_docs_are_served(llmkit_server: openai.OpenAI) ->
     assert "application/json" in chat
     status, _, body = request(llmkit_server, "GET", "/docs", {})
     assert status == 200 and b"openapi.json" in body
+
+
+@pytest.mark.slow
+def test_the_schema_documents_the_errors_as_the_server_answers_them(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    _, _, body = request(llmkit_server, "GET", "/openapi.json", {})
+    schema = json.loads(body)
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            answers = operation["responses"]
+            assert "422" not in answers, (method, path)  # llmkit answers 400, not FastAPI's 422
+            assert {"400", "401", "403", "404", "500", "503"} <= set(answers), (method, path)
+    assert "OpenAIError" in schema["components"]["schemas"]
+    status, _, raw = request(llmkit_server, "POST", "/v1/chat/completions", JSON, {"messages": 3})
+    assert status == 400 and error_of(raw)

@@ -20,6 +20,8 @@ from tests.helpers import (
     clean_env,
     free_port,
     get_json,
+    health,
+    post_json,
     root_url,
     run_llmkit,
     wait_until_idle,
@@ -501,3 +503,21 @@ def test_ignore_eos_generates_to_max_tokens(llmkit_server: openai.OpenAI) -> Non
     kept = chat(llmkit_server, "Hi", max_tokens=12, extra_body={"ignore_eos": True}, **to_the_end)
     assert kept.choices[0].finish_reason == "length"
     assert kept.usage.completion_tokens == 12
+
+
+def test_the_tokenizer_extras_round_trip_and_refuse_ids_outside_the_vocabulary(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    base = root_url(llmkit_server)
+    status, tokenized = post_json(base + "/extras/tokenize", {"input": "Hello, world"})
+    tokens = tokenized["tokens"]
+    assert status == 200 and tokens
+    assert post_json(base + "/extras/tokenize/count", {"input": "Hello, world"}) == (
+        200,
+        {"count": len(tokens)},
+    )
+    status, detokenized = post_json(base + "/extras/detokenize", {"tokens": tokens})
+    assert status == 200 and "Hello, world" in detokenized["text"]
+    status, refused = post_json(base + "/extras/detokenize", {"tokens": [10**9]})
+    assert status == 400 and refused["error"]["param"] == "tokens"  # llama.cpp would abort
+    assert health(llmkit_server)["status"] == "ok"  # still serving

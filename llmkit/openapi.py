@@ -1,0 +1,63 @@
+"""The OpenAPI schema as the server really answers: every error an OpenAI error object.
+
+FastAPI documents a 422 validation error on every route with a body; llmkit answers 400 there,
+in OpenAI's shape, and may answer any route with 401 (API key), 403 (origin or Host), 404, 405,
+415, 500 or 503 (busy, Retry-After). Client generators and fuzzers read this schema, so it says so.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "OpenAIError",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                "code": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            },
+        }
+    },
+}
+
+ERRORS = {
+    "400": "Bad request: invalid or unsupported parameters",
+    "401": "Missing or wrong API key",
+    "403": "A web page origin or Host name this server does not serve",
+    "404": "Not found",
+    "405": "Method not allowed",
+    "415": "The body is not sent as JSON",
+    "500": "Internal error (its id is in the server's log)",
+    "503": "Busy or shutting down; retry after Retry-After seconds",
+}
+
+
+def with_openai_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with FastAPI's 422s replaced, and every operation's error answers documented."""
+    out = copy.deepcopy(schema)
+    components = out.setdefault("components", {}).setdefault("schemas", {})
+    components["OpenAIError"] = ERROR_SCHEMA
+    reference = {"$ref": "#/components/schemas/OpenAIError"}
+    for path in out.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status, description in ERRORS.items():
+                responses.setdefault(
+                    status,
+                    {
+                        "description": description,
+                        "content": {"application/json": {"schema": reference}},
+                    },
+                )
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    return out
