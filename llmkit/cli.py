@@ -385,8 +385,17 @@ def chat(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No stats line after a one-shot answer.")
     ] = False,
+    web: Annotated[
+        bool, typer.Option("--web", help="Print the address of the server's web chat page.")
+    ] = False,
 ) -> None:
     """Chat with a running server (llmkit serve or any OpenAI-compatible one)."""
+    if web:
+        from llmkit.client import resolve_url
+        from llmkit.webui import check_page
+
+        print(check_page(resolve_url(url)))
+        return
     from llmkit.repl import run as run_chat
 
     run_chat(

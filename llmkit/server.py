@@ -102,6 +102,10 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
         dependencies=[Depends(api.check_key)],
         include_in_schema=False,  # Prometheus text, not an OpenAI route
     )
+    if not config.no_ui:
+        from llmkit import webui
+
+        webui.add_routes(app, webui.Page.packaged())  # no API key: the page asks for it
     app.add_middleware(RequestCounter, metrics=metrics)
     fastapi_schema = app.openapi
 
@@ -177,11 +181,17 @@ def base_url(config: ServeSettings) -> str:
     return f"http://{url_host(config.host)}:{config.port}/v1"
 
 
+def page_url(config: ServeSettings) -> str | None:
+    """The web chat's address on this machine; None with --no-ui."""
+    return None if config.no_ui else f"http://{url_host(config.host)}:{config.port}/"
+
+
 def banner(config: ServeSettings, prepared: Plan) -> str:
     url = base_url(config)
     lines = [
         f"llmkit serving {prepared.name}",
         f"  url          {url}",
+        f"  web chat     {page_url(config) or 'off (--no-ui)'}",
         f"  model file   {prepared.path}",
         f"  threads      {prepared.threads}",
         f"  context      {prepared.n_ctx} tokens per request",

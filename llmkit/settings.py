@@ -113,6 +113,12 @@ class ServeSettings:
         "Never download; the model must be in the store.",
         flags=("--offline",),
     )
+    no_ui: bool = _setting(
+        False,
+        "LLMKIT_NO_UI",
+        "Serve no web chat at / (the API only).",
+        flags=("--no-ui",),
+    )
     verbose: bool = _setting(False, None, "llama.cpp's own logs.", flags=("--verbose",))
     models_dir: Path | None = _setting(
         None,

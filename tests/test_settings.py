@@ -82,6 +82,7 @@ def test_the_python_api_keywords_become_flags_that_parse_back_to_the_same_settin
         "allow_origin": ["https://a.example", "https://b.example"],
         "allow_host": ["llm.internal"],
         "offline": True,
+        "no_ui": True,
         "verbose": True,
         "models_dir": Path("/srv/models"),
     }
