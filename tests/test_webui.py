@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -31,7 +32,7 @@ from llmkit.webui import (
     page_url,
 )
 from tests import browser
-from tests.helpers import LlmkitCli, clean_env, root_url, wait_until_idle
+from tests.helpers import LlmkitCli, clean_env, health, root_url, wait_until_idle
 
 WEB = Path(__file__).resolve().parents[1] / "llmkit" / "web"
 KEY = "sk-web-test"
@@ -216,13 +217,25 @@ def messages(driver: Any) -> list[Any]:
     return driver.find_elements(By.CSS_SELECTOR, "#messages .msg")
 
 
+# Read in one script, so that the page re-rendering a message between two reads cannot matter.
+_SHOWN = """
+return [...document.querySelectorAll('#messages .msg')].map((m) => ({
+  role: m.classList.contains('user') ? 'user' : 'assistant',
+  state: m.dataset.state,
+  text: m.querySelector('.content').innerText,
+  stats: m.querySelector('.stats').innerText,
+}));
+"""
+
+
+def shown(driver: Any) -> list[dict[str, str]]:
+    """The messages on the page: role, state (streaming, done, stopped, error), text, stats."""
+    return list(driver.execute_script(_SHOWN))
+
+
 def answer_state(driver: Any) -> str | None:
-    found = messages(driver)
-    return (
-        found[-1].get_attribute("data-state")
-        if found and "assistant" in found[-1].get_attribute("class")
-        else None
-    )
+    found = shown(driver)
+    return found[-1]["state"] if found and found[-1]["role"] == "assistant" else None
 
 
 def set_setting(driver: Any, name: str, value: str) -> None:
@@ -276,12 +289,12 @@ def test_a_conversation_streams_shows_stats_and_survives_a_reload(
     send(driver, "Say hello.")
     lengths = set()
     wait(driver, lambda: answer_state(driver) == "streaming", 30)
-    while answer_state(driver) == "streaming":
-        lengths.add(len(messages(driver)[-1].find_element("css selector", ".content").text))
+    while (last := shown(driver)[-1])["state"] == "streaming":
+        lengths.add(len(last["text"]))
         time.sleep(0.02)
     assert answer_state(driver) == "done"
     assert len(lengths - {0}) >= 2, f"the answer did not arrive piece by piece: {lengths}"
-    stats = messages(driver)[-1].find_element("css selector", ".stats").text
+    stats = shown(driver)[-1]["stats"]
     first = re.search(
         r"^first token \d+\.\d\d s · (\d+) tokens · \d+\.\d tokens/s · (\d+) of \d+ prompt tokens cached",
         stats,
@@ -292,10 +305,9 @@ def test_a_conversation_streams_shows_stats_and_survives_a_reload(
     attack = "<img src=x onerror=alert(1)>"
     send(driver, attack)
     wait(driver, lambda: len(messages(driver)) == 4 and answer_state(driver) == "done")
-    user = messages(driver)[2]
-    assert user.find_element("css selector", ".content").text == attack
+    assert shown(driver)[2]["text"] == attack
     assert driver.find_elements("css selector", "#messages img") == []
-    stats = messages(driver)[-1].find_element("css selector", ".stats").text
+    stats = shown(driver)[-1]["stats"]
     cached = re.search(r"(\d+) of (\d+) prompt tokens cached", stats)
     assert cached and int(first[2]) < int(cached[1]) < int(cached[2]), (
         stats
@@ -310,7 +322,7 @@ def test_a_conversation_streams_shows_stats_and_survives_a_reload(
 
     driver.refresh()
     wait(driver, lambda: len(messages(driver)) == 4, 30)
-    assert messages(driver)[2].find_element("css selector", ".content").text == attack
+    assert shown(driver)[2]["text"] == attack
     titles = [b.text for b in driver.find_elements("css selector", "#conversations button")]
     assert titles == ["Say hello."]
     assert by_id(driver, "max-tokens").get_attribute("value") == "8"  # the settings are kept too
@@ -320,7 +332,7 @@ def test_a_conversation_streams_shows_stats_and_survives_a_reload(
     box.clear()
     send_keys_enter(box, "Say goodbye.")
     wait(driver, lambda: len(messages(driver)) == 2 and answer_state(driver) == "done")
-    assert messages(driver)[0].find_element("css selector", ".content").text == "Say goodbye."
+    assert shown(driver)[0]["text"] == "Say goodbye."
     assert_no_alert(driver)
     assert_only_own_origin(driver, root)
 
@@ -378,10 +390,7 @@ def test_stop_aborts_the_answer_and_frees_the_slot(llmkit_server: Any, driver: A
     send(driver, "Count from 1 to 1000: 1, 2, 3, 4, 5,")
     wait(
         driver,
-        lambda: (
-            len(messages(driver)) == 2
-            and messages(driver)[1].find_element("css selector", ".content").text
-        ),
+        lambda: len(messages(driver)) == 2 and shown(driver)[1]["text"],
     )
     assert answer_state(driver) == "streaming"
     by_id(driver, "stop").click()
@@ -390,7 +399,7 @@ def test_stop_aborts_the_answer_and_frees_the_slot(llmkit_server: Any, driver: A
     started = time.monotonic()
     wait_until_idle(llmkit_server, timeout=15)
     assert time.monotonic() - started < 15
-    assert "stopped" in messages(driver)[1].find_element("css selector", ".stats").text
+    assert "stopped" in shown(driver)[1]["stats"]
     assert by_id(driver, "send").is_displayed() and not by_id(driver, "stop").is_displayed()
 
 
@@ -404,7 +413,7 @@ def test_the_page_asks_for_the_api_key_once_and_keeps_typed_text_when_busy_or_go
         offline=True,
         api_key=KEY,
         parallel=1,
-        max_queue=0,
+        max_queue=1,
         env=clean_env(LLMKIT_MODELS_DIR=str(server_models_dir)),
     ) as client:
         root = root_url(client)
@@ -427,19 +436,34 @@ def test_the_page_asks_for_the_api_key_once_and_keeps_typed_text_when_busy_or_go
         wait(driver, lambda: by_id(driver, "model").text == "gemma-3-270m", 30)
         assert by_id(driver, "key-dialog").get_attribute("open") is None
 
-        # The one slot busy and no queue: a 503, said plainly, and the message stays typed.
-        busy = openai.OpenAI(base_url=str(client.base_url), api_key=KEY).chat.completions.create(
+        # The one slot busy and the one queue place taken: a 503, said plainly, and the message
+        # stays typed. (The waiting request asks for 2 tokens, to be done soon after.)
+        sdk = openai.OpenAI(base_url=str(client.base_url), api_key=KEY)
+        busy = sdk.chat.completions.create(
             model="any",
-            messages=[{"role": "user", "content": "Count: 1, 2, 3,"}],
+            messages=[{"role": "user", "content": "1, 2, 3,"}],
             max_tokens=2000,
             stream=True,
         )
         next(iter(busy))
+        waiting = threading.Thread(
+            target=lambda: list(
+                sdk.chat.completions.create(
+                    model="any",
+                    messages=[{"role": "user", "content": "Hi"}],
+                    max_tokens=2,
+                    stream=True,
+                )
+            )
+        )
+        waiting.start()
+        wait(driver, lambda: health(client)["waiting"] == 1, 30)
         send(driver, "Are you there?")
         wait(driver, lambda: by_id(driver, "status").is_displayed(), 30)
         assert "busy" in by_id(driver, "status").text
         assert by_id(driver, "composer").get_attribute("value") == "Are you there?"
         busy.close()
+        waiting.join(120)
         wait_until_idle(client, timeout=30)
 
         stop(client.llmkit_process)  # type: ignore[attr-defined]

@@ -628,6 +628,7 @@
       const known = new Set(chats.map((c) => c.id));
       const imported = list.map(normalise).map((c) => (known.has(c.id) ? { ...c, id: uid() } : c));
       if (imported.length === 0) throw new Error("it holds no conversation");
+      if (current.messages.length === 0 && !current.title) chats = chats.filter((c) => c !== current);
       chats.push(...imported);
       select(imported[0]);
       showStatus(`Imported ${imported.length} conversation${imported.length === 1 ? "" : "s"} from ${file.name}.`, "note");
