@@ -254,7 +254,8 @@ def send(driver: Any, text: str) -> None:
 
 def open_page(driver: Any, root: str) -> None:
     driver.get(root + "/")
-    wait(driver, lambda: by_id(driver, "model").text not in ("…", ""), 30)
+    # textContent: on a phone-sized screen the model's name is hidden, and Selenium's .text is ""
+    wait(driver, lambda: by_id(driver, "model").get_attribute("textContent") not in ("…", ""), 30)
 
 
 def assert_no_alert(driver: Any) -> None:
@@ -471,3 +472,34 @@ def test_the_page_asks_for_the_api_key_once_and_keeps_typed_text_when_busy_or_go
         wait(driver, lambda: "Cannot reach the server" in by_id(driver, "status").text, 30)
         assert by_id(driver, "composer").get_attribute("value") == "Are you there?"
         assert len(messages(driver)) == 2  # the turn that failed left nothing behind
+
+
+@pytest.mark.slow
+def test_the_page_fits_a_phone_works_from_the_keyboard_and_follows_dark_mode(
+    llmkit_server: Any, driver: Any
+) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    driver.set_window_size(390, 800)
+    driver.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
+    )
+    open_page(driver, root_url(llmkit_server))
+    assert driver.execute_script("return document.documentElement.scrollWidth <= innerWidth")
+    background = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+    assert sum(map(int, re.findall(r"\d+", background)[:3])) < 150, background  # dark
+
+    # The conversation list is off-screen until the menu button opens it, Escape closes it.
+    assert not by_id(driver, "new-chat").is_displayed()
+    by_id(driver, "open-sidebar").send_keys(Keys.ENTER)
+    wait(driver, lambda: by_id(driver, "new-chat").is_displayed(), 5)
+    assert driver.switch_to.active_element == by_id(driver, "new-chat")
+    ActionChains(driver).send_keys(Keys.ESCAPE).perform()
+    wait(driver, lambda: not by_id(driver, "new-chat").is_displayed(), 5)
+
+    # Shift+Enter is a new line, not a send.
+    composer = by_id(driver, "composer")
+    composer.send_keys("one", Keys.SHIFT, Keys.ENTER, Keys.SHIFT, "two")
+    assert composer.get_attribute("value") == "one\ntwo" and shown(driver) == []
