@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import threading
 import time
 import urllib.error
@@ -258,6 +259,16 @@ def open_page(driver: Any, root: str) -> None:
     wait(driver, lambda: by_id(driver, "model").get_attribute("textContent") not in ("…", ""), 30)
 
 
+def network_address() -> str:
+    """This machine's address on its network (no packet is sent), else loopback's."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only the route is looked up
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
 def assert_no_alert(driver: Any) -> None:
     from selenium.common.exceptions import NoAlertPresentException
 
@@ -408,8 +419,12 @@ def test_stop_aborts_the_answer_and_frees_the_slot(llmkit_server: Any, driver: A
 def test_the_page_asks_for_the_api_key_once_and_keeps_typed_text_when_busy_or_gone(
     server_models_dir: Path, driver: Any
 ) -> None:
+    # Listening on every interface and opened at this machine's network address, as a team
+    # reaches it: the page's requests carry an Origin that is not loopback, and OriginGuard lets
+    # them through as the server's own origin.
     with llmkit.serve(
         "gemma-3-270m",
+        host="0.0.0.0",
         threads=2,
         offline=True,
         api_key=KEY,
@@ -422,7 +437,7 @@ def test_the_page_asks_for_the_api_key_once_and_keeps_typed_text_when_busy_or_go
         assert get(root + "/")[0] == 200 and get(root + "/ui/app.js")[0] == 200
         assert get(root + "/v1/models")[0] == 401
 
-        driver.get(root + "/")
+        driver.get(f"http://{network_address()}:{urlsplit(root).port}/")
         dialog = by_id(driver, "key-dialog")
         wait(driver, lambda: dialog.get_attribute("open") is not None, 30)
         send_keys_enter(by_id(driver, "key-input"), "wrong")
