@@ -304,7 +304,9 @@ class Engine:
         with self._cv:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
-            if self.waiting >= self.max_queue:
+            # A free slot takes a job at once: only jobs beyond the free slots wait in the queue.
+            free = sum(1 for slot in self._slots if slot.running is None)
+            if self.waiting >= self.max_queue + free:
                 raise QueueFull(f"{self.waiting} requests are already waiting")
             self._jobs.append(job)
             self._cv.notify()

@@ -13,7 +13,17 @@ from typing import Any
 import llama_cpp
 import pytest
 
-from llmkit.engine import CacheFull, Choice, Delta, Engine, EngineError, Job, QueueChannel, Usage
+from llmkit.engine import (
+    CacheFull,
+    Choice,
+    Delta,
+    Engine,
+    EngineError,
+    Job,
+    QueueChannel,
+    QueueFull,
+    Usage,
+)
 from llmkit.grammar import grammar_for, schema_grammar
 from llmkit.sampling import Sampler, SamplingParams
 from tests.helpers import REPEAT
@@ -300,3 +310,16 @@ def test_greedy_with_penalties_and_a_grammar_remembers_the_token_it_chose(
         e.close()
     assert fast[0].startswith('{"fruits"') or fast[0].startswith("{")
     assert fast[0] == chain[0]
+
+
+def test_with_no_queue_a_free_slot_still_takes_a_request(gemma: llama_cpp.Llama) -> None:
+    e = engine(gemma, parallel=1, max_queue=0)
+    try:
+        prompt = tokens(gemma, "The capital of France is")
+        first = e.submit([Choice(prompt, greedy(24))])  # the idle slot takes it
+        with pytest.raises(QueueFull):  # the slot is taken and no one may wait
+            e.submit([Choice(prompt, greedy(4))])
+        assert collect(first)[1] == "length"
+        assert generate(e, [Choice(prompt, greedy(4))])[1] == "length"  # free again
+    finally:
+        e.close()
