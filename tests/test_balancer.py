@@ -8,17 +8,22 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
+import statistics
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 
 from llmkit import balancer
 from llmkit.errors import LlmkitError
-from tests.helpers import LlmkitCli, free_port
+from tests.helpers import LlmkitCli, clean_env, free_port, get_json
 
 
 def need(program: str) -> str:
@@ -204,3 +209,293 @@ def test_parse_replica_reads_hosts_and_ipv6() -> None:
     assert balancer.parse_replica("[fd00::2]:8000").address == "[fd00::2]:8000"
     with pytest.raises(LlmkitError):
         balancer.Balancer(())
+
+
+# -- end to end: three replicas in network namespaces behind HAProxy -----------------------------
+
+SLOTS = 2
+KEY = "lb-test-key"
+CLIENTS = 6
+PER_CLIENT = 6  # requests each client sends in one load phase
+
+
+class Replicas:
+    """Three `llmkit serve` replicas, each in its own network namespace reached over a veth pair."""
+
+    def __init__(self, model: Path, tmp: Path) -> None:
+        self.model = model
+        self.tmp = tmp
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.namespaces: list[str] = []
+
+    def ns(self, n: int) -> str:
+        return f"llmkit-lb{n}"
+
+    def address(self, n: int) -> str:
+        return f"10.88.{n}.2:8000"
+
+    def make_network(self, n: int) -> None:
+        ns, host, peer = self.ns(n), f"llmkit-lb{n}h", f"llmkit-lb{n}r"
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # a stale one
+        commands = [
+            ["ip", "netns", "add", ns],
+            ["ip", "link", "add", host, "type", "veth", "peer", "name", peer],
+            ["ip", "link", "set", peer, "netns", ns],
+            ["ip", "addr", "add", f"10.88.{n}.1/30", "dev", host],
+            ["ip", "link", "set", host, "up"],
+            ["ip", "-n", ns, "addr", "add", f"10.88.{n}.2/30", "dev", peer],
+            ["ip", "-n", ns, "link", "set", peer, "up"],
+            ["ip", "-n", ns, "link", "set", "lo", "up"],
+        ]
+        self.namespaces.append(ns)
+        for command in commands:
+            subprocess.run(command, check=True, capture_output=True)
+
+    def start(self, n: int) -> None:
+        log = (self.tmp / f"replica{n}.log").open("ab")
+        self.procs[n] = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns(n), sys.executable, "-m", "llmkit", "serve"]
+            + ["--model", str(self.model), "--host", f"10.88.{n}.2", "--port", "8000"]
+            + ["--threads", "1", "--parallel", str(SLOTS), "--ctx", "1024"]
+            + ["--drain-seconds", "2", "--grace", "10", "--chat-format", "gemma"]
+            + ["--api-key", KEY],  # checked by each replica: HAProxy passes it through
+            env=clean_env(LLMKIT_MODELS_DIR=str(self.tmp / "models")),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, n: int, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if get_json(f"http://{self.address(n)}/ready", timeout=1)[0] == 200:
+                    return
+            except OSError:
+                pass
+            assert self.procs[n].poll() is None, (self.tmp / f"replica{n}.log").read_text()
+            assert time.monotonic() < deadline, f"replica {n} not ready"
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        for ns in self.namespaces:  # deleting the namespace deletes its veth pair too
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture
+def replicas(gemma_gguf: Path, tmp_path: Path) -> Iterator[Replicas]:
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        if os.environ.get("CI"):
+            pytest.fail("the balancer end-to-end test needs root and iproute2", pytrace=False)
+        pytest.skip("needs root and iproute2 (network namespaces)")
+    group = Replicas(gemma_gguf, tmp_path)
+    try:
+        for n in (1, 2, 3):
+            group.make_network(n)
+            group.start(n)
+        for n in (1, 2, 3):
+            group.wait_ready(n)
+        yield group
+    finally:
+        group.close()
+
+
+def start_balancer(
+    llmkit_cli: LlmkitCli, group: Replicas, tmp: Path, *extra: str
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """`llmkit lb config` for the three replicas, run by HAProxy; (process, /v1 URL, socket)."""
+    port, sock = free_port(), str(tmp / f"admin-{len(extra)}.sock")
+    args = [a for n in (1, 2, 3) for a in ("--replica", group.address(n))]
+    result = llmkit_cli(
+        "lb",
+        "config",
+        *args,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--slots",
+        str(SLOTS),
+        "--socket",
+        sock,
+        *extra,
+    )
+    assert result.exit_code == 0, result.output
+    config = tmp / f"haproxy-{len(extra)}.cfg"
+    config.write_text(result.stdout)
+    proc = subprocess.Popen(
+        [need("haproxy"), "-db", "-f", str(config)],
+        stdout=(tmp / f"haproxy-{len(extra)}.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 20
+    while not all(r.status == "UP" for r in _replicas_up(sock)):
+        assert time.monotonic() < deadline and proc.poll() is None, "HAProxy did not see them up"
+        time.sleep(0.2)
+    return proc, f"http://127.0.0.1:{port}/v1", sock
+
+
+def _replicas_up(sock: str) -> list[balancer.ReplicaState]:
+    try:
+        return balancer.status(Path(sock)).replicas or [
+            balancer.ReplicaState("", "", "", 0, 0, 0, 0, 0, 0, 0)
+        ]
+    except LlmkitError:
+        return [balancer.ReplicaState("", "", "", 0, 0, 0, 0, 0, 0, 0)]
+
+
+def one_request(client: openai.OpenAI, i: int, stream: bool) -> None:
+    """One short request; raises unless it got a complete answer."""
+    messages = [{"role": "user", "content": f"Count from {i} to {i + 20}."}]
+    if not stream:
+        answer = client.chat.completions.create(
+            model="m",
+            messages=messages,
+            max_tokens=8,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        assert answer.choices[0].finish_reason in ("stop", "length")
+        return
+    finish = None
+    for chunk in client.chat.completions.create(
+        model="m",
+        messages=messages,
+        max_tokens=8,
+        temperature=0,
+        stream=True,  # type: ignore[arg-type]
+    ):
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+    assert finish in ("stop", "length"), "the stream ended without a finish"
+
+
+def load(url: str, during: Any = None) -> dict[str, int]:
+    """CLIENTS threads each sending PER_CLIENT requests (alternately streamed); failures by kind.
+
+    `during` runs once the load is under way."""
+    client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=120)
+    failed = {"stream": 0, "plain": 0, "sent": 0}
+    lock = threading.Lock()
+
+    def worker(w: int) -> None:
+        for k in range(PER_CLIENT):
+            stream = (w + k) % 2 == 0
+            try:
+                one_request(client, w * 100 + k, stream)
+            except Exception:  # noqa: BLE001 - a failed request is what is counted
+                with lock:
+                    failed["stream" if stream else "plain"] += 1
+            with lock:
+                failed["sent"] += 1
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    if during is not None:
+        deadline = time.monotonic() + 60
+        while failed["sent"] < CLIENTS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        during()
+    for t in threads:
+        t.join(300)
+    return failed
+
+
+def conversation(url: str, session: str | None = None) -> list[tuple[int, int]]:
+    """Five turns of one conversation; (prompt_tokens, cached_tokens) per turn."""
+    client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=120)
+    messages: list[Any] = [{"role": "system", "content": f"You are a terse assistant. {session}"}]
+    usage = []
+    for turn in range(5):
+        messages.append({"role": "user", "content": f"Question {turn}: name a color."})
+        answer = client.chat.completions.create(model="m", messages=messages, max_tokens=8)
+        messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+        details = answer.usage.prompt_tokens_details  # type: ignore[union-attr]
+        usage.append((answer.usage.prompt_tokens, details.cached_tokens or 0))  # type: ignore[union-attr]
+    return usage
+
+
+def ttft_p50(urls: dict[str, str], n: int = 8) -> dict[str, float]:
+    """Median time to the first streamed token for each URL, their requests interleaved, each
+    prompt new (no cached prefix beyond the template's)."""
+    clients = {
+        name: openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=60)
+        for name, url in urls.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in urls}
+    for i in range(n):
+        for name, client in clients.items():
+            start = time.monotonic()
+            stream = client.chat.completions.create(
+                model="m",
+                messages=[{"role": "user", "content": f"Say {name} {i}."}],
+                max_tokens=2,
+                stream=True,
+            )
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content is not None:
+                    times[name].append(time.monotonic() - start)
+                    break
+            stream.close()
+    return {name: round(statistics.median(t), 4) for name, t in times.items()}
+
+
+@pytest.mark.slow
+def test_replicas_stopped_or_killed_under_load_lose_no_request(
+    replicas: Replicas, llmkit_cli: LlmkitCli, tmp_path: Path
+) -> None:
+    lb, url, sock = start_balancer(llmkit_cli, replicas, tmp_path)
+    plain_lb, plain_url, _ = start_balancer(llmkit_cli, replicas, tmp_path, "--leastconn")
+    report: dict[str, Any] = {}
+    try:
+        # SIGTERM: the replica drains (/ready 503, still serving), then finishes what it took.
+        terminated = load(url, lambda: replicas.procs[1].send_signal(signal.SIGTERM))
+        assert replicas.procs[1].wait(30) == 0
+        report["sigterm"] = terminated
+        assert terminated["stream"] + terminated["plain"] == 0, terminated
+        replicas.start(1)
+        replicas.wait_ready(1)
+
+        # SIGKILL: what it had not started answering goes elsewhere; its streams are cut.
+        killed = load(url, lambda: replicas.procs[2].kill())
+        report["sigkill"] = killed
+        assert killed["plain"] == 0, killed
+        assert killed["stream"] <= SLOTS, killed  # at most the streams in flight on it
+
+        # The killed replica, restarted, rejoins and takes requests again.
+        before = {r.name: r.total for r in balancer.status(Path(sock)).replicas}
+        replicas.start(2)
+        replicas.wait_ready(2)
+        deadline = time.monotonic() + 20
+        while next(r for r in _replicas_up(sock) if r.name == replicas.address(2)).status != "UP":
+            assert time.monotonic() < deadline, "the restarted replica did not rejoin"
+            time.sleep(0.2)
+        rejoined = load(url)
+        assert rejoined["stream"] + rejoined["plain"] == 0, rejoined
+        after = {r.name: r.total for r in balancer.status(Path(sock)).replicas}
+        assert after[replicas.address(2)] > before[replicas.address(2)]
+
+        # A conversation's turns reach the replica holding its history in cache.
+        turns = {"affinity": conversation(url, "a"), "leastconn": conversation(plain_url, "b")}
+        report["cached share, turns 2-5"] = {
+            kind: round(sum(c for _, c in t[1:]) / sum(p for p, _ in t[1:]), 3)
+            for kind, t in turns.items()
+        }
+        assert all(cached > 0 for _, cached in turns["affinity"][1:]), turns
+        # The leastconn balancer, so that both reach the replicas alike.
+        report["ttft p50 s"] = ttft_p50(
+            {"through haproxy": plain_url, "direct": f"http://{replicas.address(3)}/v1"}
+        )
+        status = llmkit_cli("lb", "status", "--json", "--socket", sock)
+        assert status.exit_code == 0
+        report["lb status"] = json.loads(status.stdout)
+        states = {r["name"]: r for r in report["lb status"]["replicas"]}
+        assert all(r["status"] == "UP" for r in states.values()), states
+        print("balancer report: " + json.dumps(report))
+    finally:
+        for proc in (lb, plain_lb):
+            proc.terminate()
+            proc.wait(10)
