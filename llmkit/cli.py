@@ -639,6 +639,28 @@ def lb_ready(
     out.print(f"{replica} ready", highlight=False)
 
 
+lb_service_app = typer.Typer(help="The balancer as a systemd service.", no_args_is_help=True)
+lb_app.add_typer(lb_service_app, name="service")
+
+
+@lb_service_app.command("install")
+def lb_service_install(
+    replica: Replicas,
+    host: LbHost = "0.0.0.0",
+    port: LbPort = 8080,
+    slots: Slots = settings.DEFAULT_PARALLEL,
+    affinity: Affinity = True,
+    tls_cert: TlsCert = None,
+) -> None:
+    """Write /etc/llmkit/lb.cfg and a hardened llmkit-lb.service running HAProxy on it; start it."""
+    from llmkit import lb_service
+
+    lb = _balancer(replica, host, port, slots, affinity, tls_cert, None)
+    done = lb_service.install(lb)
+    out.print(f"config    {done.config}\nunit      {done.unit}", highlight=False, soft_wrap=True)
+    _ran_or_print(done.not_run, done.commands, "llmkit-lb is running; `llmkit lb status` shows it")
+
+
 def main() -> None:
     """Console-script entry point (user errors become one red line and exit code 1 in _Group)."""
     try:

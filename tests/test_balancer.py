@@ -21,7 +21,7 @@ from typing import Any
 import openai
 import pytest
 
-from llmkit import balancer
+from llmkit import balancer, lb_service
 from llmkit.errors import LlmkitError
 from tests.helpers import LlmkitCli, clean_env, free_port, get_json
 
@@ -499,3 +499,40 @@ def test_replicas_stopped_or_killed_under_load_lose_no_request(
         for proc in (lb, plain_lb):
             proc.terminate()
             proc.wait(10)
+
+
+# -- the balancer as a systemd service ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["affinity", "tls"])
+def test_the_lb_unit_passes_systemd_analyze_verify(tmp_path: Path, variant: str) -> None:
+    lb = dataclasses.replace(variants(tmp_path)[variant], port=443 if variant == "tls" else 8080)
+    unit = tmp_path / lb_service.UNIT
+    unit.write_text(lb_service.render_unit(lb, tmp_path / "lb.cfg", need("haproxy")))
+    result = subprocess.run(
+        [need("systemd-analyze"), "verify", str(unit)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert lb_service.UNIT not in result.stderr, result.stderr  # no warnings about our unit
+    text = unit.read_text()
+    assert "DynamicUser=yes" in text and "Type=notify" in text and " -Ws -f " in text
+    assert ("AmbientCapabilities=CAP_NET_BIND_SERVICE" in text) == (variant == "tls")
+    assert ("LoadCredential=tls.pem:" in text) == (variant == "tls")
+
+
+def test_lb_service_install_writes_the_config_and_unit_and_prints_the_commands(
+    tmp_path: Path, llmkit_cli: LlmkitCli
+) -> None:
+    need("haproxy")
+    root = tmp_path / "root"
+    result = llmkit_cli(
+        "lb", "service", "install", "-r", "10.88.1.2:8000", "-r", "10.88.2.2:8000",
+        env={"LLMKIT_SERVICE_ROOT": str(root)},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "systemctl restart llmkit-lb" in result.output
+    config = (root / "etc/llmkit/lb.cfg").read_text()
+    assert f"stats socket {lb_service.SOCKET} " in config
+    assert "server 10.88.2.2:8000 10.88.2.2:8000" in config
+    unit = (root / "etc/systemd/system/llmkit-lb.service").read_text()
+    assert f"-f {root}/etc/llmkit/lb.cfg" in unit
