@@ -171,7 +171,8 @@ defaults
     # Longer than the slots take to free up, shorter than a client's patience.
     timeout queue 30s
     timeout http-request 30s
-    timeout check 2s
+    # A replica whose /ready is slow is busy, not gone: a gone one refuses at once (L4CON).
+    timeout check 5s
     # A request that failed before its answer began goes to another replica: refused or reset
     # connections, a replica gone before it answered, a 503 (draining or queue full).
     retries 5

@@ -598,8 +598,12 @@ def lb_status(socket: LbSocket = None, as_json: Json = False) -> None:
     if as_json:
         print(json.dumps(state.as_dict(), indent=2))
         return
+    from rich.table import Column
+
+    width = max((len(r.name) for r in state.replicas), default=7)
     table = Table(
-        "replica", "status", "check", "now", "total", "queue", "retries", "redispatched", "errors"
+        Column("replica", no_wrap=True, min_width=width),
+        *("status", "check", "now", "total", "queue", "retries", "redispatched", "errors"),
     )
     for r in state.replicas:
         table.add_row(
