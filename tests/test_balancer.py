@@ -372,12 +372,12 @@ def one_request(client: openai.OpenAI, i: int, stream: bool) -> None:
     assert finish in ("stop", "length"), "the stream ended without a finish"
 
 
-def load(url: str, during: Any = None) -> dict[str, int]:
+def load(url: str, during: Any = None) -> dict[str, Any]:
     """CLIENTS threads each sending PER_CLIENT requests (alternately streamed); failures by kind.
 
     `during` runs once the load is under way."""
     client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=120)
-    failed = {"stream": 0, "plain": 0, "sent": 0}
+    failed: dict[str, Any] = {"stream": 0, "plain": 0, "sent": 0, "why": []}
     lock = threading.Lock()
 
     def worker(w: int) -> None:
@@ -385,9 +385,10 @@ def load(url: str, during: Any = None) -> dict[str, int]:
             stream = (w + k) % 2 == 0
             try:
                 one_request(client, w * 100 + k, stream)
-            except Exception:  # noqa: BLE001 - a failed request is what is counted
+            except Exception as exc:  # noqa: BLE001 - a failed request is what is counted
                 with lock:
                     failed["stream" if stream else "plain"] += 1
+                    failed["why"].append(f"{type(exc).__name__}: {exc}"[:200])
             with lock:
                 failed["sent"] += 1
 
