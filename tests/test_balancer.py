@@ -449,7 +449,7 @@ def test_replicas_stopped_or_killed_under_load_lose_no_request(
     replicas: Replicas, llmkit_cli: LlmkitCli, tmp_path: Path
 ) -> None:
     lb, url, sock = start_balancer(llmkit_cli, replicas, tmp_path)
-    plain_lb, plain_url, _ = start_balancer(llmkit_cli, replicas, tmp_path, "--leastconn")
+    plain_lb, plain_url, plain_sock = start_balancer(llmkit_cli, replicas, tmp_path, "--leastconn")
     report: dict[str, Any] = {}
     try:
         # SIGTERM: the replica drains (/ready 503, still serving), then finishes what it took.
@@ -486,10 +486,22 @@ def test_replicas_stopped_or_killed_under_load_lose_no_request(
             for kind, t in turns.items()
         }
         assert all(cached > 0 for _, cached in turns["affinity"][1:]), turns
-        # The leastconn balancer, so that both reach the replicas alike.
+        # What the balancer adds: replica 3 through it (the others drained) against replica 3.
+        for n in (1, 2):
+            drained = llmkit_cli("lb", "drain", replicas.address(n), "--socket", plain_sock)
+            assert drained.exit_code == 0, drained.output
+        totals = {r.name: r.total for r in balancer.status(Path(plain_sock)).replicas}
         report["ttft p50 s"] = ttft_p50(
             {"through haproxy": plain_url, "direct": f"http://{replicas.address(3)}/v1"}
         )
+        after = {r.name: r.total for r in balancer.status(Path(plain_sock)).replicas}
+        assert after[replicas.address(3)] - totals[replicas.address(3)] == 8
+        assert all(after[replicas.address(n)] == totals[replicas.address(n)] for n in (1, 2))
+        for n in (1, 2):
+            assert (
+                llmkit_cli("lb", "ready", replicas.address(n), "--socket", plain_sock).exit_code
+                == 0
+            )
         status = llmkit_cli("lb", "status", "--json", "--socket", sock)
         assert status.exit_code == 0
         report["lb status"] = json.loads(status.stdout)
