@@ -180,6 +180,9 @@ defaults
     retry-on conn-failure empty-response response-timeout 503
     # Retries need the body kept; the affinity key is read from it.
     option http-buffer-request
+    # Streamed tokens are small writes: without this, Nagle and delayed ACKs hold each one back
+    # (measured: +45 ms to the first token through HAProxy, +6 ms with it).
+    option http-no-delay
 {errors}
 frontend llmkit
     bind {bind}

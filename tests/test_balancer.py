@@ -83,6 +83,7 @@ def test_the_config_has_what_makes_a_lost_replica_cost_no_request() -> None:
         "timeout server 300s",
         "timeout queue 30s",
         "option http-buffer-request",
+        "option http-no-delay",
         "http-request use-service prometheus-exporter if { path /lb/metrics }",
         "balance hash var(txn.lb_key)",
         "hash-type consistent",
