@@ -274,6 +274,7 @@ class Api:
     def router(self) -> APIRouter:
         router = APIRouter()
         router.add_api_route("/health", self.health, methods=["GET"])
+        router.add_api_route("/ready", self.ready, methods=["GET"])
         key = [Depends(self.check_key)]
         v1 = APIRouter(prefix="/v1", dependencies=key)
         v1.add_api_route("/models", self.models, methods=["GET"])
@@ -328,6 +329,31 @@ class Api:
             "slots": {"total": engine.parallel, "active": engine.active},
         }
         return JSONResponse(body, status_code=503 if self.shutting_down else 200)
+
+    def not_ready(self) -> tuple[str, str] | None:
+        """Why a request sent now would not start soon (code, message); None when it would."""
+        engine = self.engine
+        if self.shutting_down:
+            return "draining", "the server is shutting down: send new requests elsewhere"
+        if not engine.accepting:
+            return "engine_stopped", "the model's scheduler has stopped"
+        if engine.waiting >= engine.max_queue:
+            return "queue_full", f"{engine.waiting} requests are already waiting"
+        return None
+
+    async def ready(self) -> JSONResponse:
+        # Readiness, for a balancer's health check: liveness is /health. Both are instant.
+        reason = self.not_ready()
+        if reason is not None:
+            return _busy(reason[1], reason[0])
+        engine = self.engine
+        body = {
+            "status": "ready",
+            "model": self.model_name,
+            "waiting": engine.waiting,
+            "slots": {"total": engine.parallel, "active": engine.active},
+        }
+        return JSONResponse(body)
 
     def _model_card(self, model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": 0, "owned_by": "llmkit"}

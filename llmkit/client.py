@@ -70,6 +70,35 @@ def explain(exc: openai.APIError, url: str) -> LlmkitError:
     return LlmkitError(f"the server broke off the answer: {message}")
 
 
+RETRIES = 3  # tries after the first, for a request that failed before its first token
+MAX_RETRY_WAIT = 10.0  # seconds; a longer Retry-After is not worth waiting for in a chat
+
+
+class AnswerCut(LlmkitError):
+    """The stream broke after part of the answer came; that part stays in the conversation."""
+
+
+def retry_delay(exc: openai.APIError, attempt: int) -> float | None:
+    """Seconds to wait before sending again a request that failed before its first token; None:
+    do not (a retry would fail the same way, or `attempt` retries were already made).
+
+    Retried: a connection refused or reset (a server restarting, a replica gone), a 503 with
+    Retry-After (busy or draining), and an error the server sent in a stream before any text.
+    """
+    if attempt >= RETRIES or isinstance(exc, openai.APITimeoutError):
+        return None
+    backoff = min(0.5 * 2**attempt, 4.0)
+    if isinstance(exc, openai.APIStatusError):
+        after = exc.response.headers.get("retry-after")
+        if exc.status_code != 503 or after is None:
+            return None
+        try:
+            return min(max(float(after), 0.0), MAX_RETRY_WAIT)
+        except ValueError:
+            return backoff  # an HTTP date: not worth parsing for a few seconds
+    return backoff  # a connection error, or an error event before any text
+
+
 @dataclass
 class Answer:
     """One assistant answer and how it went."""
@@ -259,35 +288,58 @@ class ChatSession:
         finish: str | None = None
         completed = failed = False
         response = None
+        attempt = 0
         try:
-            response = self.client.chat.completions.create(  # type: ignore[call-overload]
-                model=model,
-                messages=list(self.messages),
-                stream=True,
-                stream_options={"include_usage": True},
-                **self.options(),
-            )
-            for chunk in response:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                for choice in chunk.choices:
-                    if choice.index != 0:
-                        continue
-                    finish = choice.finish_reason or finish
-                    text = choice.delta.content if choice.delta else None
-                    if text:
-                        if first is None:
-                            first = time.perf_counter() - started
-                        pieces.append(text)
-                        yield text
-                if stop is not None and stop.is_set():
+            while True:
+                try:
+                    response = self.client.with_options(max_retries=0).chat.completions.create(  # type: ignore[call-overload]
+                        model=model,
+                        messages=list(self.messages),
+                        stream=True,
+                        stream_options={"include_usage": True},
+                        **self.options(),
+                    )
+                    for chunk in response:
+                        if chunk.usage is not None:
+                            usage = chunk.usage
+                        for choice in chunk.choices:
+                            if choice.index != 0:
+                                continue
+                            finish = choice.finish_reason or finish
+                            text = choice.delta.content if choice.delta else None
+                            if text:
+                                if first is None:
+                                    first = time.perf_counter() - started
+                                pieces.append(text)
+                                yield text
+                        if stop is not None and stop.is_set():
+                            break
+                    else:
+                        completed = True
                     break
-            else:
-                completed = True
+                except openai.APIError as exc:
+                    # Nothing of the answer has come yet: the request can go again, e.g. to
+                    # another replica behind a balancer, or to this server once it has room.
+                    delay = None if pieces else retry_delay(exc, attempt)
+                    if delay is None:
+                        raise
+                    if response is not None:
+                        response.close()
+                        response = None
+                    attempt += 1
+                    time.sleep(delay)
         except openai.APIError as exc:
             failed = True
-            if response is not None and type(exc) is openai.APIConnectionError:
-                raise LlmkitError(f"the server at {self.url} went away during the answer") from None
+            if pieces:
+                why = (
+                    f"the server at {self.url} went away"
+                    if type(exc) is openai.APIConnectionError
+                    else str(explain(exc, self.url))
+                )
+                raise AnswerCut(
+                    f"the answer was cut off mid-way: {why}; the part that came is kept in the "
+                    "conversation"
+                ) from None
             raise explain(exc, self.url) from None
         finally:
             if response is not None:

@@ -286,6 +286,11 @@ class Engine:
         return sum(1 for slot in self._slots if slot.running is not None)
 
     @property
+    def accepting(self) -> bool:
+        """The scheduler runs and takes new work (not closed, not crashed)."""
+        return not self._closing and self._thread.is_alive()
+
+    @property
     def busy(self) -> bool:
         return self.active > 0 or self.waiting > 0
 

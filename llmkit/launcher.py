@@ -75,6 +75,8 @@ def serve(
     The client's `base_url` is the server's /v1 URL; the server's log is in `client.llmkit_log`.
     """
     port = port or free_port(host)
+    # A program's own child server has no balancer in front to wait for on stop.
+    options.setdefault("drain_seconds", 0)
     if api_key is not None:
         options["api_key"] = api_key
     args = serve_args(model, host, port, options)

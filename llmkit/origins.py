@@ -12,8 +12,8 @@ credentials. Here, as Ollama does after the same class of report:
   (or one allowed with `--allow-host`, for a reverse proxy): a DNS-rebinding page, whose requests
   name its own domain, is refused there too.
 
-Programs (the openai SDK, curl) send no `Origin` and are not affected. `/health` stays open to any
-Host, for load balancers and probes.
+Programs (the openai SDK, curl) send no `Origin` and are not affected. `/health` and `/ready` stay
+open to any Host, for load balancers and probes.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from llmkit.net import is_loopback
 
-OPEN_PATHS = {"/health"}
+OPEN_PATHS = {"/health", "/ready"}
 ALLOWED_METHODS = "GET, POST, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project"
 

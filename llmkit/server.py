@@ -238,7 +238,11 @@ _quiet_callback: Any = None
 
 
 def run(config: ServeSettings) -> None:
-    """Serve until SIGTERM or Ctrl-C; in-flight requests get `grace` seconds to finish."""
+    """Serve until SIGTERM or Ctrl-C; in-flight requests get `grace` seconds to finish.
+
+    SIGTERM first drains: /ready answers 503 while requests are still served for `drain_seconds`,
+    then the listener closes. Ctrl-C (or a second signal) closes it at once.
+    """
     import uvicorn
 
     from llmkit.notify import notify
@@ -257,6 +261,8 @@ def run(config: ServeSettings) -> None:
     app, api, engine = build_app(config, prepared)
 
     class Server(uvicorn.Server):
+        stop_started = False  # the listener is closing and the grace period has begun
+
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.started:
@@ -264,9 +270,28 @@ def run(config: ServeSettings) -> None:
                 notify("READY=1")
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            if not api.shutting_down:
-                api.shutting_down = True
-                notify("STOPPING=1")
+            if api.shutting_down:  # a second signal: stop draining, close the listener now
+                self.stop_listening(sig)
+                return
+            api.shutting_down = True  # /ready answers 503 from now on
+            notify("STOPPING=1")
+            drain = config.drain_seconds if sig == signal.SIGTERM else 0.0
+            if drain <= 0:  # Ctrl-C is a person at the terminal: no balancer to wait for
+                self.stop_listening(sig)
+                return
+            print(
+                f"draining: /ready answers 503; still serving new requests for {drain:g} s",
+                flush=True,
+            )
+            # A balancer only learns of the drain at its next health checks: requests it sends
+            # meanwhile must still be served, or they fail (the listener closed at once loses them).
+            timer = threading.Timer(drain, self.stop_listening, args=(sig,))
+            timer.daemon = True
+            timer.start()
+
+        def stop_listening(self, sig: int) -> None:
+            if not self.stop_started:
+                self.stop_started = True
                 print(
                     f"shutting down: finishing accepted requests (at most {config.grace:g} s)",
                     flush=True,
@@ -276,7 +301,7 @@ def run(config: ServeSettings) -> None:
                 timer = threading.Timer(config.grace, engine.close)
                 timer.daemon = True
                 timer.start()
-            super().handle_exit(sig, frame)
+            super().handle_exit(sig, None)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:

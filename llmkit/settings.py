@@ -17,6 +17,9 @@ import platformdirs
 
 DEFAULT_CTX_CAP = 4096  # the longest context `llmkit serve` picks by itself
 DEFAULT_PARALLEL = 4  # --parallel's default, which the benchmark uses too
+# Two of `llmkit lb config`'s check intervals (inter 500ms, fall 2) and a margin for the check's
+# own round trip: by then every balancer has stopped sending new requests here.
+DEFAULT_DRAIN_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,13 @@ class ServeSettings:
     )
     grace: float = _setting(
         5.0, "LLMKIT_GRACE", "Seconds in-flight requests get to finish on shutdown.", min=0
+    )
+    drain_seconds: float = _setting(
+        DEFAULT_DRAIN_SECONDS,
+        "LLMKIT_DRAIN_SECONDS",
+        "On SIGTERM, seconds /ready answers 503 while requests are still accepted (for a "
+        "balancer's health checks to notice), before the listener closes and --grace begins.",
+        min=0,
     )
     allow_origin: list[str] | None = _setting(
         None,

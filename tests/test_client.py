@@ -11,21 +11,25 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
+import llmkit
 from llmkit import ChatSession
 from llmkit.client import (
     DEFAULT_URL,
     DUMMY_API_KEY,
     Answer,
+    AnswerCut,
     format_stats,
     parse_conversation,
     resolve_api_key,
     resolve_url,
+    retry_delay,
 )
 from llmkit.errors import LlmkitError, ServerUnreachable
-from tests.helpers import free_port
+from tests.helpers import clean_env, free_port
 
 # Long enough that an answer is still streaming when a test stops it.
 COUNTING = "Count from 1 to 500, separated by commas: 1, 2, 3, 4, 5,"
@@ -236,3 +240,75 @@ def test_a_server_error_shows_the_servers_message_and_leaves_the_history(
         chat.ask("Hello?")
     assert "\n" not in str(caught.value)
     assert chat.messages == []
+
+
+def test_retry_delay_retries_only_what_failed_before_an_answer_could_begin() -> None:
+    request = httpx.Request("POST", "http://x/v1/chat/completions")
+
+    def status(code: int, **headers: str) -> openai.APIStatusError:
+        response = httpx.Response(code, headers=headers, request=request)
+        return openai.APIStatusError("busy", response=response, body=None)
+
+    refused = openai.APIConnectionError(request=request)
+    assert [retry_delay(refused, k) for k in range(4)] == [0.5, 1.0, 2.0, None]  # bounded
+    assert retry_delay(status(503, **{"Retry-After": "2"}), 0) == 2.0
+    assert retry_delay(status(503, **{"Retry-After": "3600"}), 0) == 10.0
+    assert retry_delay(status(503), 0) is None  # no Retry-After: not a transient refusal
+    assert retry_delay(status(400), 0) is None
+    assert retry_delay(openai.APITimeoutError(request=request), 0) is None
+
+
+@pytest.mark.slow
+def test_a_busy_server_is_asked_again_after_retry_after(server_models_dir: Path) -> None:
+    env = clean_env(LLMKIT_MODELS_DIR=str(server_models_dir))
+    with llmkit.serve("gemma-3-270m", parallel=1, max_queue=1, offline=True, env=env) as client:
+        quick = client.with_options(max_retries=0)
+        running = quick.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": COUNTING}],
+            max_tokens=2000,
+            stream=True,
+        )
+        next(iter(running))
+        waiting = threading.Thread(
+            target=lambda: quick.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+            )
+        )
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            root = str(client.base_url).rstrip("/").removesuffix("/v1")
+            with urllib.request.urlopen(root + "/health", timeout=5) as response:
+                if json.loads(response.read())["waiting"] >= 1:
+                    break
+            time.sleep(0.05)
+        threading.Timer(1.0, running.close).start()  # the slot frees while the chat waits
+        chat = session(quick)
+        start = time.monotonic()
+        answer = chat.ask("Hello?")  # first a 503 with Retry-After: 2, then served
+        assert time.monotonic() - start >= 1.5
+        assert answer.finish_reason in ("stop", "length") and not answer.interrupted
+        waiting.join(60)
+
+
+@pytest.mark.slow
+def test_a_stream_cut_mid_answer_says_so_and_keeps_the_partial_answer(
+    server_models_dir: Path,
+) -> None:
+    env = clean_env(LLMKIT_MODELS_DIR=str(server_models_dir))
+    with llmkit.serve("gemma-3-270m", offline=True, env=env) as client:
+        chat = session(client, max_tokens=2000)
+        pieces: list[str] = []
+
+        def on_text(text: str) -> None:
+            pieces.append(text)
+            if len(pieces) == 5:
+                client.llmkit_process.kill()  # type: ignore[attr-defined]  # the server dies
+
+        with pytest.raises(AnswerCut, match="cut off mid-way.*went away.*kept") as caught:
+            chat.ask(COUNTING, on_text=on_text)
+        assert "\n" not in str(caught.value)
+        assert chat.last is not None and chat.last.interrupted
+        assert chat.last.text == "".join(pieces) and len(pieces) >= 5
+        assert chat.messages[-1] == {"role": "assistant", "content": chat.last.text}

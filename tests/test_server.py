@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import openai
 import pytest
 
 import llmkit
+from llmkit.settings import ServeSettings
 from tests.helpers import (
     chat,
     clean_env,
@@ -68,6 +71,8 @@ def test_models_and_health_answer_without_waiting(llmkit_server: openai.OpenAI) 
     assert [m.id for m in llmkit_server.models.list().data] == ["gemma-3-270m"]
     status, body = get_json(root_url(llmkit_server) + "/health")
     assert status == 200 and body["status"] == "ok" and body["model"] == "gemma-3-270m"
+    status, body = get_json(root_url(llmkit_server) + "/ready")
+    assert status == 200 and body["status"] == "ready" and body["slots"]["total"] >= 1
 
 
 def test_stream_ends_with_a_usage_chunk_that_counts_the_streamed_tokens(
@@ -367,6 +372,13 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(serve_env: dict[str, 
         assert time.monotonic() - start < 1.0
         assert info.value.status_code == 503
         assert info.value.response.headers.get("retry-after")
+        # A balancer's check sees it too, and sends the next request elsewhere.
+        with urllib.request.urlopen(root_url(client) + "/health", timeout=5) as alive:
+            assert alive.status == 200
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(root_url(client) + "/ready", timeout=5)
+        assert not_ready.value.code == 503 and not_ready.value.headers["Retry-After"]
+        assert json.loads(not_ready.value.read())["error"]["code"] == "queue_full"
         running.close()
         waiting.join(60)
 
@@ -430,10 +442,54 @@ def test_a_stop_signal_mid_generation_exits_zero_within_the_grace_period(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output
-    assert took < 2 + 5
+    # SIGTERM first drains (for a balancer's checks), Ctrl-C does not; then the grace period.
+    drain = ServeSettings.drain_seconds if stop_signal == signal.SIGTERM else 0
+    assert took < drain + 2 + 5
     assert "shutting down" in output and "Traceback" not in output
     assert before >= 3 and len(got) > before  # it kept streaming during the grace period
     assert errors, "a stream cut by shutdown must end with an error, not look complete"
+
+
+def test_sigterm_drains_ready_goes_503_at_once_and_requests_are_still_served(
+    serve_env: dict[str, str],
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmkit", "serve", "--model", "gemma-3-270m", "--offline"]
+        + ["--port", str(port), "--drain-seconds", "3", "--grace", "10"],
+        env=serve_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if get_json(f"{base}/ready", timeout=1)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        status, body = get_json(f"{base}/ready", timeout=1)
+        assert status == 503 and body["error"]["code"] == "draining"
+        # Still accepting during the drain: what a balancer sends before its checks notice works.
+        sent = time.monotonic() - start
+        answer = chat(client, "Say hi.", max_tokens=4)
+        assert answer.choices[0].message.content is not None
+        assert sent < 3  # within the drain
+        output, _ = proc.communicate(timeout=15)
+        took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert 3 <= took < 3 + 10 + 5, output
+    assert output.index("draining") < output.index("shutting down"), output
 
 
 def test_serve_refuses_a_context_that_cannot_fit_in_memory(serve_env: dict[str, str]) -> None:

@@ -79,6 +79,7 @@ def test_the_python_api_keywords_become_flags_that_parse_back_to_the_same_settin
         "parallel": 3,
         "max_queue": 0,
         "grace": 1.5,
+        "drain_seconds": 0.5,
         "allow_origin": ["https://a.example", "https://b.example"],
         "allow_host": ["llm.internal"],
         "offline": True,
