@@ -27,6 +27,7 @@ class Plan:
     n_ctx: int
     chat_format: str | None  # None: the GGUF's own template
     api_key: str | None = None  # from --api-key, or read from --api-key-file
+    chat_template: str | None = None  # from --chat-template-file: replaces the model's
 
 
 def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
@@ -61,8 +62,18 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
             or settings.DEFAULT_CTX_CAP
         )
         n_ctx = min(trained, settings.DEFAULT_CTX_CAP)
-    chat_format = config.chat_format or (spec.chat_format if spec else None)
-    if chat_format is None and not info.chat_template:
+    chat_template = None
+    if config.chat_template_file is not None:
+        if config.chat_format:
+            raise LlmkitError("give --chat-format or --chat-template-file, not both")
+        try:
+            chat_template = config.chat_template_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LlmkitError(f"cannot read the chat template file: {exc}") from None
+    chat_format = (
+        None if chat_template else config.chat_format or (spec.chat_format if spec else None)
+    )
+    if chat_format is None and not info.chat_template and not chat_template:
         raise LlmkitError(
             f"{pulled.path.name} has no chat template and the catalog does not know it: "
             "pass --chat-format (e.g. chatml, llama-2, gemma, mistral-instruct)"
@@ -78,6 +89,7 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
         n_ctx=n_ctx,
         chat_format=chat_format,
         api_key=api_key,
+        chat_template=chat_template,
     )
 
 
