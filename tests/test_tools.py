@@ -513,3 +513,62 @@ def test_a_native_template_calls_streams_and_runs_free_until_its_trigger(
             assert "<tool_call>" not in (choice.message.content or "")
         else:
             assert choice.message.content and "<tool_call>" not in choice.message.content
+
+
+# -- the answer's shapes, from the engine's deltas (no model) ----------------------------------------
+
+
+def _reply(family: Any, request: ToolRequest) -> Any:
+    from llmkit.api import Reply
+
+    return Reply("chat.completion", "m", [""], True, None, request, family)
+
+
+def test_a_streamed_call_sends_its_name_once_then_only_argument_fragments() -> None:
+    from llmkit.engine import Delta
+
+    request = tool_request(TOOLS, "required", None, None, None)
+    assert request is not None
+    reply = _reply(HERMES, request)
+    text = HERMES.text([("add", '{"a": 2, "b": 3}'), ("get_weather", '{"city": "Rome"}')])
+    pieces = [text[i : i + 5] for i in range(0, len(text), 5)]
+    raw = b"".join(
+        reply.sse(Delta(0, piece, "stop" if k == len(pieces) - 1 else None))
+        for k, piece in enumerate(pieces)
+    )
+    chunks = [
+        json.loads(line[6:]) for line in raw.decode().splitlines() if line.startswith("data: ")
+    ]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[0] == {"role": "assistant", "content": None}
+    calls = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+    firsts = [c for c in calls if "id" in c]
+    assert [(c["index"], c["function"]["name"], c["function"]["arguments"]) for c in firsts] == [
+        (0, "add", ""),
+        (1, "get_weather", ""),
+    ]
+    assert all(c["type"] == "function" for c in firsts) and firsts[0]["id"] != firsts[1]["id"]
+    rest = [c for c in calls if "id" not in c]
+    assert all(
+        set(c) == {"index", "function"} and set(c["function"]) == {"arguments"} for c in rest
+    )
+    for k, expected in enumerate(['{"a": 2, "b": 3}', '{"city": "Rome"}']):
+        assert "".join(c["function"]["arguments"] for c in rest if c["index"] == k) == expected
+    assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "tool_calls"
+    assert not any(d.get("content") for d in deltas)  # no tag leaks into the content
+
+
+def test_legacy_functions_are_answered_with_function_call() -> None:
+    from llmkit.engine import Delta, Usage
+
+    request = tool_request(None, None, [ADD["function"]], {"name": "add"}, None)
+    assert request is not None
+    reply = _reply(GENERIC, request)
+    reply.add(Delta(0, GENERIC.text([("add", '{"a": 1, "b": 2}')]), "stop"))
+    choice = reply.body(Usage(5, 9))["choices"][0]
+    assert choice["finish_reason"] == "function_call"
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": None,
+        "function_call": {"name": "add", "arguments": '{"a": 1, "b": 2}'},
+    }
