@@ -45,6 +45,14 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
     api_key = config.api_key
     if config.api_key_file is not None:
         api_key = settings.read_api_key_file(config.api_key_file)
+    chat_template = None
+    if config.chat_template_file is not None:
+        if config.chat_format:
+            raise LlmkitError("give --chat-format or --chat-template-file, not both")
+        try:
+            chat_template = config.chat_template_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LlmkitError(f"cannot read the chat template file: {exc}") from None
     reference = resolve(config.model, load_catalog())
     store = Store(
         config.models_dir or settings.default_models_dir(),
@@ -62,14 +70,6 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
             or settings.DEFAULT_CTX_CAP
         )
         n_ctx = min(trained, settings.DEFAULT_CTX_CAP)
-    chat_template = None
-    if config.chat_template_file is not None:
-        if config.chat_format:
-            raise LlmkitError("give --chat-format or --chat-template-file, not both")
-        try:
-            chat_template = config.chat_template_file.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LlmkitError(f"cannot read the chat template file: {exc}") from None
     chat_format = (
         None if chat_template else config.chat_format or (spec.chat_format if spec else None)
     )
