@@ -33,7 +33,11 @@ from llmkit.engine import (
 )
 from llmkit.errors import BadRequest
 from llmkit.logprobs import TokenLogprob
-from llmkit.params import ChatRequest, CompletionRequest, choices_for
+from llmkit.params import ChatRequest, CompletionRequest, choices_for, tools_of
+from llmkit.tools.family import Family
+from llmkit.tools.parse import CallParser, Event, parse
+from llmkit.tools.render import ChatTemplate, tool_family
+from llmkit.tools.request import ToolRequest
 
 RETRY_AFTER_SECONDS = 2
 
@@ -73,6 +77,8 @@ class Reply:
         echo: list[str],
         include_usage: bool,
         piece: Callable[[int], bytes] | None = None,
+        tools: ToolRequest | None = None,
+        family: Family | None = None,
     ) -> None:
         self.kind = kind
         self.model = model
@@ -87,6 +93,64 @@ class Reply:
         self.finish: list[str | None] = [None] * len(echo)
         self._started = [False] * len(echo)
         self._head: str | None = None
+        # With tools: each choice's text is parsed into content and calls as it comes.
+        self.family = family
+        self.legacy = bool(tools and tools.legacy)
+        self.parsers = [CallParser(family) for _ in echo] if tools and family else None
+        self.call_ids: list[list[str]] = [[] for _ in echo]
+
+    def _call_id(self, i: int, k: int) -> str:
+        while len(self.call_ids[i]) <= k:
+            self.call_ids[i].append(f"call_{uuid.uuid4().hex[:24]}")
+        return self.call_ids[i][k]
+
+    def _finish_reason(self, reason: str, calls: int) -> str:
+        if calls and reason == "stop":
+            return "function_call" if self.legacy else "tool_calls"
+        return reason
+
+    def _tool_deltas(self, i: int, events: list[Event]) -> list[dict[str, Any]]:
+        """The chunks' deltas for parsed events: content, a call's start, its arguments."""
+        out: list[dict[str, Any]] = []
+        for e in events:
+            if e.kind == "content":
+                out.append({"content": e.text})
+            elif self.legacy:
+                key = "name" if e.kind == "call" else "arguments"
+                function = (
+                    {key: e.text} if e.kind == "arguments" else {key: e.text, "arguments": ""}
+                )
+                out.append({"function_call": function})
+            elif e.kind == "call":
+                call = {
+                    "index": e.index,
+                    "id": self._call_id(i, e.index),
+                    "type": "function",
+                    "function": {"name": e.text, "arguments": ""},
+                }
+                out.append({"tool_calls": [call]})
+            else:
+                out.append({"tool_calls": [{"index": e.index, "function": {"arguments": e.text}}]})
+        return out
+
+    def _tool_sse(self, delta: Delta) -> bytes:
+        i = delta.index
+        assert self.parsers is not None
+        out = []
+        if not self._started[i]:
+            self._started[i] = True
+            out.append(_sse(self._choice_chunk(i, {"role": "assistant", "content": None}, None)))
+        parser = self.parsers[i]
+        events = parser.feed(delta.text)
+        if delta.finish_reason is not None:
+            events += parser.finish()
+        for d in self._tool_deltas(i, events):
+            out.append(_sse(self._choice_chunk(i, d, None)))
+        if delta.finish_reason is not None:
+            reason = self._finish_reason(delta.finish_reason, len(parser.calls))
+            self.finish[i] = reason
+            out.append(_sse(self._choice_chunk(i, {}, reason)))
+        return b"".join(out)
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         chunk_kind = "chat.completion.chunk" if self.kind == "chat.completion" else self.kind
@@ -101,6 +165,8 @@ class Reply:
 
     def sse(self, delta: Delta) -> bytes:
         """The stream events for one delta."""
+        if self.parsers is not None:
+            return self._tool_sse(delta)
         i, text = delta.index, delta.text
         out = []
         if not self._started[i]:
@@ -205,12 +271,34 @@ class Reply:
         if delta.finish_reason is not None:
             self.finish[i] = delta.finish_reason
 
+    def _tool_message(self, i: int, text: str, finish: str) -> tuple[dict[str, Any], str]:
+        """The message of a tool request's choice: its content, and its calls."""
+        assert self.family is not None
+        parsed = parse(self.family, text)
+        calls = [c for c in parsed.calls if c.complete]
+        content = parsed.content if parsed.content or not calls else None
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls and self.legacy:
+            message["function_call"] = {"name": calls[0].name, "arguments": calls[0].arguments}
+        elif calls:
+            message["tool_calls"] = [
+                {
+                    "id": self._call_id(i, k),
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for k, c in enumerate(calls)
+            ]
+        return message, self._finish_reason(finish, len(calls))
+
     def body(self, usage: Usage) -> dict[str, Any]:
         choices: list[dict[str, Any]] = []
         for i, (text, finish) in enumerate(zip(self.texts, self.finish, strict=True)):
             logprobs = None if self.piece is None else self._logprobs_object(i, self.logprobs[i])
             if self.kind == "chat.completion":
-                message = {"role": "assistant", "content": text}
+                message: dict[str, Any] = {"role": "assistant", "content": text}
+                if self.parsers is not None and self.family is not None and finish is not None:
+                    message, finish = self._tool_message(i, text, finish)
                 choices.append(
                     {"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish}
                 )
@@ -263,9 +351,15 @@ class Api:
     """The routes, bound to one engine, the model's tokenizer and the name the model is served under."""
 
     def __init__(
-        self, engine: Engine, llama: llama_cpp.Llama, model_name: str, api_key: str | None
+        self,
+        engine: Engine,
+        llama: llama_cpp.Llama,
+        model_name: str,
+        api_key: str | None,
+        template: ChatTemplate | None = None,
     ) -> None:
         self.engine = engine
+        self.template = template or ChatTemplate(None)
         self.llama = llama
         self.model_name = model_name
         self.api_key = api_key
@@ -327,6 +421,7 @@ class Api:
             "busy": engine.busy,
             "waiting": engine.waiting,
             "slots": {"total": engine.parallel, "active": engine.active},
+            "tools": self.tool_support(),
         }
         return JSONResponse(body, status_code=503 if self.shutting_down else 200)
 
@@ -337,7 +432,7 @@ class Api:
             return "draining", "the server is shutting down: send new requests elsewhere"
         if not engine.accepting:
             return "engine_stopped", "the model's scheduler has stopped"
-        if engine.waiting >= engine.max_queue:
+        if engine.queue_full:
             return "queue_full", f"{engine.waiting} requests are already waiting"
         return None
 
@@ -355,8 +450,14 @@ class Api:
         }
         return JSONResponse(body)
 
+    def tool_support(self) -> dict[str, Any]:
+        """How this model's template calls tools: natively (which family) or generic JSON."""
+        family = tool_family(self.template)
+        return {"native": family.native, "format": family.name}
+
     def _model_card(self, model_id: str) -> dict[str, Any]:
-        return {"id": model_id, "object": "model", "created": 0, "owned_by": "llmkit"}
+        card = {"id": model_id, "object": "model", "created": 0, "owned_by": "llmkit"}
+        return {**card, "tools": self.tool_support()}
 
     async def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [self._model_card(self.model_name)]}
@@ -382,11 +483,15 @@ class Api:
     ) -> Any:
         # Rendering the template and tokenizing take milliseconds a thousand tokens: off the
         # event loop, so that the other streams' tokens keep flowing meanwhile.
-        choices, echo = await run_in_threadpool(choices_for, body, self.llama)
+        tools = tools_of(body) if isinstance(body, ChatRequest) else None
+        choices, echo = await run_in_threadpool(choices_for, body, self.llama, self.template, tools)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         wants_logprobs = any(c.params.logprobs is not None for c in choices)
         piece = self.engine.piece if wants_logprobs else None
-        response = Reply(kind, body.model or self.model_name, echo, include_usage, piece)
+        family = tool_family(self.template) if tools else None
+        response = Reply(
+            kind, body.model or self.model_name, echo, include_usage, piece, tools, family
+        )
         try:
             job = self.engine.submit(choices, LoopChannel(asyncio.get_running_loop()))
         except QueueFull as exc:

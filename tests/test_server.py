@@ -40,6 +40,17 @@ def serve_env(server_models_dir: Path) -> dict[str, str]:
     return clean_env(LLMKIT_MODELS_DIR=str(server_models_dir))
 
 
+def test_the_bundled_instruct_model_serves_offline_and_answers_a_chat(
+    smollm2_server: openai.OpenAI,
+) -> None:
+    reply = chat(smollm2_server, "What is the capital of France?", max_tokens=24, temperature=0)
+    assert reply.choices[0].message.content.strip()
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.completion_tokens > 0
+    card = smollm2_server.models.list().data[0]
+    assert card.id == "smollm2-135m-instruct"
+
+
 def test_the_quickstart_requests_work_with_any_model_name(llmkit_server: openai.OpenAI) -> None:
     poem = llmkit_server.chat.completions.create(
         model="gpt-3.5-turbo",

