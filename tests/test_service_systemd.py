@@ -45,9 +45,10 @@ MACHINE = "llmkit-e2e"
 VENV = "/opt/llmkit"
 KEY = 'e2e "secret" $key\\'
 USER = "llmkit-e2e"
+LB_PORT = 8090  # llmkit-lb's, in front of the replica's 8000
 # libgomp1: llama.cpp's OpenMP runtime (the host's compiler brought it; minbase lacks it).
-# libpam-systemd: a user's own systemd (user@.service), for --user.
-PACKAGES = ["python3", "python3-venv", "libgomp1", "libpam-systemd"]
+# libpam-systemd: a user's own systemd (user@.service), for --user. haproxy: llmkit-lb.service.
+PACKAGES = ["python3", "python3-venv", "libgomp1", "libpam-systemd", "haproxy"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -199,8 +200,8 @@ class Container(systemd_container.Container):
             )
         return result
 
-    def show(self, *properties: str) -> dict[str, str]:
-        out = self.run(f"systemctl show llmkit -p {','.join(properties)}").stdout
+    def show(self, *properties: str, unit: str = "llmkit") -> dict[str, str]:
+        out = self.run(f"systemctl show {unit} -p {','.join(properties)}").stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
     def get(
@@ -273,8 +274,9 @@ def container() -> Iterator[Container]:
                 cp /wheels/stamp.txt {VENV}/.stamp
             fi
             {VENV}/bin/pip install -q --no-index --no-deps --force-reinstall /wheels/llmkit-*.whl
-            systemctl disable --now llmkit.service 2>/dev/null || true
-            rm -rf /etc/systemd/system/llmkit.service /etc/llmkit \
+            systemctl disable --now llmkit.service llmkit-lb.service 2>/dev/null || true
+            rm -rf /etc/systemd/system/llmkit.service /etc/systemd/system/llmkit-lb.service \
+                /etc/llmkit \
                 /var/lib/llmkit /var/lib/private/llmkit
             systemctl daemon-reload
             systemctl reset-failed
@@ -422,6 +424,58 @@ def test_kill_9_of_the_main_process_brings_it_back_through_restart(installed: Co
     now = _wait(back, 120, "the service to come back")
     assert int(now["NRestarts"]) == int(before["NRestarts"]) + 1
     assert installed.get("/health")[0] == 200  # active again means ready again (Type=notify)
+
+
+def test_the_balancer_runs_as_its_own_hardened_service_in_front_of_the_replica(
+    installed: Container,
+) -> None:
+    lb = f"{VENV}/bin/llmkit lb"
+    chat = {
+        "model": "gemma-3-270m",
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": "Say hello."}],
+    }
+
+    def replica_up() -> list[dict] | None:
+        done = installed.run(f"{lb} status --json", check=False)  # the socket may not be there yet
+        replicas = json.loads(done.stdout)["replicas"] if done.returncode == 0 else []
+        return replicas if [r["status"] for r in replicas] == ["UP"] else None
+
+    result = installed.run(
+        f"{lb} service install --replica 127.0.0.1:8000 --host 127.0.0.1 --port {LB_PORT}"
+    )
+    assert "llmkit-lb is running" in result.stdout, result.stdout + result.stderr
+    assert installed.run("systemctl is-active llmkit-lb").stdout.strip() == "active"
+    before = installed.show("MainPID", "Type", "UnitFileState", unit="llmkit-lb")
+    assert before["Type"] == "notify" and before["UnitFileState"] == "enabled", before
+    status = installed.run(f"cat /proc/{before['MainPID']}/status").stdout
+    assert not re.search(r"^Uid:\s+0\s", status, re.M)  # DynamicUser
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+    assert re.search(r"^Seccomp:\s+2$", status, re.M)
+
+    (replica,) = _wait(replica_up, 30, "`llmkit lb status` to show the replica UP")
+    assert replica["name"] == "127.0.0.1:8000" and replica["check"] == "L7OK", replica
+    answer, body = installed.get("/v1/chat/completions", key=KEY, body=chat, port=LB_PORT)
+    assert answer == 200, body
+    assert json.loads(body)["usage"]["completion_tokens"] > 0
+    assert installed.get("/v1/models", port=LB_PORT)[0] == 401  # the replica checks the key
+
+    installed.run("systemctl reload llmkit-lb")
+    after = installed.show("MainPID", "ActiveState", unit="llmkit-lb")
+    assert after == {"MainPID": before["MainPID"], "ActiveState": "active"}  # same master
+    _wait(replica_up, 30, "the replica UP after the reload")
+    answer, body = installed.get("/v1/chat/completions", key=KEY, body=chat, port=LB_PORT)
+    assert answer == 200, body
+
+    installed.run("systemctl stop llmkit-lb", timeout=60)
+    state = installed.show("ActiveState", "Result", unit="llmkit-lb")
+    assert state == {"ActiveState": "inactive", "Result": "success"}, state
+    result = installed.run(f"{lb} service uninstall")
+    assert "removed /etc/systemd/system/llmkit-lb.service" in result.stdout, result.stdout
+    assert installed.run("systemctl cat llmkit-lb", check=False).returncode != 0
+    assert installed.run("test -e /etc/llmkit/lb.cfg", check=False).returncode != 0
+    assert installed.get("/health", port=LB_PORT)[0] == 0  # nobody listens there any more
+    assert installed.get("/health")[0] == 200  # the replica's own service goes on
 
 
 def test_systemctl_stop_is_clean(installed: Container) -> None:
