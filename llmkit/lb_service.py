@@ -69,7 +69,7 @@ def render_unit(lb: balancer.Balancer, config: Path, haproxy: str) -> str:
         "# The shell's own kill: /bin/kill is procps', which a minimal Debian lacks.",
         "ExecReload=/bin/sh -c 'kill -USR2 $$MAINPID'",
         "KillMode=mixed",
-        "# The master exits 143 (128 + SIGTERM) when systemctl stop has stopped its workers.",
+        "# As Debian's haproxy.service: a master ending with SIGTERM's code (143) stopped cleanly.",
         "SuccessExitStatus=143",
         "Restart=on-failure",
         "RestartSec=2s",
