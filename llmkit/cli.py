@@ -674,6 +674,17 @@ def lb_service_install(
     _ran_or_print(done.not_run, done.commands, "llmkit-lb is running; `llmkit lb status` shows it")
 
 
+@lb_service_app.command("uninstall")
+def lb_service_uninstall() -> None:
+    """Stop and disable llmkit-lb and delete its unit and /etc/llmkit/lb.cfg."""
+    from llmkit import lb_service
+
+    done = lb_service.uninstall()
+    for path in done.removed:
+        out.print(f"removed {path}", highlight=False, soft_wrap=True)
+    _ran_or_print(done.not_run, done.commands, "llmkit-lb uninstalled")
+
+
 def main() -> None:
     """Console-script entry point (user errors become one red line and exit code 1 in _Group)."""
     try:

@@ -66,8 +66,11 @@ def render_unit(lb: balancer.Balancer, config: Path, haproxy: str) -> str:
         "# A reload checks the config, then the master starts new workers; the old ones finish",
         "# their requests (streams included) before they exit.",
         f"ExecReload={haproxy} -c -q -f {cfg}",
-        "ExecReload=/bin/kill -USR2 $MAINPID",
+        "# The shell's own kill: /bin/kill is procps', which a minimal Debian lacks.",
+        "ExecReload=/bin/sh -c 'kill -USR2 $$MAINPID'",
         "KillMode=mixed",
+        "# As Debian's haproxy.service: a master ending with SIGTERM's code (143) stopped cleanly.",
+        "SuccessExitStatus=143",
         "Restart=on-failure",
         "RestartSec=2s",
     ]
@@ -145,14 +148,40 @@ def install(lb: balancer.Balancer, where: Paths | None = None) -> Installed:
         ["systemctl", "enable", NAME],
         ["systemctl", "restart", NAME],
     ]
-    not_run = ""
     if where.managed:
         for command in commands:
             service._run(command)
-    else:
-        not_run = (
-            "systemd is not running here"
-            if not service.systemd_running()
-            else "LLMKIT_SERVICE_ROOT is set, so the running systemd does not read these files"
-        )
-    return Installed(where.unit, where.config, commands, not_run)
+    return Installed(where.unit, where.config, commands, _not_run(where))
+
+
+@dataclass
+class Uninstalled:
+    removed: list[Path]
+    commands: list[list[str]]
+    not_run: str
+
+
+def uninstall(where: Paths | None = None) -> Uninstalled:
+    """Stop and disable llmkit-lb, then delete its unit and config."""
+    where = where or paths()
+    removed = [path for path in (where.unit, where.config) if path.exists()]
+    for path in removed:
+        if not service._writable(path):
+            raise LlmkitError(f"cannot remove {path}: the balancer's service is removed by root")
+    commands = [["systemctl", "disable", "--now", NAME], ["systemctl", "daemon-reload"]]
+    if where.managed and where.unit.exists():
+        service._run(commands[0])
+    for path in removed:
+        path.unlink()
+    if where.managed:
+        service._run(commands[1])
+    return Uninstalled(removed, commands, _not_run(where))
+
+
+def _not_run(where: Paths) -> str:
+    """Why llmkit runs no systemctl for these files ("" when it does)."""
+    if where.managed:
+        return ""
+    if not service.systemd_running():
+        return "systemd is not running here"
+    return "LLMKIT_SERVICE_ROOT is set, so the running systemd does not read these files"

@@ -550,3 +550,18 @@ def test_lb_service_install_writes_the_config_and_unit_and_prints_the_commands(
     assert "server 10.88.2.2:8000 10.88.2.2:8000" in config
     unit = (root / "etc/systemd/system/llmkit-lb.service").read_text()
     assert f"-f {root}/etc/llmkit/lb.cfg" in unit
+
+
+def test_lb_service_uninstall_removes_the_unit_and_config(
+    tmp_path: Path, llmkit_cli: LlmkitCli
+) -> None:
+    need("haproxy")
+    env = {"LLMKIT_SERVICE_ROOT": str(tmp_path / "root")}
+    install = llmkit_cli("lb", "service", "install", "-r", "10.88.1.2:8000", env=env)
+    assert install.exit_code == 0, install.output
+    result = llmkit_cli("lb", "service", "uninstall", env=env)
+    assert result.exit_code == 0, result.output
+    assert "systemctl disable --now llmkit-lb" in result.output
+    for path in ("etc/systemd/system/llmkit-lb.service", "etc/llmkit/lb.cfg"):
+        assert f"removed {tmp_path / 'root' / path}" in result.output.replace("\n", "")
+        assert not (tmp_path / "root" / path).exists()

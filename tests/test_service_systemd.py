@@ -1,4 +1,5 @@
-"""End to end under a real systemd: `llmkit service install` in a systemd-nspawn container.
+"""End to end under a real systemd: `llmkit service install` and `llmkit lb service install`
+in a systemd-nspawn container.
 
 The container comes from `tests/systemd_container.py`: Debian bookworm, debootstrapped from the
 mirror apt uses, booted with systemd as PID 1, which enforces the unit's hardening
@@ -45,9 +46,10 @@ MACHINE = "llmkit-e2e"
 VENV = "/opt/llmkit"
 KEY = 'e2e "secret" $key\\'
 USER = "llmkit-e2e"
+LB_PORT = 8090  # llmkit-lb's, in front of the replica's 8000
 # libgomp1: llama.cpp's OpenMP runtime (the host's compiler brought it; minbase lacks it).
-# libpam-systemd: a user's own systemd (user@.service), for --user.
-PACKAGES = ["python3", "python3-venv", "libgomp1", "libpam-systemd"]
+# libpam-systemd: a user's own systemd (user@.service), for --user. haproxy: llmkit-lb.service.
+PACKAGES = ["python3", "python3-venv", "libgomp1", "libpam-systemd", "haproxy"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -199,15 +201,23 @@ class Container(systemd_container.Container):
             )
         return result
 
-    def show(self, *properties: str) -> dict[str, str]:
-        out = self.run(f"systemctl show llmkit -p {','.join(properties)}").stdout
+    def show(self, *properties: str, unit: str = "llmkit") -> dict[str, str]:
+        out = self.run(f"systemctl show {unit} -p {','.join(properties)}").stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
     def get(
-        self, path: str, key: str | None = None, body: dict | None = None, port: int = 8000
+        self,
+        path: str,
+        key: str | None = None,
+        body: dict | None = None,
+        port: int = 8000,
+        cafile: str | None = None,
     ) -> tuple[int, str]:
-        """One HTTP request from inside the container, no retries: (status, body)."""
-        args = [f"http://127.0.0.1:{port}{path}"]
+        """One HTTP request from inside the container, no retries: (status, body); HTTPS checked
+        against `cafile` when one is given."""
+        args = [f"{'https' if cafile else 'http'}://127.0.0.1:{port}{path}"]
+        if cafile:
+            args += ["--cafile", cafile]
         if key:
             args += ["--key-file", "/root/llmkit.key"]
         if body is not None:
@@ -221,17 +231,20 @@ class Container(systemd_container.Container):
 
 
 PROBE = """\
-import json, sys, urllib.error, urllib.request
+import json, ssl, sys, urllib.error, urllib.request
 args = sys.argv[1:]
-url, headers, data = args.pop(0), {}, None
+url, headers, data, context = args.pop(0), {}, None, None
 while args:
     flag, value = args.pop(0), args.pop(0)
-    if flag == "--key-file":
+    if flag == "--cafile":
+        context = ssl.create_default_context(cafile=value)
+    elif flag == "--key-file":
         headers["Authorization"] = "Bearer " + open(value).read().strip()
     elif flag == "--json":
         data, headers["Content-Type"] = value.encode(), "application/json"
 try:
-    with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=60) as r:
+    request = urllib.request.Request(url, data, headers)
+    with urllib.request.urlopen(request, timeout=60, context=context) as r:
         print(r.status); print(r.read().decode())
 except urllib.error.HTTPError as e:
     print(e.code); print(e.read().decode())
@@ -273,8 +286,9 @@ def container() -> Iterator[Container]:
                 cp /wheels/stamp.txt {VENV}/.stamp
             fi
             {VENV}/bin/pip install -q --no-index --no-deps --force-reinstall /wheels/llmkit-*.whl
-            systemctl disable --now llmkit.service 2>/dev/null || true
-            rm -rf /etc/systemd/system/llmkit.service /etc/llmkit \
+            systemctl disable --now llmkit.service llmkit-lb.service 2>/dev/null || true
+            rm -rf /etc/systemd/system/llmkit.service /etc/systemd/system/llmkit-lb.service \
+                /etc/llmkit \
                 /var/lib/llmkit /var/lib/private/llmkit
             systemctl daemon-reload
             systemctl reset-failed
@@ -422,6 +436,93 @@ def test_kill_9_of_the_main_process_brings_it_back_through_restart(installed: Co
     now = _wait(back, 120, "the service to come back")
     assert int(now["NRestarts"]) == int(before["NRestarts"]) + 1
     assert installed.get("/health")[0] == 200  # active again means ready again (Type=notify)
+
+
+def self_signed_pem(folder: Path) -> str:
+    """A certificate for 127.0.0.1 and its key, in one PEM (as HAProxy's `crt` takes them)."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+        + ["-keyout", str(folder / "key.pem"), "-out", str(folder / "crt.pem")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return (folder / "crt.pem").read_text() + (folder / "key.pem").read_text()
+
+
+def test_the_balancer_runs_as_its_own_hardened_service_in_front_of_the_replica(
+    installed: Container, tmp_path: Path
+) -> None:
+    lb = f"{VENV}/bin/llmkit lb"
+    chat = {
+        "model": "gemma-3-270m",
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": "Say hello."}],
+    }
+
+    def replica_up() -> list[dict] | None:
+        done = installed.run(f"{lb} status --json", check=False)  # the socket may not be there yet
+        replicas = json.loads(done.stdout)["replicas"] if done.returncode == 0 else []
+        return replicas if [r["status"] for r in replicas] == ["UP"] else None
+
+    started = time.monotonic()
+    result = installed.run(
+        f"{lb} service install --replica 127.0.0.1:8000 --host 127.0.0.1 --port {LB_PORT}"
+    )
+    took = {"install": time.monotonic() - started}
+    assert "llmkit-lb is running" in result.stdout, result.stdout + result.stderr
+    assert installed.run("systemctl is-active llmkit-lb").stdout.strip() == "active"
+    before = installed.show("MainPID", "Type", "UnitFileState", unit="llmkit-lb")
+    assert before["Type"] == "notify" and before["UnitFileState"] == "enabled", before
+    status = installed.run(f"cat /proc/{before['MainPID']}/status").stdout
+    assert not re.search(r"^Uid:\s+0\s", status, re.M)  # DynamicUser
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+    assert re.search(r"^Seccomp:\s+2$", status, re.M)
+
+    (replica,) = _wait(replica_up, 30, "`llmkit lb status` to show the replica UP")
+    took["up"] = time.monotonic() - started
+    assert replica["name"] == "127.0.0.1:8000" and replica["check"] == "L7OK", replica
+    answer, body = installed.get("/v1/chat/completions", key=KEY, body=chat, port=LB_PORT)
+    assert answer == 200, body
+    assert json.loads(body)["usage"]["completion_tokens"] > 0
+    assert installed.get("/v1/models", port=LB_PORT)[0] == 401  # the replica checks the key
+
+    started = time.monotonic()
+    installed.run("systemctl reload llmkit-lb")
+    took["reload"] = time.monotonic() - started
+    after = installed.show("MainPID", "ActiveState", unit="llmkit-lb")
+    assert after == {"MainPID": before["MainPID"], "ActiveState": "active"}  # same master
+    _wait(replica_up, 30, "the replica UP after the reload")
+    answer, body = installed.get("/v1/chat/completions", key=KEY, body=chat, port=LB_PORT)
+    assert answer == 200, body
+
+    # HTTPS, the key root's own (0600 in /root, which ProtectHome= hides): LoadCredential= hands
+    # the service its copy.
+    installed.run("umask 077 && cat > /root/lb.pem", input=self_signed_pem(tmp_path))
+    installed.run(
+        f"{lb} service install --replica 127.0.0.1:8000 --host 127.0.0.1 --port {LB_PORT} "
+        "--tls-cert /root/lb.pem"
+    )
+    _wait(replica_up, 30, "the replica UP behind HTTPS")
+    answer, body = installed.get(
+        "/v1/chat/completions", key=KEY, body=chat, port=LB_PORT, cafile="/root/lb.pem"
+    )
+    assert answer == 200, body
+
+    started = time.monotonic()
+    installed.run("systemctl stop llmkit-lb", timeout=60)
+    took["stop"] = time.monotonic() - started
+    state = installed.show("ActiveState", "Result", unit="llmkit-lb")
+    assert state == {"ActiveState": "inactive", "Result": "success"}, state
+    result = installed.run(f"{lb} service uninstall")
+    assert "removed /etc/systemd/system/llmkit-lb.service" in result.stdout, result.stdout
+    assert installed.run("systemctl cat llmkit-lb", check=False).returncode != 0
+    assert installed.run("test -e /etc/llmkit/lb.cfg", check=False).returncode != 0
+    assert installed.run("test -e /root/lb.pem", check=False).returncode == 0  # the user's own
+    assert installed.get("/health", port=LB_PORT)[0] == 0  # nobody listens there any more
+    assert installed.get("/health")[0] == 200  # the replica's own service goes on
+    print("llmkit-lb took (s): " + ", ".join(f"{k} {v:.1f}" for k, v in took.items()))
 
 
 def test_systemctl_stop_is_clean(installed: Container) -> None:
