@@ -40,9 +40,20 @@ ERRORS = {
 }
 
 
+# Routes that answer `stream: true` with server-sent events instead of one JSON body.
+STREAMING = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
 def with_openai_errors(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` with FastAPI's 422s replaced, and every operation's error answers documented."""
+    """`schema` with FastAPI's 422s replaced, every operation's error answers documented, and the
+    event stream of the streaming routes."""
     out = copy.deepcopy(schema)
+    for route in STREAMING:
+        post = out.get("paths", {}).get(route, {}).get("post")
+        if post is not None:
+            ok = post.setdefault("responses", {}).setdefault("200", {"description": "OK"})
+            ok.setdefault("content", {}).update(EVENT_STREAM)
     components = out.setdefault("components", {}).setdefault("schemas", {})
     components["OpenAIError"] = ERROR_SCHEMA
     reference = {"$ref": "#/components/schemas/OpenAIError"}
