@@ -263,9 +263,15 @@ class Api:
     """The routes, bound to one engine, the model's tokenizer and the name the model is served under."""
 
     def __init__(
-        self, engine: Engine, llama: llama_cpp.Llama, model_name: str, api_key: str | None
+        self,
+        engine: Engine,
+        llama: llama_cpp.Llama,
+        model_name: str,
+        api_key: str | None,
+        sizing: str = "",
     ) -> None:
         self.engine = engine
+        self.sizing = sizing  # why these slots and this context (the plan's words)
         self.llama = llama
         self.model_name = model_name
         self.api_key = api_key
@@ -326,6 +332,12 @@ class Api:
             "busy": engine.busy,
             "waiting": engine.waiting,
             "slots": {"total": engine.parallel, "active": engine.active},
+            "plan": {
+                "parallel": engine.parallel,
+                "ctx": engine.slot_ctx,
+                "kv_type": engine.kv_type,
+                "reason": self.sizing,
+            },
         }
         return JSONResponse(body, status_code=503 if self.shutting_down else 200)
 

@@ -34,6 +34,8 @@ from llmkit.sampling import Sampler, SamplingParams
 from llmkit.textstream import TextStream
 
 DEFAULT_N_BATCH = 512
+# --kv-type: the ggml type of the K and V cache.
+_KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 # A choice that repeats another's prompt this long waits a step to copy its cache instead.
 _SHARE_MIN_TOKENS = 16
 
@@ -232,6 +234,7 @@ class Engine:
         max_queue: int,
         n_batch: int = DEFAULT_N_BATCH,
         kv_size: int | None = None,
+        kv_type: str = "f16",
         observer: Observer | None = None,
     ) -> None:
         self.parallel = parallel
@@ -247,6 +250,10 @@ class Engine:
         params.kv_unified = True  # one cache shared by all slots, as llama-server does
         params.swa_full = True  # keep sliding-window layers whole, so a cached prefix can be reused
         params.no_perf = True
+        self.kv_type = kv_type
+        if kv_type != "f16":  # a quantized V cache needs flash attention in llama.cpp
+            params.type_k = params.type_v = _KV_TYPES[kv_type]
+            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.ctx = llama_cpp.llama_init_from_model(model, params)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a context for this model")

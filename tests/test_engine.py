@@ -300,3 +300,13 @@ def test_greedy_with_penalties_and_a_grammar_remembers_the_token_it_chose(
         e.close()
     assert fast[0].startswith('{"fruits"') or fast[0].startswith("{")
     assert fast[0] == chain[0]
+
+
+def test_a_q8_0_kv_cache_generates_with_flash_attention(gemma: llama_cpp.Llama) -> None:
+    e = engine(gemma, parallel=1, kv_type="q8_0")
+    try:
+        text, finish, usage = generate(e, [Choice(tokens(gemma, RIVER), greedy(8))])
+        assert e.kv_type == "q8_0" and finish == "length" and usage.completion_tokens == 8
+        assert text.strip()
+    finally:
+        e.close()
