@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
 # llama.cpp's compute buffers and Python's own footprint, beyond weights and KV cache.
 OVERHEAD_BYTES = 256 * 1024 * 1024
 # Bytes a KV cache value takes, by --kv-type (q8_0: blocks of 32 values in 34 bytes).

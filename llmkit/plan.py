@@ -107,7 +107,7 @@ def size_slots(
         why.append(
             f"{n_ctx} tokens each"
             + (
-                " (the model's context, at most %d)" % ctx_cap
+                f" (the model's context, at most {ctx_cap})"
                 if n_ctx == longest
                 else f" (the longest that fits; the model's is {trained_ctx})"
             )
@@ -130,8 +130,12 @@ def _refusal(needed: int, available: int | None, what: str) -> NotEnoughSpace:
 def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
     """Resolve the model (pulling it unless offline), pick context and chat format, check memory."""
     from llmkit.catalog import load_catalog, resolve
-    from llmkit.modelinfo import KV_BYTES_PER_VALUE, OVERHEAD_BYTES, available_memory
-    from llmkit.modelinfo import read_model_info
+    from llmkit.modelinfo import (
+        KV_BYTES_PER_VALUE,
+        OVERHEAD_BYTES,
+        available_memory,
+        read_model_info,
+    )
     from llmkit.store import Store
 
     if not config.model:

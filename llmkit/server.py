@@ -90,6 +90,7 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
         threads=prepared.threads,
         max_queue=config.max_queue,
         kv_type=prepared.kv_type,
+        speculation=not config.no_speculation,
         observer=metrics,
     )
     metrics.watch(engine)
@@ -188,6 +189,7 @@ def banner(config: ServeSettings, prepared: Plan) -> str:
         f"  context      {prepared.n_ctx} tokens per request (KV cache {prepared.kv_type})",
         f"  parallel     {prepared.parallel} slots (batched decoding)",
         f"  sized        {prepared.sizing}",
+        f"  speculation  {'off' if config.no_speculation else 'n-gram drafts (prompt lookup)'}",
         f"  chat format  {prepared.chat_format or 'from the model (GGUF chat template)'}",
         f"  queue        {config.max_queue} waiting at most; grace {config.grace:g} s on shutdown",
         f"  api key      {'required' if prepared.api_key else 'none'}",

@@ -96,6 +96,12 @@ class ServeSettings:
         "LLMKIT_KV_TYPE",
         "KV cache type: f16, or q8_0 (about half the memory; turns on flash attention).",
     )
+    no_speculation: bool = _setting(
+        False,
+        "LLMKIT_NO_SPECULATION",
+        "No n-gram speculative decoding (drafts copied from the prompt and output).",
+        flags=("--no-speculation",),
+    )
     max_queue: int = _setting(
         16, "LLMKIT_MAX_QUEUE", "Requests that may wait; beyond that 503 + Retry-After.", min=0
     )

@@ -64,7 +64,10 @@ def test_a_model_with_a_short_context_is_useful_at_its_own() -> None:
 
 
 def test_explicit_flags_are_kept_or_refused_never_changed() -> None:
-    assert (sized(64 * GB, parallel=8, ctx=4096).parallel, sized(64 * GB, ctx=512).n_ctx) == (8, 512)
+    assert (sized(64 * GB, parallel=8, ctx=4096).parallel, sized(64 * GB, ctx=512).n_ctx) == (
+        8,
+        512,
+    )
     chosen = sized(8 * GB, parallel=1)  # one slot asked: the context is what is sized
     assert chosen.parallel == 1 and chosen.n_ctx == 4096
     chosen = sized(7 * GB, ctx=4096)  # a context asked: the slots are sized

@@ -78,6 +78,7 @@ def test_the_python_api_keywords_become_flags_that_parse_back_to_the_same_settin
         "api_key_file": Path("/etc/key"),
         "parallel": 3,
         "kv_type": "q8_0",
+        "no_speculation": True,
         "max_queue": 0,
         "grace": 1.5,
         "allow_origin": ["https://a.example", "https://b.example"],
