@@ -336,6 +336,7 @@ class Api:
                 "parallel": engine.parallel,
                 "ctx": engine.slot_ctx,
                 "kv_type": engine.kv_type,
+                "speculation": engine.speculation,
                 "reason": self.sizing,
             },
         }
