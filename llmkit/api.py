@@ -357,9 +357,11 @@ class Api:
         model_name: str,
         api_key: str | None,
         template: ChatTemplate | None = None,
+        sizing: str = "",
     ) -> None:
         self.engine = engine
         self.template = template or ChatTemplate(None)
+        self.sizing = sizing  # why these slots and this context (the plan's words)
         self.llama = llama
         self.model_name = model_name
         self.api_key = api_key
@@ -422,6 +424,13 @@ class Api:
             "waiting": engine.waiting,
             "slots": {"total": engine.parallel, "active": engine.active},
             "tools": self.tool_support(),
+            "plan": {
+                "parallel": engine.parallel,
+                "ctx": engine.slot_ctx,
+                "kv_type": engine.kv_type,
+                "speculation": engine.speculation,
+                "reason": self.sizing,
+            },
         }
         return JSONResponse(body, status_code=503 if self.shutting_down else 200)
 

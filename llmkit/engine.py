@@ -31,9 +31,12 @@ import numpy as np
 from llmkit import logprobs
 from llmkit.logprobs import TokenLogprob
 from llmkit.sampling import Sampler, SamplingParams
+from llmkit.speculation import Drafter, DraftLength
 from llmkit.textstream import TextStream
 
 DEFAULT_N_BATCH = 512
+# --kv-type: the ggml type of the K and V cache.
+_KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 # A choice that repeats another's prompt this long waits a step to copy its cache instead.
 _SHARE_MIN_TOKENS = 16
 
@@ -198,6 +201,8 @@ class _Running:
     logprobs: list[TokenLogprob] | None = None  # not yet sent, when the request asks for them
     prompt_logprobs: list[TokenLogprob] | None = None
     prompt_rows: int = -1  # with prompt logprobs: the first row of this step's prompt chunk
+    drafter: Drafter | None = None  # its prompt and output, for n-gram drafts; None: no speculation
+    draft_length: DraftLength = field(default_factory=DraftLength)
 
 
 @dataclass(eq=False)
@@ -232,9 +237,12 @@ class Engine:
         max_queue: int,
         n_batch: int = DEFAULT_N_BATCH,
         kv_size: int | None = None,
+        kv_type: str = "f16",
+        speculation: bool = True,
         observer: Observer | None = None,
     ) -> None:
         self.parallel = parallel
+        self.speculation = speculation
         self.slot_ctx = slot_ctx
         self.max_queue = max_queue
         self.n_batch = n_batch
@@ -247,6 +255,10 @@ class Engine:
         params.kv_unified = True  # one cache shared by all slots, as llama-server does
         params.swa_full = True  # keep sliding-window layers whole, so a cached prefix can be reused
         params.no_perf = True
+        self.kv_type = kv_type
+        if kv_type != "f16":  # a quantized V cache needs flash attention in llama.cpp
+            params.type_k = params.type_v = _KV_TYPES[kv_type]
+            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.ctx = llama_cpp.llama_init_from_model(model, params)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a context for this model")
@@ -270,6 +282,9 @@ class Engine:
         self.prompt_tokens_cached = 0
         self.tokens_generated = 0
         self.decode_calls = 0
+        self.tokens_drafted = 0
+        self.batch_tokens_max = 0  # the most tokens one decode held (never above n_batch)
+        self.tokens_draft_accepted = 0
         self._thread = threading.Thread(target=self._run, name="llmkit-engine", daemon=True)
         self._thread.start()
 
@@ -401,12 +416,20 @@ class Engine:
             return
         batch, n = self._batch, 0
         chunks: list[tuple[_Running, _Slot, list[int]]] = []
-        # Generating sequences first (one token each), then prompt chunks in the room left.
-        for r, slot in running:
+        # Generating sequences first (one token each, plus their drafts), then prompt chunks in the
+        # room left.
+        for r, _ in running:
             r.row = -1
-            if not r.todo:
-                chunks.append((r, slot, [r.next_token]))
+        generating = [(r, slot) for r, slot in running if not r.todo]
+        for r, slot in generating:
+            chunks.append((r, slot, [r.next_token]))
         budget = self.n_batch - len(chunks)
+        crowded = len(generating) == self.parallel > 1
+        for r, slot, chunk in chunks:
+            if r.drafter is not None and budget > 0:
+                draft = self._draft(r, slot, crowded, budget)
+                chunk.extend(draft)
+                budget -= len(draft)
         for r, slot in running:
             if r.todo and budget > 0:
                 chunk = r.todo[:budget]
@@ -416,6 +439,9 @@ class Engine:
             pos = len(slot.cached)
             every_row = r.prompt_logprobs is not None and bool(r.todo)
             r.prompt_rows = n if every_row else -1
+            # A generating sequence's rows: its next token, then each of its drafts.
+            every_row = every_row or not r.todo
+            first = n
             for j, token in enumerate(chunk):
                 batch.token[n] = token
                 batch.pos[n] = pos + j
@@ -423,10 +449,13 @@ class Engine:
                 batch.seq_id[n][0] = slot.seq_id
                 batch.logits[n] = every_row
                 n += 1
-            if len(chunk) == len(r.todo) or not r.todo:  # its last prompt token, or a new token
+            if not r.todo:
+                r.row = first
+            elif len(chunk) == len(r.todo):  # its last prompt token
                 batch.logits[n - 1] = 1
                 r.row = n - 1
         batch.n_tokens = n
+        self.batch_tokens_max = max(self.batch_tokens_max, n)
         status = llama_cpp.llama_decode(self.ctx, batch)
         self.decode_calls += 1
         if status != 0:
@@ -434,6 +463,9 @@ class Engine:
             return
         now = time.perf_counter()
         for r, slot, chunk in chunks:
+            if not r.todo:
+                self._verify(r, slot, chunk, now, out)
+                continue
             slot.cached.extend(chunk)
             if r.prompt_rows >= 0:
                 self._prompt_logprobs(r, chunk)
@@ -442,6 +474,41 @@ class Engine:
                 self.prompt_tokens_computed += len(chunk)
             if r.row >= 0:
                 self._sample(r, slot, now, out)
+
+    def _draft(self, r: _Running, slot: _Slot, crowded: bool, budget: int) -> list[int]:
+        """This step's draft for a generating sequence, within the batch, its context and max_tokens."""
+        assert r.drafter is not None
+        k = min(r.draft_length.length(crowded), budget)
+        # Room for the next token and the drafts, and one more: a slot must never fill up.
+        k = min(k, self.slot_ctx - len(slot.cached) - 2)
+        if r.choice.params.max_tokens is not None:  # each accepted draft is one more token out
+            k = min(k, r.choice.params.max_tokens - r.generated - 1)
+        draft = r.drafter.draft(k) if k > 0 else []
+        matcher = r.sampler.matcher
+        if draft and matcher is not None:  # it has consumed the next token: drafts come after it
+            draft = draft[: matcher.validate_tokens(draft)]
+        return draft
+
+    def _verify(self, r: _Running, slot: _Slot, chunk: list[int], now: float, out: _Outbox) -> None:
+        """Sample a generating sequence row by row while its drafts agree; drop the rest's cells."""
+        start = len(slot.cached)
+        first = r.row
+        drafted = len(chunk) - 1
+        used = 0
+        for j, token in enumerate(chunk):
+            slot.cached.append(token)
+            used = j + 1
+            r.row = first + j
+            sampled = self._sample(r, slot, now, out)
+            if slot.running is not r or j == drafted or sampled != chunk[j + 1]:
+                break
+        if drafted:
+            accepted = used - 1
+            self.tokens_drafted += drafted
+            self.tokens_draft_accepted += accepted
+            r.draft_length.update(drafted, accepted)
+            if used < len(chunk):  # the rejected drafts' cells (and past a finished sequence)
+                llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, start + used, -1)
 
     def _logits(self, row: int) -> Any:
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, row), (self.n_vocab,))
@@ -454,7 +521,8 @@ class Engine:
         for j, token in enumerate(following):
             r.prompt_logprobs.append(logprobs.at(self._logits(r.prompt_rows + j), token, top))
 
-    def _sample(self, r: _Running, slot: _Slot, now: float, out: _Outbox) -> None:
+    def _sample(self, r: _Running, slot: _Slot, now: float, out: _Outbox) -> int:
+        """Sample the sequence's next token from its row; the sequence may finish (and free its slot)."""
         token = r.sampler.sample(self.ctx, r.row)
         params = r.choice.params
         if r.logprobs is not None and token not in self._eog:
@@ -467,7 +535,7 @@ class Engine:
         r.last_time = now
         if token in self._eog:
             self._finish(slot, "stop", "", out)
-            return
+            return token
         r.generated += 1
         r.job.usage.completion_tokens += 1
         self.tokens_generated += 1
@@ -481,8 +549,11 @@ class Engine:
             self._finish(slot, "length", text, out)
         else:
             r.next_token = token
+            if r.drafter is not None:
+                r.drafter.append(token)
             if text:
                 out.put(r.job, self._delta(r, text))
+        return token
 
     def _delta(self, r: _Running, text: str, reason: str | None = None) -> Delta:
         """The next delta of a choice, with the logprobs gathered since the last one."""
@@ -626,6 +697,7 @@ class Engine:
             todo=list(prompt[reuse:]),
             logprobs=[] if params.logprobs is not None else None,
             prompt_logprobs=[TokenLogprob(prompt[0], None)] if params.prompt_logprobs else None,
+            drafter=Drafter(prompt) if self.speculation and params.speculation else None,
         )
         job._running += 1
 

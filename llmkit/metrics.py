@@ -94,6 +94,15 @@ class _EngineCollector(Collector):
         yield CounterMetricFamily(
             "llmkit_decode_calls", "llama_decode calls (one per step)", e.decode_calls
         )
+        # As llama-server's spec_decode counters: drafts decoded, and those the sampler agreed with.
+        yield CounterMetricFamily(
+            "llmkit_spec_decode_draft_tokens", "N-gram draft tokens decoded", e.tokens_drafted
+        )
+        yield CounterMetricFamily(
+            "llmkit_spec_decode_accepted_tokens",
+            "Draft tokens accepted (equal to what the sampler picked)",
+            e.tokens_draft_accepted,
+        )
 
 
 class RequestCounter:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit.errors import NotEnoughSpace
-from llmkit.sizes import human_size
-
 # llama.cpp's compute buffers and Python's own footprint, beyond weights and KV cache.
-_OVERHEAD_BYTES = 256 * 1024 * 1024
+OVERHEAD_BYTES = 256 * 1024 * 1024
+# Bytes a KV cache value takes, by --kv-type (q8_0: blocks of 32 values in 34 bytes).
+KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32}
 
 
 @dataclass(frozen=True)
@@ -24,13 +23,13 @@ class ModelInfo:
     head_dim_v: int
     chat_template: str | None
 
-    def kv_cache_bytes(self, n_ctx: int, bytes_per_value: int = 2) -> int:
+    def kv_cache_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
         """llama.cpp's KV cache for n_ctx tokens: K and V per layer, f16 by default."""
         per_token = self.n_layer * self.n_head_kv * (self.head_dim_k + self.head_dim_v)
-        return n_ctx * per_token * bytes_per_value
+        return int(n_ctx * per_token * KV_BYTES_PER_VALUE[kv_type])
 
-    def needed_bytes(self, n_ctx: int) -> int:
-        return self.size + self.kv_cache_bytes(n_ctx) + _OVERHEAD_BYTES
+    def needed_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
+        return self.size + self.kv_cache_bytes(n_ctx, kv_type) + OVERHEAD_BYTES
 
 
 def read_model_info(path: Path) -> ModelInfo:
@@ -97,15 +96,3 @@ def available_memory() -> int | None:
             headroom = int(limit) - usage
             available = headroom if available is None else min(available, headroom)
     return available
-
-
-def check_fits(info: ModelInfo, n_ctx: int, parallel: int = 1) -> None:
-    """Refuse clearly, before loading, a model and context the machine cannot hold."""
-    available = available_memory()
-    needed = info.needed_bytes(n_ctx * parallel)
-    if available is not None and needed > available:
-        raise NotEnoughSpace(
-            f"{info.path.name} with a {n_ctx}-token context for each of {parallel} slots needs "
-            f"about {human_size(needed)} of memory but only {human_size(available)} is "
-            "available; try a smaller --ctx, fewer --parallel slots or a smaller model"
-        )

@@ -45,6 +45,8 @@ class _Common(BaseModel):
     min_tokens: int = Field(default=0, ge=0)
     # llama-server's extension, which benchmarks send: generate to max_tokens (or the context).
     ignore_eos: bool = False
+    # llmkit's extension: false turns n-gram speculation off for this request (the text is the same).
+    speculation: bool = True
     presence_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
     mirostat_mode: int = Field(default=0, ge=0, le=2)
@@ -233,6 +235,7 @@ def choices_for(
                 prompt_logprobs=prompt_logprobs,
                 max_tokens=max_tokens,
                 stop=user_stop + prompt.stop,
+                speculation=body.speculation,
             )
             choices.append(
                 Choice(prompt.tokens, params, index=p * body.n + i, counts_prompt=i == 0)

@@ -1,8 +1,8 @@
 """The launch plan of `llmkit serve`: everything decided before the model loads.
 
-Which file (resolved in the catalog, pulled unless offline), how many threads, how long a context,
-which chat format, which API key, and whether it all fits in memory. The server (`server.py`) and
-the benchmark both start from a Plan.
+Which file (resolved in the catalog, pulled unless offline), how many threads, how many slots and
+how long a context (sized to the memory available when not given: `size_slots`), which chat format,
+which API key. The server (`server.py`) and the benchmark both start from a Plan.
 """
 
 from __future__ import annotations
@@ -13,8 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit import settings
-from llmkit.errors import LlmkitError
+from llmkit.errors import LlmkitError, NotEnoughSpace
 from llmkit.settings import ServeSettings
+from llmkit.sizes import human_size
+
+# The shortest context worth serving by default (a chat with a page of history); a model trained on
+# less gets its own.
+USEFUL_CTX = 2048
+# A context chosen by memory is a multiple of this (llama.cpp pads its cache to 256 cells).
+_CTX_STEP = 256
 
 
 @dataclass(frozen=True)
@@ -24,16 +31,112 @@ class Plan:
     name: str
     path: Path
     threads: int
-    n_ctx: int
+    n_ctx: int  # per slot
     chat_format: str | None  # None: the GGUF's own template
     api_key: str | None = None  # from --api-key, or read from --api-key-file
     chat_template: str | None = None  # from --chat-template-file: replaces the model's
+    parallel: int = settings.DEFAULT_PARALLEL
+    kv_type: str = "f16"
+    sizing: str = ""  # why these slots and this context, for the banner and /health
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """Slots and context per slot, and why."""
+
+    parallel: int
+    n_ctx: int
+    reason: str
+
+
+def size_slots(
+    *,
+    fixed_bytes: int,
+    kv_bytes_per_token: float,
+    available: int | None,
+    trained_ctx: int,
+    parallel: int | None = None,
+    ctx: int | None = None,
+    max_parallel: int = settings.DEFAULT_PARALLEL,
+    ctx_cap: int = settings.DEFAULT_CTX_CAP,
+) -> Sizing:
+    """The most slots (up to max_parallel), then the longest context, that fit in `available`.
+
+    `fixed_bytes` is what the model needs whatever the context (weights, compute buffers),
+    `kv_bytes_per_token` its KV cache per token. Given values (`parallel`, `ctx`) are kept or refused
+    (NotEnoughSpace), never changed; `available` None (not known) picks the defaults unchecked.
+    """
+    longest = min(trained_ctx, ctx_cap) if ctx is None else ctx
+    useful = min(USEFUL_CTX, longest) if ctx is None else ctx  # the least each slot must hold
+
+    def needs(slots: int, tokens: int) -> int:
+        return int(fixed_bytes + slots * tokens * kv_bytes_per_token)
+
+    def fits(slots: int, tokens: int) -> bool:
+        return available is None or needs(slots, tokens) <= available
+
+    def longest_fitting(slots: int) -> int:
+        if fits(slots, longest):
+            return longest
+        assert available is not None
+        room = (available - fixed_bytes) / (slots * kv_bytes_per_token)
+        return max(useful, int(room) // _CTX_STEP * _CTX_STEP)
+
+    where = "memory not known" if available is None else f"{human_size(available)} available"
+    if parallel is not None and ctx is not None:
+        if not fits(parallel, ctx):
+            raise _refusal(needs(parallel, ctx), available, f"{parallel} slots of {ctx} tokens")
+        return Sizing(parallel, ctx, f"as asked ({where})")
+    if parallel is None:
+        slots = max_parallel
+        while slots > 1 and not fits(slots, useful):
+            slots -= 1
+    else:
+        slots = parallel
+    if not fits(slots, useful):
+        asked = f"{slots} slot{'s' if slots > 1 else ''} of {useful} tokens"
+        raise _refusal(needs(slots, useful), available, asked)
+    n_ctx = longest_fitting(slots) if ctx is None else ctx
+    why = []
+    if parallel is None:
+        why.append(
+            f"{slots} slots"
+            if slots == max_parallel
+            else f"{slots} of {max_parallel} slots (more would not fit {useful} tokens each)"
+        )
+    if ctx is None:
+        why.append(
+            f"{n_ctx} tokens each"
+            + (
+                f" (the model's context, at most {ctx_cap})"
+                if n_ctx == longest
+                else f" (the longest that fits; the model's is {trained_ctx})"
+            )
+        )
+    cache = human_size(int(slots * n_ctx * kv_bytes_per_token))
+    return Sizing(
+        slots,
+        n_ctx,
+        f"{', '.join(why)}: {human_size(fixed_bytes)} model + {cache} KV cache, {where}",
+    )
+
+
+def _refusal(needed: int, available: int | None, what: str) -> NotEnoughSpace:
+    return NotEnoughSpace(
+        f"{what} need about {human_size(needed)} of memory but only {human_size(available)} is "
+        "available; try a smaller --ctx, fewer --parallel slots, --kv-type q8_0 or a smaller model"
+    )
 
 
 def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
     """Resolve the model (pulling it unless offline), pick context and chat format, check memory."""
     from llmkit.catalog import load_catalog, resolve
-    from llmkit.modelinfo import check_fits, read_model_info
+    from llmkit.modelinfo import (
+        KV_BYTES_PER_VALUE,
+        OVERHEAD_BYTES,
+        available_memory,
+        read_model_info,
+    )
     from llmkit.store import Store
 
     if not config.model:
@@ -61,15 +164,21 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
     pulled = store.ensure(reference, log=log, show_progress=sys.stderr.isatty())
     spec = pulled.spec
     info = read_model_info(pulled.path)
-    if config.ctx is not None:
-        n_ctx = config.ctx
-    else:
-        trained = (
-            (spec.context_length if spec else None)
-            or info.context_length
-            or settings.DEFAULT_CTX_CAP
+    if config.kv_type not in KV_BYTES_PER_VALUE:
+        raise LlmkitError(
+            f"unknown --kv-type {config.kv_type!r}; known: {', '.join(KV_BYTES_PER_VALUE)}"
         )
-        n_ctx = min(trained, settings.DEFAULT_CTX_CAP)
+    trained = (
+        (spec.context_length if spec else None) or info.context_length or settings.DEFAULT_CTX_CAP
+    )
+    sizing = size_slots(
+        fixed_bytes=info.size + OVERHEAD_BYTES,
+        kv_bytes_per_token=info.kv_cache_bytes(1, config.kv_type),
+        available=None if settings.skip_memory_check() else available_memory(),
+        trained_ctx=trained,
+        parallel=config.parallel,
+        ctx=config.ctx,
+    )
     chat_format = (
         None if chat_template else config.chat_format or (spec.chat_format if spec else None)
     )
@@ -80,16 +189,17 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
         )
     if chat_format is not None:
         _check_chat_format(chat_format)
-    if not settings.skip_memory_check():
-        check_fits(info, n_ctx, config.parallel)
     return Plan(
         name=spec.name if spec else pulled.path.stem,
         path=pulled.path,
         threads=config.threads or settings.physical_cores(),
-        n_ctx=n_ctx,
+        n_ctx=sizing.n_ctx,
         chat_format=chat_format,
         api_key=api_key,
         chat_template=chat_template,
+        parallel=sizing.parallel,
+        kv_type=config.kv_type,
+        sizing=sizing.reason,
     )
 
 

@@ -44,6 +44,7 @@ class SamplingParams:
     prompt_logprobs: bool = False  # and the prompt's tokens' (completions with echo)
     max_tokens: int | None = None
     stop: list[str] = field(default_factory=list)
+    speculation: bool = True  # n-gram drafts for this sequence (when the engine speculates)
 
 
 class Sampler:

@@ -85,15 +85,24 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
     metrics = Metrics()
     engine = Engine(
         llama.model,
-        parallel=config.parallel,
+        parallel=prepared.parallel,
         slot_ctx=prepared.n_ctx,
         threads=prepared.threads,
         max_queue=config.max_queue,
+        kv_type=prepared.kv_type,
+        speculation=not config.no_speculation,
         observer=metrics,
     )
     metrics.watch(engine)
     grammar.warm_up(engine.vocab, engine.eog)  # llguidance's tokenizer, before any JSON request
-    api = Api(engine, llama, prepared.name, prepared.api_key, chat_template(llama, prepared))
+    api = Api(
+        engine,
+        llama,
+        prepared.name,
+        prepared.api_key,
+        chat_template(llama, prepared),
+        sizing=prepared.sizing,
+    )
     app.include_router(api.router())
     app.add_api_route(
         "/metrics",
@@ -212,8 +221,10 @@ def banner(config: ServeSettings, prepared: Plan) -> str:
         f"  web chat     {page_url(config) or 'off (--no-ui)'}",
         f"  model file   {prepared.path}",
         f"  threads      {prepared.threads}",
-        f"  context      {prepared.n_ctx} tokens per request",
-        f"  parallel     {config.parallel} slots (batched decoding)",
+        f"  context      {prepared.n_ctx} tokens per request (KV cache {prepared.kv_type})",
+        f"  parallel     {prepared.parallel} slots (batched decoding)",
+        f"  sized        {prepared.sizing}",
+        f"  speculation  {'off' if config.no_speculation else 'n-gram drafts (prompt lookup)'}",
         f"  chat format  {prepared.chat_format or ('from --chat-template-file' if prepared.chat_template else 'from the model (GGUF chat template)')}",
         f"  queue        {config.max_queue} waiting at most; grace {config.grace:g} s on shutdown",
         f"  api key      {'required' if prepared.api_key else 'none'}",

@@ -70,7 +70,8 @@ class ServeSettings:
     ctx: int | None = _setting(
         None,
         "LLMKIT_CTX",
-        f"Context length (default: the model's, at most {DEFAULT_CTX_CAP}).",
+        f"Context length per slot (default: the model's, at most {DEFAULT_CTX_CAP}, "
+        "or the longest that fits in memory).",
         min=16,
     )
     chat_format: str | None = _setting(
@@ -89,13 +90,25 @@ class ServeSettings:
     api_key_file: Path | None = _setting(
         None, "LLMKIT_API_KEY_FILE", "Read the API key from a file."
     )
-    parallel: int = _setting(
-        DEFAULT_PARALLEL,
+    parallel: int | None = _setting(
+        None,
         "LLMKIT_PARALLEL",
-        "Requests decoded together (sequence slots, each with the full context).",
+        f"Requests decoded together (sequence slots, each with the full context; default: "
+        f"the most, up to {DEFAULT_PARALLEL}, that fit in memory).",
         flags=("--parallel", "-np"),
         min=1,
         max=64,
+    )
+    kv_type: str = _setting(
+        "f16",
+        "LLMKIT_KV_TYPE",
+        "KV cache type: f16, or q8_0 (about half the memory; turns on flash attention).",
+    )
+    no_speculation: bool = _setting(
+        False,
+        "LLMKIT_NO_SPECULATION",
+        "No n-gram speculative decoding (drafts copied from the prompt and output).",
+        flags=("--no-speculation",),
     )
     max_queue: int = _setting(
         16, "LLMKIT_MAX_QUEUE", "Requests that may wait; beyond that 503 + Retry-After.", min=0

@@ -323,3 +323,13 @@ def test_with_no_queue_a_free_slot_still_takes_a_request(gemma: llama_cpp.Llama)
         assert generate(e, [Choice(prompt, greedy(4))])[1] == "length"  # free again
     finally:
         e.close()
+
+
+def test_a_q8_0_kv_cache_generates_with_flash_attention(gemma: llama_cpp.Llama) -> None:
+    e = engine(gemma, parallel=1, kv_type="q8_0")
+    try:
+        text, finish, usage = generate(e, [Choice(tokens(gemma, RIVER), greedy(8))])
+        assert e.kv_type == "q8_0" and finish == "length" and usage.completion_tokens == 8
+        assert text.strip()
+    finally:
+        e.close()

@@ -588,3 +588,13 @@ def test_the_tokenizer_extras_round_trip_and_refuse_ids_outside_the_vocabulary(
     status, refused = post_json(base + "/extras/detokenize", {"tokens": [10**9]})
     assert status == 400 and refused["error"]["param"] == "tokens"  # llama.cpp would abort
     assert health(llmkit_server)["status"] == "ok"  # still serving
+
+
+def test_health_shows_the_slots_and_context_chosen_for_the_memory(llmkit_server: Any) -> None:
+    # The session server passes --ctx 4096 but no --parallel: the slots are sized by memory.
+    body = health(llmkit_server)
+    chosen = body["plan"]
+    assert chosen["ctx"] == 4096 and chosen["kv_type"] == "f16"
+    assert chosen["parallel"] == body["slots"]["total"] >= 1
+    assert "slots" in chosen["reason"] and "available" in chosen["reason"]
+    assert f"sized        {chosen['parallel']} " in Path(llmkit_server.llmkit_log).read_text()

@@ -45,7 +45,7 @@ def test_without_flags_or_variables_serve_runs_with_the_declared_defaults() -> N
     assert (ServeSettings().host, ServeSettings().port, ServeSettings().parallel) == (
         "127.0.0.1",
         8000,
-        4,
+        None,  # sized to the memory by the plan
     )
 
 
@@ -78,6 +78,8 @@ def test_the_python_api_keywords_become_flags_that_parse_back_to_the_same_settin
         "api_key": "k3y",
         "api_key_file": Path("/etc/key"),
         "parallel": 3,
+        "kv_type": "q8_0",
+        "no_speculation": True,
         "max_queue": 0,
         "grace": 1.5,
         "drain_seconds": 0.5,

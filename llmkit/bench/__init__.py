@@ -82,7 +82,11 @@ def run(config: BenchConfig, log: Log = nop) -> dict[str, Any]:
     # Pull (or find) the model first, so that the cold starts time the server and not a download.
     prepared = plan(
         ServeSettings(
-            model=config.model, threads=config.threads, ctx=config.ctx, models_dir=config.models_dir
+            model=config.model,
+            threads=config.threads,
+            parallel=config.parallel,
+            ctx=config.ctx,
+            models_dir=config.models_dir,
         ),
         log=log,
     )

@@ -1,0 +1,296 @@
+"""N-gram speculation: the drafter alone, then the engine on the real model (argmax, KV cache, limits)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmkit.speculation import MAX_DRAFT, Drafter, DraftLength
+
+# A copy-heavy prompt: a block of text, then the start of the same block again.
+BLOCK = "\n".join(
+    f"def handler_{i}(request):\n    return respond(request, status={200 + i}, body='item {i}')"
+    for i in range(6)
+)
+COPY = f"Here is a file:\n{BLOCK}\n\nHere is the same file again:\n{BLOCK[:40]}"
+
+
+# The drafter (pure) -------------------------------------------------------------------------
+
+
+def test_a_draft_is_what_followed_the_latest_earlier_occurrence_of_the_last_tokens() -> None:
+    d = Drafter([1, 2, 3, 4, 5, 9, 9, 1, 2, 3])
+    assert d.draft(2) == [4, 5]
+    d.extend([7, 8, 2, 3])  # "2 3" occurred twice before: the latest one wins
+    assert d.draft(3) == [7, 8, 2]
+
+
+def test_the_longest_matching_ngram_is_preferred() -> None:
+    # 2-gram (5, 6) last followed by 0; the 3-gram (4, 5, 6) by 7.
+    d = Drafter([4, 5, 6, 7, 1, 5, 6, 0, 2, 4, 5, 6])
+    assert d.draft(1) == [7]
+
+
+def test_no_earlier_occurrence_gives_no_draft() -> None:
+    assert Drafter([1, 2, 3, 4, 5]).draft(4) == []
+    assert Drafter([]).draft(4) == [] and Drafter([1, 2, 1, 2]).draft(0) == []
+
+
+def test_a_repeating_pattern_is_continued_past_the_end_of_what_is_known() -> None:
+    d = Drafter([5, 1, 2, 1, 2])
+    assert d.draft(5) == [1, 2, 1, 2, 1]
+
+
+def test_draft_length_grows_while_accepted_and_pauses_where_drafts_keep_failing() -> None:
+    length = DraftLength()
+    start = length.length(crowded=False)
+    length.update(start, start)
+    assert length.length(crowded=False) > start
+    for _ in range(10):
+        length.update(length.k, length.k)
+    assert length.length(crowded=False) == MAX_DRAFT
+    for _ in range(DraftLength.MISSES):
+        length.update(length.length(crowded=False), 0)
+    paused = [length.length(crowded=False) for _ in range(8)]
+    assert paused == [0] * 8  # text without repetition stops paying for drafts
+    # Each later pause is longer: failing drafts cost less and less.
+    for _ in range(DraftLength.MISSES):
+        length.update(max(1, length.length(crowded=False)), 0)
+    assert length.pause > 8
+
+
+def test_a_full_batch_drafts_less_and_only_where_drafts_pay() -> None:
+    good, bad = DraftLength(k=8, rate=0.9), DraftLength(k=8, rate=0.2)
+    assert good.length(crowded=True) == 4 and bad.length(crowded=True) == 0
+    assert bad.length(crowded=False) == 8
+
+
+def test_the_benchmarks_copy_heavy_set_has_each_task_and_ordinary_text() -> None:
+    import json
+
+    from llmkit.bench.speculation import load_prompts
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "copy_prompts.json"
+    tasks = {p["task"] for p in json.loads(path.read_text())["copy"]}
+    sets = load_prompts(path)
+    assert tasks == {"repeat", "edit", "quotes"} and len(sets["ordinary"]) >= 1
+    assert all(isinstance(p, str) and len(p) > 200 for p in sets["copy"])
+
+
+# The engine on gemma ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gemma(gemma_gguf: Path) -> Iterator[Any]:
+    import llama_cpp
+
+    llama = llama_cpp.Llama(model_path=str(gemma_gguf), n_ctx=256, verbose=False, logits_all=False)
+    yield llama
+    llama.close()
+
+
+def tokens(llama: Any, text: str) -> list[int]:
+    return llama.tokenize(text.encode(), add_bos=True, special=True)  # type: ignore[no-any-return]
+
+
+def engine(gemma: Any, **options: Any) -> Any:
+    from llmkit.engine import Engine
+
+    settings = {"parallel": 1, "slot_ctx": 1024, "threads": 2, "max_queue": 64, **options}
+    return Engine(gemma.model, **settings)
+
+
+def run(e: Any, prompt: list[int], **params: Any) -> tuple[list[Any], str, str | None]:
+    """One choice: its token logprobs (token ids with their top alternatives), text, finish."""
+    from llmkit.engine import Choice, Delta
+    from llmkit.sampling import SamplingParams
+
+    options = {"temperature": 0, "max_tokens": 64, "logprobs": 2, **params}
+    job = e.submit([Choice(prompt, SamplingParams(**options))])
+    out, text, finish = [], "", None
+    for item in job.events(timeout=120):
+        if isinstance(item, Delta):
+            out += item.logprobs or []
+            text += item.text
+            finish = item.finish_reason or finish
+    return out, text, finish
+
+
+@pytest.mark.slow
+def test_every_accepted_greedy_token_is_the_argmax_and_the_text_equals_plain_decoding(
+    gemma: Any,
+) -> None:
+    prompt = tokens(gemma, COPY)
+    plain, fast = engine(gemma, speculation=False), engine(gemma)
+    try:
+        expected, expected_text, _ = run(plain, prompt)
+        got, got_text, _ = run(fast, prompt)
+        assert fast.tokens_draft_accepted > 10  # it did speculate, and drafts were accepted
+        assert plain.tokens_drafted == 0
+    finally:
+        plain.close()
+        fast.close()
+    for position in got:  # the argmax of the logits row it was verified on
+        assert position.logprob == pytest.approx(position.top[0][1], abs=1e-6)
+    assert_same_greedy(got, expected)
+    if [a.token for a in got] == [b.token for b in expected]:
+        assert got_text == expected_text
+
+
+@pytest.mark.slow
+def test_rejected_drafts_leave_a_consistent_cache_for_a_follow_up_that_reuses_the_prefix(
+    gemma: Any,
+) -> None:
+    import llama_cpp
+
+    # Repeated fragments with different continuations: drafts are made and some are wrong.
+    prompt = tokens(gemma, "The cat sat on the mat. The cat sat on the hat. The cat ran to the")
+    fast, plain = engine(gemma), engine(gemma, speculation=False)
+    try:
+        first, _, _ = run(fast, prompt, max_tokens=48)
+        assert fast.tokens_drafted > fast.tokens_draft_accepted  # some drafts were rejected
+        # The cache holds exactly the slot's tokens: no rejected draft's cell is left behind.
+        slot = fast._slots[0]
+        assert llama_cpp.llama_memory_seq_pos_max(fast.memory, 0) == len(slot.cached) - 1
+        assert slot.cached == prompt + [p.token for p in first][: len(slot.cached) - len(prompt)]
+        follow_up = prompt + [p.token for p in first] + tokens(gemma, " Again:")[1:]
+        cached_before = fast.prompt_tokens_cached
+        again, _, _ = run(fast, follow_up, max_tokens=24, speculation=False)
+        assert fast.prompt_tokens_cached - cached_before >= len(prompt)  # it reused the slot
+        fresh, _, _ = run(plain, follow_up, max_tokens=24)
+    finally:
+        fast.close()
+        plain.close()
+    assert_same_greedy(again, fresh)
+
+
+def assert_same_greedy(got: list[Any], expected: list[Any]) -> None:
+    """The same tokens, but where a near tie (a different batch shape's rounding) went the other way."""
+    for i, (a, b) in enumerate(zip(got, expected, strict=False)):
+        if a.token != b.token:
+            gap = b.top[0][1] - b.top[1][1]
+            assert gap < 0.05, f"differs at token {i} with a logit gap of {gap}"
+            return
+    assert len(got) == len(expected)
+
+
+@pytest.mark.slow
+def test_drafts_never_push_a_step_past_n_batch_or_a_slot_past_its_context(gemma: Any) -> None:
+    import llama_cpp
+
+    prompt = tokens(gemma, COPY)
+    slot_ctx = len(prompt) + 40
+    e = engine(gemma, parallel=2, n_batch=8, slot_ctx=slot_ctx)
+    try:
+        from llmkit.engine import Choice
+        from llmkit.sampling import SamplingParams
+
+        params = SamplingParams(temperature=0, max_tokens=None, min_tokens=10**9)
+        jobs = [e.submit([Choice(prompt, params)]) for _ in range(2)]
+        finishes = []
+        for job in jobs:
+            finishes += [i.finish_reason for i in job.events(timeout=120) if hasattr(i, "index")]
+            # As without drafts: the last token is never decoded, the cache holds slot_ctx - 1.
+            assert job.usage.prompt_tokens + job.usage.completion_tokens <= slot_ctx
+        assert finishes.count("length") == 2
+        assert e.tokens_drafted > 0 and e.batch_tokens_max <= 8
+        for seq in (0, 1):
+            assert llama_cpp.llama_memory_seq_pos_max(e.memory, seq) < slot_ctx
+    finally:
+        e.close()
+
+
+@pytest.mark.slow
+def test_grammar_constrained_output_speculates_only_with_drafts_the_grammar_accepts(
+    gemma: Any,
+) -> None:
+    import json
+
+    from llmkit.grammar import schema_grammar
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 40}},
+        "required": ["name"],
+        "additionalProperties": False,
+    }
+    prompt = tokens(gemma, 'Say {"name": "Alice"} again. {"name": "Alice"} {"name": "Alice"}\n')
+    plain, fast = engine(gemma, speculation=False), engine(gemma)
+    try:
+        grammar = schema_grammar(schema)
+        _, expected, _ = run(plain, prompt, grammar=grammar, max_tokens=40)
+        _, got, _ = run(fast, prompt, grammar=grammar, max_tokens=40)
+        assert fast.tokens_draft_accepted > 0  # it did speculate under the grammar
+    finally:
+        plain.close()
+        fast.close()
+    assert json.loads(got) == json.loads(expected) and set(json.loads(got)) == {"name"}
+
+
+@pytest.mark.slow
+def test_sampling_at_a_temperature_keeps_its_distribution_with_speculation(gemma: Any) -> None:
+    prompt = tokens(gemma, COPY)
+    plain, fast = engine(gemma, speculation=False), engine(gemma)
+    counts: dict[bool, Counter[tuple[int, ...]]] = {False: Counter(), True: Counter()}
+    try:
+        for seed in range(60):
+            for e, on in ((plain, False), (fast, True)):
+                got, _, _ = run(e, prompt, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
+                                seed=seed, max_tokens=4, logprobs=0)  # fmt: skip
+                counts[on][tuple(p.token for p in got[1:4])] += 1  # the first is never drafted
+        assert fast.tokens_draft_accepted > 0  # drafts were verified by sampling
+    finally:
+        plain.close()
+        fast.close()
+    statistic, df = _chi_square(counts[False], counts[True])
+    assert statistic < _chi_square_critical(df), (statistic, df, counts)
+
+
+def _chi_square(a: Counter[Any], b: Counter[Any]) -> tuple[float, int]:
+    """Two-sample chi-square over the categories, the rare ones (< 5 expected) pooled."""
+    total_a, total_b = sum(a.values()), sum(b.values())
+    common, rare_a, rare_b = [], 0, 0
+    for key in set(a) | set(b):
+        if a[key] + b[key] >= 10:
+            common.append((a[key], b[key]))
+        else:
+            rare_a, rare_b = rare_a + a[key], rare_b + b[key]
+    if rare_a + rare_b:
+        common.append((rare_a, rare_b))
+    statistic = 0.0
+    for x, y in common:
+        n = x + y
+        for observed, total in ((x, total_a), (y, total_b)):
+            expected = n * total / (total_a + total_b)
+            statistic += (observed - expected) ** 2 / expected
+    return statistic, max(1, len(common) - 1)
+
+
+def _chi_square_critical(df: int, z: float = 3.09) -> float:
+    """The p = 0.001 critical value (Wilson-Hilferty)."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+@pytest.mark.slow
+def test_metrics_count_drafted_and_accepted_tokens_and_a_request_can_turn_drafts_off(
+    llmkit_server: Any,
+) -> None:
+    from tests.helpers import scrape
+
+    drafted = "llmkit_spec_decode_draft_tokens_total"
+    accepted = "llmkit_spec_decode_accepted_tokens_total"
+    body = {"model": "m", "prompt": COPY, "max_tokens": 48, "temperature": 0}
+    before = scrape(llmkit_server)
+    plain = llmkit_server.completions.create(**body, extra_body={"speculation": False})
+    between = scrape(llmkit_server)
+    fast = llmkit_server.completions.create(**body)
+    after = scrape(llmkit_server)
+    assert between[drafted] == before[drafted]  # speculation: false drafts nothing
+    assert after[drafted] > between[drafted] and after[accepted] > between[accepted]
+    assert after[accepted] <= after[drafted]
+    assert fast.choices[0].text[:40] == plain.choices[0].text[:40]
