@@ -23,6 +23,7 @@ class ModelInfo:
     head_dim_k: int
     head_dim_v: int
     chat_template: str | None
+    n_vocab: int = 0
 
     def kv_cache_bytes(self, n_ctx: int, bytes_per_value: int = 2) -> int:
         """llama.cpp's KV cache for n_ctx tokens: K and V per layer, f16 by default."""
@@ -31,6 +32,13 @@ class ModelInfo:
 
     def needed_bytes(self, n_ctx: int) -> int:
         return self.size + self.kv_cache_bytes(n_ctx) + _OVERHEAD_BYTES
+
+    def embedding_bytes(self, n_ctx: int, separate: bool) -> int:
+        """The embedding context of this model (with its weights when not the served model's)."""
+        from llmkit.embeddings import embedding_context_bytes
+
+        own = self.kv_cache_bytes(n_ctx) + embedding_context_bytes(self.n_vocab)
+        return own + (self.size if separate else 0)
 
 
 def read_model_info(path: Path) -> ModelInfo:
@@ -47,6 +55,7 @@ def read_model_info(path: Path) -> ModelInfo:
 
         raise UnknownModel(f"{path} is not a GGUF model llama.cpp can load ({exc})") from None
     meta = model.metadata()
+    n_vocab = model.n_vocab()
     model.close()
     arch = meta.get("general.architecture", "llama")
 
@@ -69,6 +78,7 @@ def read_model_info(path: Path) -> ModelInfo:
         head_dim_k=num("attention.key_length", head_dim),
         head_dim_v=num("attention.value_length", head_dim),
         chat_template=meta.get("tokenizer.chat_template"),
+        n_vocab=n_vocab,
     )
 
 
@@ -99,13 +109,16 @@ def available_memory() -> int | None:
     return available
 
 
-def check_fits(info: ModelInfo, n_ctx: int, parallel: int = 1) -> None:
-    """Refuse clearly, before loading, a model and context the machine cannot hold."""
+def check_fits(info: ModelInfo, n_ctx: int, parallel: int = 1, embedding: int = 0) -> None:
+    """Refuse clearly, before loading, a model and context the machine cannot hold.
+
+    `embedding`: the bytes the embedding context (and its model, if another) will take."""
     available = available_memory()
-    needed = info.needed_bytes(n_ctx * parallel)
+    needed = info.needed_bytes(n_ctx * parallel) + embedding
     if available is not None and needed > available:
         raise NotEnoughSpace(
-            f"{info.path.name} with a {n_ctx}-token context for each of {parallel} slots needs "
-            f"about {human_size(needed)} of memory but only {human_size(available)} is "
+            f"{info.path.name} with a {n_ctx}-token context for each of {parallel} slots "
+            f"{'(and the embedding context) ' if embedding else ''}needs about "
+            f"{human_size(needed)} of memory but only {human_size(available)} is "
             "available; try a smaller --ctx, fewer --parallel slots or a smaller model"
         )

@@ -27,6 +27,8 @@ class Plan:
     n_ctx: int
     chat_format: str | None  # None: the GGUF's own template
     api_key: str | None = None  # from --api-key, or read from --api-key-file
+    embedding_path: Path | None = None  # --embedding-model's file; None: the served model embeds
+    embedding_ctx: int = 0  # the longest input /v1/embeddings takes; 0: n_ctx
 
 
 def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
@@ -69,8 +71,23 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
         )
     if chat_format is not None:
         _check_chat_format(chat_format)
+    embedding_path, embedding_info, embedding_ctx = None, info, n_ctx
+    if config.embedding_model:
+        embedding = store.ensure(
+            resolve(config.embedding_model, load_catalog()),
+            log=log,
+            show_progress=sys.stderr.isatty(),
+        )
+        embedding_path, embedding_info = embedding.path, read_model_info(embedding.path)
+        trained = (
+            (embedding.spec.context_length if embedding.spec else None)
+            or embedding_info.context_length
+            or settings.DEFAULT_CTX_CAP
+        )
+        embedding_ctx = min(trained, config.ctx or settings.DEFAULT_CTX_CAP)
     if not settings.skip_memory_check():
-        check_fits(info, n_ctx, config.parallel)
+        extra = embedding_info.embedding_bytes(embedding_ctx, separate=embedding_path is not None)
+        check_fits(info, n_ctx, config.parallel, embedding=extra)
     return Plan(
         name=spec.name if spec else pulled.path.stem,
         path=pulled.path,
@@ -78,6 +95,8 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
         n_ctx=n_ctx,
         chat_format=chat_format,
         api_key=api_key,
+        embedding_path=embedding_path,
+        embedding_ctx=embedding_ctx,
     )
 
 

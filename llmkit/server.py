@@ -47,6 +47,7 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
 
     from llmkit import grammar
     from llmkit.api import Api, Unauthorized, openai_error
+    from llmkit.embeddings import Embedder
     from llmkit.engine import Engine
     from llmkit.errors import BadRequest
     from llmkit.metrics import Metrics, RequestCounter
@@ -91,9 +92,16 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
         max_queue=config.max_queue,
         observer=metrics,
     )
-    metrics.watch(engine)
     grammar.warm_up(engine.vocab, engine.eog)  # llguidance's tokenizer, before any JSON request
-    api = Api(engine, llama, prepared.name, prepared.api_key)
+    # Its context (and --embedding-model's weights) only once a request asks for embeddings.
+    embedder = Embedder(
+        prepared.embedding_path or llama.model,
+        n_ctx=prepared.embedding_ctx or prepared.n_ctx,
+        threads=prepared.threads,
+        max_queue=config.max_queue,
+    )
+    metrics.watch(engine, embedder)
+    api = Api(engine, llama, prepared.name, prepared.api_key, embedder)
     app.include_router(api.router())
     app.add_api_route(
         "/metrics",
@@ -186,6 +194,8 @@ def banner(config: ServeSettings, prepared: Plan) -> str:
         f"  threads      {prepared.threads}",
         f"  context      {prepared.n_ctx} tokens per request",
         f"  parallel     {config.parallel} slots (batched decoding)",
+        f"  embeddings   {prepared.embedding_path or 'the served model'}"
+        f", inputs of {prepared.embedding_ctx or prepared.n_ctx} tokens at most",
         f"  chat format  {prepared.chat_format or 'from the model (GGUF chat template)'}",
         f"  queue        {config.max_queue} waiting at most; grace {config.grace:g} s on shutdown",
         f"  api key      {'required' if prepared.api_key else 'none'}",
@@ -298,6 +308,8 @@ def run(config: ServeSettings) -> None:
         server.run()
     finally:
         engine.close(timeout=5.0)
+        if api.embedder is not None:
+            api.embedder.close()
     if not server.started:
         raise LlmkitError(f"could not listen on {config.host}:{config.port} (is the port in use?)")
     print("stopped", flush=True)

@@ -74,6 +74,7 @@ def test_the_python_api_keywords_become_flags_that_parse_back_to_the_same_settin
         "threads": 2,
         "ctx": 2048,
         "chat_format": "gemma",
+        "embedding_model": "nomic-embed.gguf",
         "api_key": "k3y",
         "api_key_file": Path("/etc/key"),
         "parallel": 3,
