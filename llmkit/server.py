@@ -93,11 +93,12 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
         observer=metrics,
     )
     grammar.warm_up(engine.vocab, engine.eog)  # llguidance's tokenizer, before any JSON request
-    # Its context (and --embedding-model's weights) only once a request asks for embeddings.
+    # Its context (and --embedding-model's weights) only once a request asks for embeddings;
+    # half the threads, so that generation keeps cores of its own while vectors are computed.
     embedder = Embedder(
         prepared.embedding_path or llama.model,
         n_ctx=prepared.embedding_ctx or prepared.n_ctx,
-        threads=prepared.threads,
+        threads=max(1, prepared.threads // 2),
         max_queue=config.max_queue,
     )
     metrics.watch(engine, embedder)
