@@ -20,6 +20,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from llama_cpp.server.types import DetokenizeInputRequest, TokenizeInputRequest
 from starlette.concurrency import run_in_threadpool
 
+from llmkit import embeddings as embedding
+from llmkit.embeddings import Embedder
 from llmkit.engine import (
     CacheFull,
     Delta,
@@ -33,7 +35,13 @@ from llmkit.engine import (
 )
 from llmkit.errors import BadRequest
 from llmkit.logprobs import TokenLogprob
-from llmkit.params import ChatRequest, CompletionRequest, choices_for, tools_of
+from llmkit.params import (
+    ChatRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    choices_for,
+    tools_of,
+)
 from llmkit.tools.family import Family
 from llmkit.tools.parse import CallParser, Event, parse
 from llmkit.tools.render import ChatTemplate, tool_family
@@ -358,10 +366,12 @@ class Api:
         api_key: str | None,
         template: ChatTemplate | None = None,
         sizing: str = "",
+        embedder: Embedder | None = None,
     ) -> None:
         self.engine = engine
         self.template = template or ChatTemplate(None)
         self.sizing = sizing  # why these slots and this context (the plan's words)
+        self.embedder = embedder
         self.llama = llama
         self.model_name = model_name
         self.api_key = api_key
@@ -481,10 +491,34 @@ class Api:
     async def completions(self, request: Request, body: CompletionRequest) -> Any:
         return await self._generate(request, body, "text_completion")
 
-    async def embeddings(self, request: Request) -> Any:
-        raise BadRequest(
-            "this server does not compute embeddings: its model is loaded for generation",
-            param="model",
+    async def embeddings(self, body: EmbeddingRequest) -> Any:
+        inputs = body.inputs()
+        if self.embedder is None:
+            raise BadRequest("this server computes no embeddings", param="model")
+        try:
+            future = self.embedder.submit(inputs, body.dimensions)
+        except embedding.QueueFull as exc:
+            return _busy(f"server busy: {exc}; retry shortly", "queue_full")
+        except embedding.ShuttingDown as exc:
+            return _busy(str(exc), "shutting_down")
+        # On the embedder's own thread: the event loop, and the engine's streams, go on.
+        result = await asyncio.wrap_future(future)
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": embedding.encoded(vector, body.encoding_format),
+            }
+            for i, vector in enumerate(result.vectors)
+        ]
+        tokens = result.prompt_tokens
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.model or self.model_name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
         )
 
     async def _generate(

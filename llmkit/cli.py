@@ -79,6 +79,10 @@ def service_install(
     ] = None,
     host: Annotated[str, _option("host", envvar=None)] = ServeSettings.host,
     port: Annotated[int, _option("port", envvar=None, min=1)] = ServeSettings.port,
+    embedding_model: Annotated[
+        str | None,
+        _option("embedding_model", envvar=None, help="A GGUF for /v1/embeddings (pulled now)."),
+    ] = None,
     api_key_file: Annotated[
         Path | None,
         typer.Option(
@@ -93,7 +97,7 @@ def service_install(
     """Pull the model, write a hardened unit and its env file, enable and start the service."""
     from llmkit import service
 
-    spec, where = service.plan(model, host, port, api_key_file, user)
+    spec, where = service.plan(model, host, port, api_key_file, user, embedding_model)
     if dry_run:
         for warning in service.warnings(spec, where):
             _note(warning)

@@ -20,6 +20,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from llmkit.embeddings import Embedder
 from llmkit.engine import Engine
 
 _ENDPOINTS = {
@@ -64,16 +65,17 @@ class Metrics:
     def next_token(self, seconds: float) -> None:
         self.token_latency.observe(seconds)
 
-    def watch(self, engine: Engine) -> None:
-        self.registry.register(_EngineCollector(engine))
+    def watch(self, engine: Engine, embedder: Embedder | None = None) -> None:
+        self.registry.register(_EngineCollector(engine, embedder))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
 class _EngineCollector(Collector):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, embedder: Embedder | None) -> None:
         self.engine = engine
+        self.embedder = embedder
 
     def collect(self) -> Iterator[Metric]:
         e = self.engine
@@ -103,6 +105,10 @@ class _EngineCollector(Collector):
             "Draft tokens accepted (equal to what the sampler picked)",
             e.tokens_draft_accepted,
         )
+        if self.embedder is not None:
+            yield CounterMetricFamily(
+                "llmkit_embedding_tokens", "Input tokens embedded", self.embedder.tokens
+            )
 
 
 class RequestCounter:

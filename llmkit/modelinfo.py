@@ -22,6 +22,7 @@ class ModelInfo:
     head_dim_k: int
     head_dim_v: int
     chat_template: str | None
+    n_vocab: int = 0
 
     def kv_cache_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
         """llama.cpp's KV cache for n_ctx tokens: K and V per layer, f16 by default."""
@@ -30,6 +31,13 @@ class ModelInfo:
 
     def needed_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
         return self.size + self.kv_cache_bytes(n_ctx, kv_type) + OVERHEAD_BYTES
+
+    def embedding_bytes(self, n_ctx: int, separate: bool) -> int:
+        """The embedding context of this model (with its weights when not the served model's)."""
+        from llmkit.embeddings import embedding_context_bytes
+
+        own = self.kv_cache_bytes(n_ctx) + embedding_context_bytes(self.n_vocab)
+        return own + (self.size if separate else 0)
 
 
 def read_model_info(path: Path) -> ModelInfo:
@@ -46,6 +54,7 @@ def read_model_info(path: Path) -> ModelInfo:
 
         raise UnknownModel(f"{path} is not a GGUF model llama.cpp can load ({exc})") from None
     meta = model.metadata()
+    n_vocab = model.n_vocab()
     model.close()
     arch = meta.get("general.architecture", "llama")
 
@@ -68,6 +77,7 @@ def read_model_info(path: Path) -> ModelInfo:
         head_dim_k=num("attention.key_length", head_dim),
         head_dim_v=num("attention.value_length", head_dim),
         chat_template=meta.get("tokenizer.chat_template"),
+        n_vocab=n_vocab,
     )
 
 

@@ -6,12 +6,13 @@ Whatever the engine cannot honour is a 400 that says so, never silently ignored.
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import llama_cpp
 from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from llmkit.embeddings import MAX_INPUTS
 from llmkit.engine import Choice
 from llmkit.errors import BadRequest
 from llmkit.grammar import grammar_for
@@ -76,6 +77,65 @@ def tools_of(body: ChatRequest) -> ToolRequest | None:
 
 class CompletionRequest(_Common, CreateCompletionRequest):  # type: ignore[misc]
     prompt: str | list[str] | list[int] | list[list[int]] = ""  # type: ignore[assignment]
+
+
+class EmbeddingRequest(BaseModel):
+    """The body of POST /v1/embeddings; a field the route does not know is refused by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    # A list of token ids is one input (as OpenAI reads it), a list of lists several; checked
+    # in inputs(), so that a wrong one is a 400 naming "input".
+    input: Annotated[
+        Any,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "string"}},
+                    {"type": "array", "items": {"type": "integer"}},
+                    {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+                ]
+            }
+        ),
+    ]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None  # OpenAI's end-user id: accepted, changes nothing
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The inputs as a list of texts or of token-id lists; a malformed or empty one refused."""
+        raw = self.input
+        if isinstance(raw, str):
+            return [raw]
+        if not isinstance(raw, list):
+            raise BadRequest(
+                "input must be a string, a list of strings, a list of token ids or a list of "
+                "lists of token ids",
+                param="input",
+            )
+        if not raw:
+            raise BadRequest("input is an empty list: give at least one input", param="input")
+        if _token_ids(raw):
+            return [list(raw)]
+        if len(raw) > MAX_INPUTS:
+            raise BadRequest(f"input takes at most {MAX_INPUTS} items", param="input")
+        if all(isinstance(item, str) for item in raw):
+            return list(raw)
+        if all(_token_ids(item) for item in raw):
+            return [list(item) for item in raw]
+        raise BadRequest(
+            "input must be a string, a list of strings, a list of token ids or a list of lists "
+            "of token ids",
+            param="input",
+        )
+
+
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value
+    )
 
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}

@@ -38,6 +38,8 @@ class Plan:
     parallel: int = settings.DEFAULT_PARALLEL
     kv_type: str = "f16"
     sizing: str = ""  # why these slots and this context, for the banner and /health
+    embedding_path: Path | None = None  # --embedding-model's file; None: the served model embeds
+    embedding_ctx: int = 0  # the longest input /v1/embeddings takes; 0: n_ctx
 
 
 @dataclass(frozen=True)
@@ -171,8 +173,27 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
     trained = (
         (spec.context_length if spec else None) or info.context_length or settings.DEFAULT_CTX_CAP
     )
+    embedding_path, embedding_info, embedding_trained = None, info, trained
+    if config.embedding_model:
+        embedding = store.ensure(
+            resolve(config.embedding_model, load_catalog()),
+            log=log,
+            show_progress=sys.stderr.isatty(),
+        )
+        embedding_path, embedding_info = embedding.path, read_model_info(embedding.path)
+        embedding_trained = (
+            (embedding.spec.context_length if embedding.spec else None)
+            or embedding_info.context_length
+            or settings.DEFAULT_CTX_CAP
+        )
+    # The embedding context is made on the first embedding request: room is kept for it (at its
+    # longest input) from the start, so that asking for vectors later cannot run out of memory.
+    embedding_ctx = min(embedding_trained, config.ctx or settings.DEFAULT_CTX_CAP)
+    embedding_bytes = embedding_info.embedding_bytes(
+        embedding_ctx, separate=embedding_path is not None
+    )
     sizing = size_slots(
-        fixed_bytes=info.size + OVERHEAD_BYTES,
+        fixed_bytes=info.size + OVERHEAD_BYTES + embedding_bytes,
         kv_bytes_per_token=info.kv_cache_bytes(1, config.kv_type),
         available=None if settings.skip_memory_check() else available_memory(),
         trained_ctx=trained,
@@ -200,6 +221,8 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
         parallel=sizing.parallel,
         kv_type=config.kv_type,
         sizing=sizing.reason,
+        embedding_path=embedding_path,
+        embedding_ctx=embedding_ctx if embedding_path else sizing.n_ctx,
     )
 
 

@@ -47,6 +47,7 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
 
     from llmkit import grammar
     from llmkit.api import Api, Unauthorized, openai_error
+    from llmkit.embeddings import Embedder
     from llmkit.engine import Engine
     from llmkit.errors import BadRequest
     from llmkit.metrics import Metrics, RequestCounter
@@ -93,8 +94,16 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
         speculation=not config.no_speculation,
         observer=metrics,
     )
-    metrics.watch(engine)
     grammar.warm_up(engine.vocab, engine.eog)  # llguidance's tokenizer, before any JSON request
+    # Its context (and --embedding-model's weights) only once a request asks for embeddings;
+    # half the threads, so that generation keeps cores of its own while vectors are computed.
+    embedder = Embedder(
+        prepared.embedding_path or llama.model,
+        n_ctx=prepared.embedding_ctx or prepared.n_ctx,
+        threads=max(1, prepared.threads // 2),
+        max_queue=config.max_queue,
+    )
+    metrics.watch(engine, embedder)
     api = Api(
         engine,
         llama,
@@ -102,6 +111,7 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
         prepared.api_key,
         chat_template(llama, prepared),
         sizing=prepared.sizing,
+        embedder=embedder,
     )
     app.include_router(api.router())
     app.add_api_route(
@@ -225,6 +235,8 @@ def banner(config: ServeSettings, prepared: Plan) -> str:
         f"  parallel     {prepared.parallel} slots (batched decoding)",
         f"  sized        {prepared.sizing}",
         f"  speculation  {'off' if config.no_speculation else 'n-gram drafts (prompt lookup)'}",
+        f"  embeddings   {prepared.embedding_path or 'the served model'}"
+        f", inputs of {prepared.embedding_ctx or prepared.n_ctx} tokens at most",
         f"  chat format  {prepared.chat_format or ('from --chat-template-file' if prepared.chat_template else 'from the model (GGUF chat template)')}",
         f"  queue        {config.max_queue} waiting at most; grace {config.grace:g} s on shutdown",
         f"  api key      {'required' if prepared.api_key else 'none'}",
@@ -362,6 +374,8 @@ def run(config: ServeSettings) -> None:
         server.run()
     finally:
         engine.close(timeout=5.0)
+        if api.embedder is not None:
+            api.embedder.close()
     if not server.started:
         raise LlmkitError(f"could not listen on {config.host}:{config.port} (is the port in use?)")
     print("stopped", flush=True)

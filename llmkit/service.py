@@ -390,7 +390,12 @@ class Installed:
 
 
 def plan(
-    model: str | None, host: str, port: int, api_key_file: Path | None, user: bool
+    model: str | None,
+    host: str,
+    port: int,
+    api_key_file: Path | None,
+    user: bool,
+    embedding_model: str | None = None,
 ) -> tuple[Service, Layout]:
     """The service and where it goes, from install's options; reads the key file, writes nothing."""
     if not model:
@@ -398,7 +403,9 @@ def plan(
     api_key = None
     if api_key_file is not None:
         api_key = settings.read_api_key_file(api_key_file)
-    serve = ServeSettings(model=model, host=host, port=port, api_key=api_key)
+    serve = ServeSettings(
+        model=model, host=host, port=port, api_key=api_key, embedding_model=embedding_model
+    )
     return Service(llmkit_command(), serve), layout(user)
 
 
@@ -436,6 +443,8 @@ def install(service: Service, where: Layout, log: Log, show_progress: bool = Fal
     for warning in warnings(service, where):
         log(warning)
     pulled = _pull(service.model, where, log, show_progress)
+    if service.serve.embedding_model:  # the service runs offline: its files must be there
+        _pull(service.serve.embedding_model, where, log, show_progress)
     if not where.user:
         _hand_over(where.models_dir)
     _write(where.env_file, render_env(service), _env_mode(service))

@@ -62,6 +62,12 @@ class ServeSettings:
         "Catalog name, OWNER/REPO/FILE.gguf, OWNER/REPO:QUANT or a .gguf path.",
         flags=("--model", "-m"),
     )
+    embedding_model: str | None = _setting(
+        None,
+        "LLMKIT_EMBEDDING_MODEL",
+        "The GGUF /v1/embeddings uses, named as --model is (default: the served model).",
+        metavar="REF",
+    )
     host: str = _setting("127.0.0.1", "LLMKIT_HOST", "Address to listen on.")
     port: int = _setting(8000, "LLMKIT_PORT", "Port to listen on.", min=0, max=65535)
     threads: int | None = _setting(

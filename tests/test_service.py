@@ -327,6 +327,25 @@ def test_install_dry_run_prints_the_unit_and_env_file_and_changes_nothing(
     assert "the-secret-key" not in result.stdout  # the key is masked on the screen
 
 
+def test_install_passes_the_embedding_model_to_the_service(
+    tmp_path: Path, sandbox: dict[str, str], llmkit_cli: LlmkitCli
+) -> None:
+    result = llmkit_cli(
+        "service",
+        "install",
+        "--model",
+        "gemma-3-270m",
+        "--embedding-model",
+        "gemma-3-270m",
+        "--dry-run",
+        env=sandbox,
+    )
+    assert result.exit_code == 0, result.stderr
+    env_file = result.stdout.partition(f"# ---- {tmp_path}/root/etc/llmkit/llmkit.env")[2]
+    values = env_file_values(env_file.partition("\n")[2])
+    assert values["LLMKIT_EMBEDDING_MODEL"] == "gemma-3-270m"
+
+
 def test_install_without_systemd_writes_only_the_files_it_names_and_prints_the_commands(
     tmp_path: Path, sandbox: dict[str, str], llmkit_cli: LlmkitCli
 ) -> None:

@@ -75,6 +75,7 @@ def test_the_python_api_keywords_become_flags_that_parse_back_to_the_same_settin
         "ctx": 2048,
         "chat_format": "gemma",
         "chat_template_file": Path("/etc/llmkit/template.jinja"),
+        "embedding_model": "nomic-embed.gguf",
         "api_key": "k3y",
         "api_key_file": Path("/etc/key"),
         "parallel": 3,
