@@ -51,7 +51,6 @@ def service_config(lb: balancer.Balancer) -> balancer.Balancer:
 def render_unit(lb: balancer.Balancer, config: Path, haproxy: str) -> str:
     """The llmkit-lb.service unit running HAProxy on `config`."""
     cfg = str(config).replace("%", "%%")
-    privileged = lb.port < 1024
     lines = [
         "[Unit]",
         f"Description=llmkit lb: HAProxy in front of {len(lb.replicas)} llmkit serve replica(s)",
@@ -84,14 +83,7 @@ def render_unit(lb: balancer.Balancer, config: Path, haproxy: str) -> str:
         "RuntimeDirectoryMode=0700",
         "UMask=0077",
     ]
-    if privileged:
-        lines += [
-            f"# Port {lb.port} is below 1024: binding it needs this one capability.",
-            "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
-            "AmbientCapabilities=CAP_NET_BIND_SERVICE",
-        ]
-    else:
-        lines += ["CapabilityBoundingSet=", "AmbientCapabilities=", "PrivateUsers=yes"]
+    lines += service.port_capabilities(lb.port)
     lines += [
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",

@@ -206,9 +206,20 @@ def _restart_delay(systemd_version: int) -> list[str]:
     return ["RestartSec=5s"]
 
 
+def port_capabilities(port: int) -> list[str]:
+    """No capabilities at all, but the one that binds a port below 1024 when the unit needs it."""
+    if port < 1024:
+        return [
+            f"# Port {port} is below 1024: binding it needs this one capability, which",
+            "# a user namespace would not carry to the host's network, so PrivateUsers= is off.",
+            "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        ]
+    return ["CapabilityBoundingSet=", "AmbientCapabilities=", "PrivateUsers=yes"]
+
+
 def _system_hardening(service: Service) -> list[str]:
     host, port = service.serve.host, service.serve.port
-    privileged_port = port < 1024
     lines = [
         "# ---- Hardening: `systemd-analyze security llmkit` rates this unit 2.0 or lower. ----",
         "# What the server needs it keeps: binding a TCP port, reading (mmap) the model file,",
@@ -219,15 +230,7 @@ def _system_hardening(service: Service) -> list[str]:
         "StateDirectory=llmkit",
         "UMask=0077",
     ]
-    if privileged_port:
-        lines += [
-            f"# Port {port} is below 1024: binding it needs this one capability, which",
-            "# a user namespace would not carry to the host's network, so PrivateUsers= is off.",
-            "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
-            "AmbientCapabilities=CAP_NET_BIND_SERVICE",
-        ]
-    else:
-        lines += ["CapabilityBoundingSet=", "AmbientCapabilities=", "PrivateUsers=yes"]
+    lines += port_capabilities(port)
     lines += [
         "NoNewPrivileges=yes",
         "# The file system: everything read-only, no home directories, private /tmp and /dev.",
