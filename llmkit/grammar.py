@@ -101,20 +101,30 @@ def _validated(compiled: str, param: str) -> str:
     return compiled
 
 
-_tokenizers: dict[int, llguidance.LLTokenizer] = {}
+# By the vocabulary's address, with what identifies its contents: a model freed and another loaded
+# at the same address (tests, the bench) must not get the first one's tokenizer, which also keeps
+# the address to tokenize with.
+_tokenizers: dict[int, tuple[tuple[object, ...], llguidance.LLTokenizer]] = {}
 _lock = threading.Lock()
+
+
+def _fingerprint(vocab: llama_cpp.llama_vocab_p, eog: list[int]) -> tuple[object, ...]:
+    n = llama_cpp.llama_vocab_n_tokens(vocab)
+    probes = sorted({0, 1, n // 3, n // 2, n - 1} & set(range(n)))
+    return (n, tuple(eog), tuple(llama_cpp.llama_vocab_get_text(vocab, t) for t in probes))
 
 
 def tokenizer(vocab: llama_cpp.llama_vocab_p, eog: list[int]) -> llguidance.LLTokenizer:
     """llguidance's view of this model's vocabulary, built once (callers wait for the first)."""
-    key = int(vocab or 0)
+    key, fingerprint = int(vocab or 0), _fingerprint(vocab, eog)
     with _lock:
-        found = _tokenizers.get(key)
-        if found is None:
-            with warnings.catch_warnings():  # its bridge calls a deprecated alias per token
-                warnings.simplefilter("ignore", DeprecationWarning)
-                found = llguidance.llamacpp.lltokenizer_from_vocab(vocab, eos_token=eog)
-            _tokenizers[key] = found
+        cached = _tokenizers.get(key)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        with warnings.catch_warnings():  # its bridge calls a deprecated alias per token
+            warnings.simplefilter("ignore", DeprecationWarning)
+            found = llguidance.llamacpp.lltokenizer_from_vocab(vocab, eos_token=eog)
+        _tokenizers[key] = (fingerprint, found)
         return found
 
 

