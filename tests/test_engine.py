@@ -273,7 +273,9 @@ def test_building_a_big_grammar_does_not_block_submit_or_health(gemma: llama_cpp
     gbnf = "root ::= [^\\x00]* | " + " | ".join(f'"w{i}x"' for i in range(40_000))
     params = greedy(1, grammar=grammar_for(None, gbnf))
     started = time.perf_counter()
-    Sampler(params, gemma._model.vocab, []).close()
+    vocab = gemma._model.vocab
+    eog = [t for t in range(gemma.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+    Sampler(params, vocab, eog).close()
     build = time.perf_counter() - started
     assert build > 0.3  # big enough to see a stall if the scheduler's lock were held
     e = engine(gemma)

@@ -295,7 +295,8 @@ def test_a_conversation_streams_shows_stats_and_survives_a_reload(
     browser.requested_urls(driver)  # the new-tab page's own requests: not the page's
     open_page(driver, root)
     assert by_id(driver, "model").text == "gemma-3-270m"
-    set_setting(driver, "max-tokens", "8")
+    # Enough tokens for several steps even when n-gram drafts bring several tokens at once.
+    set_setting(driver, "max-tokens", "40")
     set_setting(driver, "temperature", "0")
 
     send(driver, "Say hello.")
@@ -311,7 +312,7 @@ def test_a_conversation_streams_shows_stats_and_survives_a_reload(
         r"^first token \d+\.\d\d s · (\d+) tokens · \d+\.\d tokens/s · (\d+) of \d+ prompt tokens cached",
         stats,
     )
-    assert first and 2 <= int(first[1]) <= 8, stats
+    assert first and 2 <= int(first[1]) <= 40, stats
 
     # A user message is text: markup in it is shown, never made into elements, never run.
     attack = "<img src=x onerror=alert(1)>"
@@ -337,7 +338,7 @@ def test_a_conversation_streams_shows_stats_and_survives_a_reload(
     assert shown(driver)[2]["text"] == attack
     titles = [b.text for b in driver.find_elements("css selector", "#conversations button")]
     assert titles == ["Say hello."]
-    assert by_id(driver, "max-tokens").get_attribute("value") == "8"  # the settings are kept too
+    assert by_id(driver, "max-tokens").get_attribute("value") == "40"  # the settings are kept too
 
     messages(driver)[0].find_element("css selector", "button.edit").click()
     box = messages(driver)[0].find_element("css selector", ".edit textarea")
