@@ -206,6 +206,18 @@ def _restart_delay(systemd_version: int) -> list[str]:
     return ["RestartSec=5s"]
 
 
+# The kernel: no tunables, modules, logs, clock, hostname or cgroups; no one else's processes.
+KERNEL_PROTECTION = (
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "ProtectProc=invisible",
+)
+
+
 def port_capabilities(port: int) -> list[str]:
     """No capabilities at all, but the one that binds a port below 1024 when the unit needs it."""
     if port < 1024:
@@ -242,13 +254,7 @@ def _system_hardening(service: Service) -> list[str]:
         "PrivateMounts=yes",
         "# The kernel: no tunables, modules, logs, clock, hostname or cgroups; no one else's",
         "# processes in /proc.",
-        "ProtectKernelTunables=yes",
-        "ProtectKernelModules=yes",
-        "ProtectKernelLogs=yes",
-        "ProtectControlGroups=yes",
-        "ProtectClock=yes",
-        "ProtectHostname=yes",
-        "ProtectProc=invisible",
+        *KERNEL_PROTECTION,
         "# ProcSubset=pid is left out: it hides /proc/cpuinfo and /proc/meminfo, which serve",
         "# reads to pick the thread count (physical cores) and to check that the model fits.",
         "KeyringMode=private",
