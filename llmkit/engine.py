@@ -31,7 +31,7 @@ import numpy as np
 from llmkit import logprobs
 from llmkit.logprobs import TokenLogprob
 from llmkit.sampling import Sampler, SamplingParams
-from llmkit.speculation import Drafter, DraftLength
+from llmkit.speculation import CROWDED_MATCH, MIN_MATCH, Drafter, DraftLength
 from llmkit.textstream import TextStream
 
 DEFAULT_N_BATCH = 512
@@ -203,6 +203,7 @@ class _Running:
     prompt_rows: int = -1  # with prompt logprobs: the first row of this step's prompt chunk
     drafter: Drafter | None = None  # its prompt and output, for n-gram drafts; None: no speculation
     draft_length: DraftLength = field(default_factory=DraftLength)
+    forced: int = 0  # of this step's drafts, how many its grammar forces (accepted unsampled)
 
 
 @dataclass(eq=False)
@@ -285,6 +286,7 @@ class Engine:
         self.tokens_drafted = 0
         self.batch_tokens_max = 0  # the most tokens one decode held (never above n_batch)
         self.tokens_draft_accepted = 0
+        self.tokens_forced = 0  # tokens a grammar forced, decoded as drafts that cannot fail
         self._thread = threading.Thread(target=self._run, name="llmkit-engine", daemon=True)
         self._thread.start()
 
@@ -419,7 +421,7 @@ class Engine:
         # Generating sequences first (one token each, plus their drafts), then prompt chunks in the
         # room left.
         for r, _ in running:
-            r.row = -1
+            r.row, r.forced = -1, 0
         generating = [(r, slot) for r, slot in running if not r.todo]
         for r, slot in generating:
             chunks.append((r, slot, [r.next_token]))
@@ -442,12 +444,14 @@ class Engine:
             # A generating sequence's rows: its next token, then each of its drafts.
             every_row = every_row or not r.todo
             first = n
+            # Rows whose next token is forced need no logits, unless their logprobs are asked for.
+            unread = r.forced if r.logprobs is None else 0
             for j, token in enumerate(chunk):
                 batch.token[n] = token
                 batch.pos[n] = pos + j
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = slot.seq_id
-                batch.logits[n] = every_row
+                batch.logits[n] = every_row and j >= unread
                 n += 1
             if not r.todo:
                 r.row = first
@@ -476,21 +480,33 @@ class Engine:
                 self._sample(r, slot, now, out)
 
     def _draft(self, r: _Running, slot: _Slot, crowded: bool, budget: int) -> list[int]:
-        """This step's draft for a generating sequence, within the batch, its context and max_tokens."""
+        """This step's draft for a generating sequence, within the batch, its context and max_tokens.
+
+        Where its grammar allows only one continuation (a schema's keys, quotes, punctuation), the
+        draft is those tokens, forced: they are taken without sampling, so they cannot be rejected.
+        Otherwise it is the n-gram draft, cut where the grammar would refuse it."""
         assert r.drafter is not None
-        k = min(r.draft_length.length(crowded), budget)
         # Room for the next token and the drafts, and one more: a slot must never fill up.
-        k = min(k, self.slot_ctx - len(slot.cached) - 2)
+        room = min(budget, self.slot_ctx - len(slot.cached) - 2)
         if r.choice.params.max_tokens is not None:  # each accepted draft is one more token out
-            k = min(k, r.choice.params.max_tokens - r.generated - 1)
-        draft = r.drafter.draft(k) if k > 0 else []
+            room = min(room, r.choice.params.max_tokens - r.generated - 1)
+        if room <= 0:
+            return []
         matcher = r.sampler.matcher
-        if draft and matcher is not None:  # it has consumed the next token: drafts come after it
+        if matcher is not None:  # it has consumed the next token: drafts come after it
+            forced = matcher.compute_ff_tokens()[:room]
+            if forced:
+                r.forced = len(forced)
+                return forced
+        k = min(r.draft_length.length(crowded), room)
+        draft = r.drafter.draft(k, CROWDED_MATCH if crowded else MIN_MATCH)
+        if draft and matcher is not None:
             draft = draft[: matcher.validate_tokens(draft)]
         return draft
 
     def _verify(self, r: _Running, slot: _Slot, chunk: list[int], now: float, out: _Outbox) -> None:
-        """Sample a generating sequence row by row while its drafts agree; drop the rest's cells."""
+        """Take a generating sequence's forced tokens, then sample row by row while its drafts
+        agree; drop the rest's cells."""
         start = len(slot.cached)
         first = r.row
         drafted = len(chunk) - 1
@@ -499,16 +515,23 @@ class Engine:
             slot.cached.append(token)
             used = j + 1
             r.row = first + j
+            if j < r.forced:
+                self._sample(r, slot, now, out, forced=chunk[j + 1])
+                if slot.running is not r:
+                    break
+                continue
             sampled = self._sample(r, slot, now, out)
             if slot.running is not r or j == drafted or sampled != chunk[j + 1]:
                 break
-        if drafted:
+        if r.forced:
+            self.tokens_forced += r.forced
+        elif drafted:
             accepted = used - 1
             self.tokens_drafted += drafted
             self.tokens_draft_accepted += accepted
             r.draft_length.update(drafted, accepted)
-            if used < len(chunk):  # the rejected drafts' cells (and past a finished sequence)
-                llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, start + used, -1)
+        if used < len(chunk):  # the rejected drafts' cells (and past a finished sequence)
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, start + used, -1)
 
     def _logits(self, row: int) -> Any:
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, row), (self.n_vocab,))
@@ -521,9 +544,16 @@ class Engine:
         for j, token in enumerate(following):
             r.prompt_logprobs.append(logprobs.at(self._logits(r.prompt_rows + j), token, top))
 
-    def _sample(self, r: _Running, slot: _Slot, now: float, out: _Outbox) -> int:
-        """Sample the sequence's next token from its row; the sequence may finish (and free its slot)."""
-        token = r.sampler.sample(self.ctx, r.row)
+    def _sample(
+        self, r: _Running, slot: _Slot, now: float, out: _Outbox, forced: int | None = None
+    ) -> int:
+        """Sample the sequence's next token from its row (or take the one its grammar forces); the
+        sequence may finish (and free its slot)."""
+        if forced is None:
+            token = r.sampler.sample(self.ctx, r.row)
+        else:
+            token = forced
+            r.sampler.accept(token)
         params = r.choice.params
         if r.logprobs is not None and token not in self._eog:
             r.logprobs.append(logprobs.at(self._logits(r.row), token, params.logprobs or 0))

@@ -105,6 +105,11 @@ class _EngineCollector(Collector):
             "Draft tokens accepted (equal to what the sampler picked)",
             e.tokens_draft_accepted,
         )
+        yield CounterMetricFamily(
+            "llmkit_forced_tokens",
+            "Tokens a grammar allowed only one way, decoded as drafts without sampling",
+            e.tokens_forced,
+        )
         if self.embedder is not None:
             yield CounterMetricFamily(
                 "llmkit_embedding_tokens", "Input tokens embedded", self.embedder.tokens

@@ -17,6 +17,7 @@ import llama_cpp
 import numpy as np
 
 from llmkit import grammar
+from llmkit.grammar import GrammarError
 
 PENALTY_LAST_N = 64
 
@@ -142,10 +143,19 @@ class Sampler:
             if not self.matcher.try_consume_tokens([token]):
                 token = self._pick(ctx, row, self._allowed())
                 self.matcher.consume_token(token)
+        self._accepted(token)
+        return token
+
+    def accept(self, token: int) -> None:
+        """Take a token the grammar forces, without sampling: into the grammar and the history."""
+        if self.matcher is not None and not self.matcher.consume_token(token):
+            raise GrammarError(f"the grammar refused its own forced token {token}")
+        self._accepted(token)
+
+    def _accepted(self, token: int) -> None:
         if self._argmax:
             self._recent.append(token)
         llama_cpp.llama_sampler_accept(self.chain, token)  # the chain's penalties' history
-        return token
 
     @property
     def done(self) -> bool:

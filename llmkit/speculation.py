@@ -1,28 +1,35 @@
-"""N-gram speculation (prompt lookup): draft tokens copied from where the last tokens occurred before.
+"""N-gram speculation (prompt lookup): draft tokens copied from where the current text occurred before.
 
-No draft model: a sequence's own prompt and output are the source. When its last n tokens (3, else
-2) occurred earlier, the tokens that followed them there are the draft; the engine decodes them in
-the same step as the sequence's next token and keeps the longest prefix the sampler agrees with.
-Copy-heavy work (repeat a text, edit a file, quote a passage) accepts long drafts; ordinary text
-rarely matches, and `DraftLength` backs off where drafts keep failing, so it is not slowed.
+No draft model: a sequence's own prompt and output are the source. When its last tokens also occur
+earlier, and the match is long (`MIN_MATCH` tokens or more), the tokens that followed there are the
+draft; the engine decodes them in the same step as the sequence's next token and keeps the
+longest prefix the sampler agrees with.
+
+A long match is what makes a draft worth its cost. Each draft row costs the model's output layer
+(for Gemma's 262k-token vocabulary, most of a token's compute), so a rejected draft is time lost:
+a two- or three-token match, common in ordinary prose, is right too rarely to pay, while copying a
+text, a file being edited or a quoted passage matches over dozens of tokens. llama-server's
+ngram-mod goes further and drafts only after a 24-token match; llmkit starts at `MIN_MATCH` and
+lets `DraftLength` grow the draft while it is accepted, so copying pays from its first words.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-NGRAM_SIZES = (3, 2)  # longest first: a longer match is a better guess
-MAX_DRAFT = 8  # tokens a sequence drafts at most in one step
+KEY = 4  # the tokens an earlier occurrence is looked up by
+MIN_MATCH = 8  # a draft only where the current text matches an earlier place this long
+CROWDED_MATCH = 16  # and, with every batch row taken by a generating sequence, this long
+MAX_MATCH = 64  # a match is measured up to this length
+MAX_DRAFT = 32  # tokens a sequence drafts at most in one step
 
 
 class Drafter:
-    """One sequence's tokens, indexed by n-gram: where each last occurred, and what followed."""
+    """One sequence's tokens, indexed by their last `KEY` tokens: where each last occurred."""
 
-    def __init__(self, tokens: list[int] | None = None, sizes: tuple[int, ...] = NGRAM_SIZES):
+    def __init__(self, tokens: list[int] | None = None):
         self.tokens: list[int] = []
-        self.sizes = sizes
-        # n-gram -> the index of the token that followed its latest occurrence
-        self._next: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in sizes}
+        self._after: dict[tuple[int, ...], int] = {}  # KEY tokens -> the index of what followed
         self.extend(tokens or [])
 
     def extend(self, tokens: list[int]) -> None:
@@ -30,40 +37,51 @@ class Drafter:
             self.append(token)
 
     def append(self, token: int) -> None:
-        i = len(self.tokens)
         seq = self.tokens
-        for n in self.sizes:
-            if i >= n:  # the n-gram ending before this token is followed by it
-                self._next[n][tuple(seq[i - n : i])] = i
+        i = len(seq)
+        if i >= KEY:  # the KEY tokens before this one are followed by it
+            self._after[tuple(seq[i - KEY : i])] = i
         seq.append(token)
 
-    def draft(self, k: int) -> list[int]:
-        """Up to k tokens that followed the latest earlier occurrence of the current suffix."""
+    def match(self) -> tuple[int, int]:
+        """(start, length): what followed the latest earlier occurrence of the text's end, and how
+        many tokens that occurrence shares with it (0: none); lengths are measured up to MAX_MATCH."""
         seq = self.tokens
+        end = len(seq)
+        if end <= KEY:
+            return 0, 0
+        start = self._after.get(tuple(seq[end - KEY :]))
+        if start is None:
+            return 0, 0
+        n = KEY
+        while n < MAX_MATCH and start - n > 0 and seq[start - n - 1] == seq[end - n - 1]:
+            n += 1
+        return start, n
+
+    def draft(self, k: int, min_match: int = MIN_MATCH) -> list[int]:
+        """Up to k tokens that followed the latest earlier occurrence of the text's end, where it
+        matches at least `min_match` tokens; a match close to the end (a repeating pattern) is
+        continued past what is known."""
         if k <= 0:
             return []
-        for n in self.sizes:
-            if len(seq) <= n:
-                continue
-            start = self._next[n].get(tuple(seq[-n:]))
-            if start is None:
-                continue
-            # A match close to the end is a repeating pattern: the draft continues it.
-            out: list[int] = []
-            end = len(seq)
-            for j in range(k):
-                p = start + j
-                out.append(seq[p] if p < end else out[p - end])
-            return out
-        return []
+        start, n = self.match()
+        if n < min_match:
+            return []
+        seq = self.tokens
+        end = len(seq)
+        out: list[int] = []
+        for j in range(k):
+            p = start + j
+            out.append(seq[p] if p < end else out[p - end])
+        return out
 
 
 @dataclass
 class DraftLength:
-    """How many tokens a sequence drafts: grows while drafts are accepted, pauses where they fail.
+    """How many tokens a sequence drafts: doubles while drafts are accepted, pauses where they fail.
 
-    After `MISSES` drafts in a row with nothing accepted, drafting pauses for a number of steps that
-    doubles each time (up to `MAX_PAUSE`), so text without repetition costs almost nothing."""
+    A rejected draft restarts from what was accepted. After `MISSES` drafts in a row with nothing
+    accepted, drafting pauses for a number of steps that doubles each time (up to `MAX_PAUSE`)."""
 
     k: int = 4
     rate: float = 0.5  # accepted / drafted, a running average
@@ -71,7 +89,8 @@ class DraftLength:
     pause: int = 0
     backoffs: int = 0
 
-    MISSES = 3
+    START = 4
+    MISSES = 2
     MAX_PAUSE = 128
 
     def length(self, crowded: bool) -> int:
@@ -88,10 +107,10 @@ class DraftLength:
             return
         self.rate = 0.7 * self.rate + 0.3 * (accepted / drafted)
         if accepted == drafted:
-            self.k = min(MAX_DRAFT, self.k + 2)
+            self.k = min(MAX_DRAFT, self.k * 2)
             self.misses = self.backoffs = 0
             return
-        self.k = max(1, min(self.k, accepted + 1))
+        self.k = max(self.START, accepted + 1)
         if accepted > 0:
             self.misses = 0
             return

@@ -3,9 +3,13 @@
 
     scripts/bench_speculation.py                       # gemma-3-270m, 1 and 4 clients, median of 3
     scripts/bench_speculation.py --repeats 1 --max-tokens 64
+    scripts/bench_speculation.py --peer-url "llama-server=http://127.0.0.1:18802" \
+        --peer-url "llama-server ngram-mod=http://127.0.0.1:18803"
 
-Prints each median tokens/s, the ratios (speculation / none) and whether the copy set's texts at
-temperature 0 are the same; the prompts are scripts/copy_prompts.json.
+Prints each median tokens/s, the ratios (speculation / none, / each peer; JSON schema / free text)
+and whether the copy set's texts at temperature 0 are the same (where not: the first differing
+token and the logit gap there); the prompts are scripts/copy_prompts.json. Peers are started by
+hand (README, Performance), with `--parallel` slots as the clients (`-np 4`).
 """
 
 import argparse
@@ -17,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmkit.bench import speculation  # noqa: E402
+from llmkit.bench.config import parse_peer  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,6 +33,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--prompts", type=Path, default=Path(__file__).with_name("copy_prompts.json")
     )
+    parser.add_argument("--peer-url", action="append", default=[], metavar="[NAME=]URL")
     args = parser.parse_args()
     report = speculation.run(
         args.model,
@@ -36,6 +42,7 @@ if __name__ == "__main__":
         clients=args.clients,
         repeats=args.repeats,
         max_tokens=args.max_tokens,
+        peers=[parse_peer(p) for p in args.peer_url],
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     print(json.dumps(report, indent=2))

@@ -10,54 +10,69 @@ from typing import Any
 
 import pytest
 
-from llmkit.speculation import MAX_DRAFT, Drafter, DraftLength
+from llmkit.speculation import (
+    CROWDED_MATCH,
+    KEY,
+    MAX_DRAFT,
+    MAX_MATCH,
+    MIN_MATCH,
+    Drafter,
+    DraftLength,
+)
 
-# A copy-heavy prompt: a block of text, then the start of the same block again.
+# A copy-heavy prompt: a block of text, then the start of the same block again (to a line's end, so
+# that the tokens match the first block's).
 BLOCK = "\n".join(
     f"def handler_{i}(request):\n    return respond(request, status={200 + i}, body='item {i}')"
     for i in range(6)
 )
-COPY = f"Here is a file:\n{BLOCK}\n\nHere is the same file again:\n{BLOCK[:40]}"
+COPY = f"Here is a file:\n{BLOCK}\n\nHere is the same file again:\n{BLOCK[: BLOCK.index('def', 9)]}"
 
 
 # The drafter (pure) -------------------------------------------------------------------------
 
 
-def test_a_draft_is_what_followed_the_latest_earlier_occurrence_of_the_last_tokens() -> None:
-    d = Drafter([1, 2, 3, 4, 5, 9, 9, 1, 2, 3])
-    assert d.draft(2) == [4, 5]
-    d.extend([7, 8, 2, 3])  # "2 3" occurred twice before: the latest one wins
-    assert d.draft(3) == [7, 8, 2]
+def test_a_draft_is_what_followed_the_latest_earlier_occurrence_of_a_long_match() -> None:
+    text = list(range(10, 10 + MIN_MATCH))
+    d = Drafter([*text, 1, 2, 3, 9, *text])
+    assert d.match() == (MIN_MATCH, MIN_MATCH) and d.draft(3) == [1, 2, 3]
+    d.extend([1, 2, 7, 5, *text])  # matched twice before: the latest occurrence wins
+    assert d.draft(3) == [1, 2, 7]
 
 
-def test_the_longest_matching_ngram_is_preferred() -> None:
-    # 2-gram (5, 6) last followed by 0; the 3-gram (4, 5, 6) by 7.
-    d = Drafter([4, 5, 6, 7, 1, 5, 6, 0, 2, 4, 5, 6])
-    assert d.draft(1) == [7]
+def test_a_short_match_gives_no_draft_and_a_long_one_is_measured_back() -> None:
+    # Common in prose: the last KEY tokens occurred before, but not the tokens before them.
+    d = Drafter([1, 2, 3, 4, 5, 6, 7, 0, 0, 9, 3, 4, 5, 6])
+    assert d.match() == (6, KEY) and d.draft(4) == []
+    assert d.draft(4, min_match=KEY) == [7, 0, 0, 9]
+    long = list(range(100, 100 + 2 * MAX_MATCH))
+    assert Drafter([*long, 5, *long]).match()[1] == MAX_MATCH  # measured up to MAX_MATCH
 
 
 def test_no_earlier_occurrence_gives_no_draft() -> None:
-    assert Drafter([1, 2, 3, 4, 5]).draft(4) == []
-    assert Drafter([]).draft(4) == [] and Drafter([1, 2, 1, 2]).draft(0) == []
+    assert Drafter(list(range(20))).draft(4) == []
+    assert Drafter([]).draft(4) == [] and Drafter([1, 2] * 10).draft(0) == []
 
 
 def test_a_repeating_pattern_is_continued_past_the_end_of_what_is_known() -> None:
-    d = Drafter([5, 1, 2, 1, 2])
+    d = Drafter([5] + [1, 2] * MIN_MATCH)
     assert d.draft(5) == [1, 2, 1, 2, 1]
 
 
-def test_draft_length_grows_while_accepted_and_pauses_where_drafts_keep_failing() -> None:
+def test_draft_length_doubles_while_accepted_and_pauses_where_drafts_keep_failing() -> None:
     length = DraftLength()
     start = length.length(crowded=False)
     length.update(start, start)
-    assert length.length(crowded=False) > start
+    assert length.length(crowded=False) == 2 * start
     for _ in range(10):
         length.update(length.k, length.k)
     assert length.length(crowded=False) == MAX_DRAFT
+    length.update(MAX_DRAFT, 10)  # a rejected draft restarts from what was accepted
+    assert length.length(crowded=False) == 11
     for _ in range(DraftLength.MISSES):
         length.update(length.length(crowded=False), 0)
     paused = [length.length(crowded=False) for _ in range(8)]
-    assert paused == [0] * 8  # text without repetition stops paying for drafts
+    assert paused == [0] * 8  # text that stopped repeating stops paying for drafts
     # Each later pause is longer: failing drafts cost less and less.
     for _ in range(DraftLength.MISSES):
         length.update(max(1, length.length(crowded=False)), 0)
@@ -68,6 +83,7 @@ def test_a_full_batch_drafts_less_and_only_where_drafts_pay() -> None:
     good, bad = DraftLength(k=8, rate=0.9), DraftLength(k=8, rate=0.2)
     assert good.length(crowded=True) == 4 and bad.length(crowded=True) == 0
     assert bad.length(crowded=False) == 8
+    assert CROWDED_MATCH > MIN_MATCH  # and a crowded batch drafts only from longer matches
 
 
 def test_the_benchmarks_copy_heavy_set_has_each_task_and_ordinary_text() -> None:
@@ -215,11 +231,12 @@ def test_grammar_constrained_output_speculates_only_with_drafts_the_grammar_acce
 
     schema = {
         "type": "object",
-        "properties": {"name": {"type": "string", "maxLength": 40}},
-        "required": ["name"],
+        "properties": {"quote": {"type": "string", "maxLength": 120}},
+        "required": ["quote"],
         "additionalProperties": False,
     }
-    prompt = tokens(gemma, 'Say {"name": "Alice"} again. {"name": "Alice"} {"name": "Alice"}\n')
+    line = '{"quote": "The lighthouse keeper climbed the spiral stairs every evening at dusk."}'
+    prompt = tokens(gemma, f"Say {line} again.\n{line}\n{line}\n")
     plain, fast = engine(gemma, speculation=False), engine(gemma)
     try:
         grammar = schema_grammar(schema)
@@ -229,7 +246,46 @@ def test_grammar_constrained_output_speculates_only_with_drafts_the_grammar_acce
     finally:
         plain.close()
         fast.close()
-    assert json.loads(got) == json.loads(expected) and set(json.loads(got)) == {"name"}
+    assert json.loads(got) == json.loads(expected) and set(json.loads(got)) == {"quote"}
+
+
+@pytest.mark.slow
+def test_tokens_a_schema_forces_are_decoded_together_unsampled_and_the_output_stays_valid(
+    gemma: Any,
+) -> None:
+    import json
+
+    from llmkit.grammar import schema_grammar
+
+    keys = ("customer_full_legal_name", "customer_home_city_of_residence", "preferred_contact_hour")
+    schema = {
+        "type": "object",
+        "properties": {
+            keys[0]: {"type": "string", "maxLength": 24},
+            keys[1]: {"type": "string", "maxLength": 24},
+            keys[2]: {"type": "integer", "minimum": 0, "maximum": 23},
+        },
+        "required": list(keys),
+        "additionalProperties": False,
+    }
+    prompt = tokens(gemma, "A customer record as JSON:\n")
+    plain, fast = engine(gemma, speculation=False), engine(gemma)
+    try:
+        grammar = schema_grammar(schema)
+        for seed in range(3):
+            _, expected, _ = run(plain, prompt, grammar=grammar, max_tokens=96, seed=seed)
+            got, text, finish = run(fast, prompt, grammar=grammar, max_tokens=96, seed=seed,
+                                    temperature=1.0, logprobs=None)  # fmt: skip
+            assert finish == "stop" and list(json.loads(text)) == list(keys)
+            assert list(json.loads(expected)) == list(keys)
+        assert fast.tokens_forced > 30  # the keys, quotes and punctuation, three times
+        assert fast.tokens_drafted == 0  # no n-gram drafts here: only forced tokens
+        # Forced tokens share a step: fewer decodes than tokens (plain decodes one a token).
+        assert fast.decode_calls < fast.tokens_generated - fast.tokens_forced + 10
+        assert plain.decode_calls >= plain.tokens_generated
+    finally:
+        plain.close()
+        fast.close()
 
 
 @pytest.mark.slow
@@ -294,3 +350,44 @@ def test_metrics_count_drafted_and_accepted_tokens_and_a_request_can_turn_drafts
     assert after[drafted] > between[drafted] and after[accepted] > between[accepted]
     assert after[accepted] <= after[drafted]
     assert fast.choices[0].text[:40] == plain.choices[0].text[:40]
+
+
+# The benchmark ------------------------------------------------------------------------------
+
+
+def test_the_first_difference_is_the_first_token_that_differs_with_its_logit_gap() -> None:
+    from types import SimpleNamespace
+
+    from llmkit.bench.speculation import first_difference
+
+    def logprobs(tokens: list[str], top: list[dict[str, float]]) -> Any:
+        return SimpleNamespace(tokens=tokens, top_logprobs=top)
+
+    top = [{"a": -0.1, "b": -3.0}, {"c": -0.7, "d": -0.75}]
+    same = logprobs(["a", "c"], top)
+    assert first_difference(same, same) is None
+    found = first_difference(logprobs(["a", "d"], top), same)
+    assert found is not None and found["token"] == 1 and found["without"] == "c"
+    assert found["logit gap"] == pytest.approx(0.05)
+    assert first_difference(logprobs(["a"], top), same) == {"token": 1, "lengths": [1, 2]}
+
+
+@pytest.mark.slow
+def test_the_speculation_benchmark_measures_every_set_and_states_each_ratio(
+    tmp_path: Path, server_models_dir: Path
+) -> None:
+    import json
+
+    from llmkit.bench import speculation
+
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"copy": [COPY], "ordinary": ["The sea is"]}))
+    result = speculation.run(
+        "gemma-3-270m", prompts, clients=2, repeats=1, max_tokens=12, models_dir=server_models_dir
+    )
+    ratios = result["ratios"]
+    for label in ("copy, 1 client", "copy, 2 clients", "ordinary, 1 client", "ordinary, 2 clients"):
+        assert ratios[f"{label}: speculation / no speculation"] > 0
+    assert ratios["JSON schema / free text, speculation"] > 0
+    assert result["copy_texts_equal"] in ("0 of 1", "1 of 1")
+    assert (result["copy_texts_equal"] == "1 of 1") == (result["first_differences"] == {})

@@ -1,10 +1,19 @@
 """The speculation workload: llmkit with n-gram drafts against llmkit without, on copy-heavy and ordinary text.
 
-Two `llmkit serve` processes (one with `--no-speculation`) answer the same prompts at temperature 0,
-1 client and then N together, interleaved request by request so that a noisy machine slows both
-alike; each figure is the median over the repeats. The copy-heavy set (repeat a text, edit one line
-of a file, list quoted passages) comes from a JSON file (scripts/copy_prompts.json in a checkout):
+Two `llmkit serve` processes (one with `--no-speculation`), and any peers given (llama-server
+plain and with `--spec-type ngram-mod`, say), answer the same prompts at temperature 0, 1 client
+and then N together, interleaved request by request so that a noisy machine slows all alike; each
+figure is the median over the repeats. The copy-heavy set (repeat a text, edit one line of a file,
+list quoted passages) comes from a JSON file (scripts/copy_prompts.json in a checkout):
 {"copy": [{"task": ..., "prompt": ...}], "ordinary": [prompt, ...]}.
+
+A third set is structured output: a JSON schema with long key names, whose keys, quotes and
+punctuation the grammar forces, against free text of the same length from the same messages
+(llmkit servers only: peers differ in how they take a schema).
+
+After the timed runs, an untimed pass asks both llmkit servers for each copy-heavy text again with
+token logprobs and, where the texts differ, reports the first differing token and the gap between
+the two best logits there (a near tie that a different batch shape rounds the other way).
 """
 
 from __future__ import annotations
@@ -13,14 +22,40 @@ import json
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from llmkit import launcher
+from llmkit.bench.config import Peer
 from llmkit.bench.measure import Log, nop
 from llmkit.errors import LlmkitError
 
 SERVERS = ("speculation", "no speculation")
+
+# Structured output whose keys are long: most of its tokens are forced by the grammar.
+RECORD_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "customer_full_legal_name": {"type": "string", "maxLength": 40},
+        "customer_home_city_of_residence": {"type": "string", "maxLength": 30},
+        "customer_preferred_contact_method": {"enum": ["email", "telephone", "letter"]},
+        "number_of_previous_orders_placed": {"type": "integer", "minimum": 0, "maximum": 999},
+        "customer_account_is_currently_active": {"type": "boolean"},
+        "free_text_notes_from_the_support_team": {"type": "string", "maxLength": 60},
+    },
+    "required": [
+        "customer_full_legal_name",
+        "customer_home_city_of_residence",
+        "customer_preferred_contact_method",
+        "number_of_previous_orders_placed",
+        "customer_account_is_currently_active",
+        "free_text_notes_from_the_support_team",
+    ],
+    "additionalProperties": False,
+}
+RECORD_PROMPT = "Write the record of one fictional customer of a bookshop."
+RECORD_MAX_TOKENS = 400  # room for the whole record: it must complete
 
 
 def load_prompts(path: Path) -> dict[str, list[str]]:
@@ -35,16 +70,14 @@ def load_prompts(path: Path) -> dict[str, list[str]]:
         raise LlmkitError(f"cannot read the prompt set {path}: {exc}") from None
 
 
-def _tokens_per_s(client: Any, prompts: list[str], max_tokens: int) -> tuple[float, list[str]]:
-    """All prompts sent together (one client each): completion tokens over the wall time."""
-    results: list[Any] = [None] * len(prompts)
+def _together(calls: list[Callable[[], Any]]) -> tuple[float, list[Any]]:
+    """Run the calls at once (one thread each): their results and the wall time."""
+    results: list[Any] = [None] * len(calls)
 
     def one(i: int) -> None:
-        results[i] = client.completions.create(
-            model="m", prompt=prompts[i], max_tokens=max_tokens, temperature=0
-        )
+        results[i] = calls[i]()
 
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(prompts))]
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(calls))]
     began = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -53,8 +86,62 @@ def _tokens_per_s(client: Any, prompts: list[str], max_tokens: int) -> tuple[flo
     wall = time.perf_counter() - began
     if any(r is None for r in results):
         raise LlmkitError("a request failed")
+    return wall, results
+
+
+def _tokens_per_s(client: Any, prompts: list[str], max_tokens: int) -> tuple[float, list[str]]:
+    """All prompts sent together (one client each): completion tokens over the wall time."""
+
+    def call(prompt: str) -> Callable[[], Any]:
+        return lambda: client.completions.create(
+            model="m", prompt=prompt, max_tokens=max_tokens, temperature=0
+        )
+
+    wall, results = _together([call(p) for p in prompts])
     tokens = sum(r.usage.completion_tokens for r in results)
     return tokens / wall, [r.choices[0].text for r in results]
+
+
+def _chat_tokens_per_s(client: Any, structured: bool, max_tokens: int) -> tuple[float, int]:
+    """One chat answer, a complete record or free text to max_tokens: tokens/s and tokens."""
+    extra: dict[str, Any] = (
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "record", "schema": RECORD_SCHEMA, "strict": True},
+            }
+        }
+        if structured
+        else {"extra_body": {"ignore_eos": True}}
+    )
+    wall, (result,) = _together(
+        [
+            lambda: client.chat.completions.create(
+                model="m",
+                messages=[{"role": "user", "content": RECORD_PROMPT}],
+                max_tokens=max_tokens,
+                temperature=0,
+                **extra,
+            )
+        ]
+    )
+    if structured and result.choices[0].finish_reason != "stop":
+        raise LlmkitError(f"the JSON record did not complete in {max_tokens} tokens")
+    return result.usage.completion_tokens / wall, result.usage.completion_tokens
+
+
+def first_difference(a: Any, b: Any) -> dict[str, Any] | None:
+    """Where two completions' logprobs (legacy shape) first pick different tokens, and the gap
+    between the two best logprobs of the one without drafts there (a logit gap: the softmax's
+    normaliser cancels); None when the tokens are the same."""
+    for i, (x, y) in enumerate(zip(a.tokens, b.tokens, strict=False)):
+        if x != y:
+            top = sorted(b.top_logprobs[i].values(), reverse=True)
+            gap = top[0] - top[1] if len(top) > 1 else None
+            return {"token": i, "with drafts": x, "without": y, "logit gap": gap}
+    if len(a.tokens) != len(b.tokens):
+        return {"token": min(len(a.tokens), len(b.tokens)), "lengths": [len(a.tokens), len(b.tokens)]}
+    return None
 
 
 def run(
@@ -65,6 +152,7 @@ def run(
     clients: int = 4,
     repeats: int = 3,
     max_tokens: int = 128,
+    peers: list[Peer] | None = None,
     models_dir: Path | None = None,
     log: Log = nop,
 ) -> dict[str, Any]:
@@ -75,46 +163,86 @@ def run(
     options = {"threads": threads, "parallel": clients, "offline": True, "models_dir": models_dir}
     servers: dict[str, launcher.Launched] = {}
     samples: dict[tuple[str, str, int], list[float]] = {}
-    texts: dict[str, dict[int, str]] = {name: {} for name in SERVERS}
+    texts: dict[str, dict[int, str]] = {}
+    urls = {peer.name: peer.url for peer in peers or []}
+    names = [*SERVERS, *urls]
     try:
         for name in SERVERS:
             extra = {"no_speculation": name == "no speculation"}
             servers[name] = launcher.start(model, options={**options, **extra})
-        for launched in servers.values():
+        for name, launched in servers.items():
             launcher._wait_ready(launched.process, launched.health, launched.log, 300.0)
+            urls[name] = launched.url
         api = {
-            name: openai.OpenAI(base_url=s.url, api_key="none", timeout=600.0, max_retries=0)
-            for name, s in servers.items()
+            name: openai.OpenAI(base_url=url, api_key="none", timeout=600.0, max_retries=0)
+            for name, url in urls.items()
         }
-        for name in SERVERS:  # warm up: the first request pays for one-time setup
+        for name in names:  # warm up: the first request pays for one-time setup
             _tokens_per_s(api[name], ["Hello"], 4)
         for r in range(repeats):
+            order = names if r % 2 == 0 else names[::-1]
             for kind, prompts in sets.items():
                 for width in (1, clients):
-                    for name in SERVERS if r % 2 == 0 else SERVERS[::-1]:
+                    for name in order:
                         if width == 1:
                             rates = []
                             for i, prompt in enumerate(prompts):
                                 rate, out = _tokens_per_s(api[name], [prompt], max_tokens)
                                 rates.append(rate)
                                 if kind == "copy":
-                                    texts[name][i] = out[0]
+                                    texts.setdefault(name, {})[i] = out[0]
                             rate = statistics.mean(rates)
                         else:
                             batch = [prompts[i % len(prompts)] for i in range(width)]
                             rate, _ = _tokens_per_s(api[name], batch, max_tokens)
                         samples.setdefault((kind, name, width), []).append(rate)
                         log(f"  repeat {r + 1} {kind} {width} client(s) {name}: {rate:.1f} tok/s")
+            for name in SERVERS if r % 2 == 0 else SERVERS[::-1]:
+                # The record, then free text of as many tokens from the same messages.
+                n = RECORD_MAX_TOKENS
+                for kind, structured in (("JSON schema", True), ("free text", False)):
+                    rate, n = _chat_tokens_per_s(api[name], structured, n)
+                    samples.setdefault((kind, name, 1), []).append(rate)
+                    log(f"  repeat {r + 1} {kind} {name}: {rate:.1f} tok/s ({n} tokens)")
+        differences = {}
+        for i, prompt in enumerate(sets["copy"]):
+            a, b = (
+                api[name]
+                .completions.create(
+                    model="m", prompt=prompt, max_tokens=max_tokens, temperature=0, logprobs=2
+                )
+                .choices[0]
+                .logprobs
+                for name in SERVERS
+            )
+            differences[i] = first_difference(a, b)
     finally:
         for launched in servers.values():
             launcher.stop(launched.process)
+    return report(samples, texts, differences, sets, clients)
+
+
+def report(
+    samples: dict[tuple[str, str, int], list[float]],
+    texts: dict[str, dict[int, str]],
+    differences: dict[int, dict[str, Any] | None],
+    sets: dict[str, list[str]],
+    clients: int,
+) -> dict[str, Any]:
+    """The medians, every ratio the targets are stated in, and how the copy set's texts compare."""
     medians = {key: statistics.median(values) for key, values in samples.items()}
-    ratios = {
-        f"{kind}, {width} client{'s' * (width > 1)}": medians[(kind, SERVERS[0], width)]
-        / medians[(kind, SERVERS[1], width)]
-        for kind in sets
-        for width in (1, clients)
-    }
+    ratios: dict[str, float] = {}
+    for kind in sets:
+        for width in (1, clients):
+            label = f"{kind}, {width} client{'s' * (width > 1)}"
+            with_drafts = medians[(kind, SERVERS[0], width)]
+            for name in sorted({n for k, n, w in medians if k == kind and w == width}):
+                if name != SERVERS[0]:
+                    ratios[f"{label}: speculation / {name}"] = with_drafts / medians[(kind, name, width)]
+    for name in SERVERS:
+        ratios[f"JSON schema / free text, {name}"] = (
+            medians[("JSON schema", name, 1)] / medians[("free text", name, 1)]
+        )
     same = [i for i in texts[SERVERS[0]] if texts[SERVERS[0]][i] == texts[SERVERS[1]].get(i)]
     return {
         "tokens_per_s": {
@@ -123,4 +251,5 @@ def run(
         },
         "ratios": ratios,
         "copy_texts_equal": f"{len(same)} of {len(sets['copy'])}",
+        "first_differences": {str(i): d for i, d in differences.items() if d is not None},
     }
