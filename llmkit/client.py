@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Mapping
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,15 @@ def retry_delay(exc: openai.APIError, attempt: int) -> float | None:
 
 
 @dataclass
+class ToolCall:
+    """A function call the model made, as it streamed: its arguments are JSON text, unchecked."""
+
+    name: str
+    arguments: str
+    id: str | None = None
+
+
+@dataclass
 class Answer:
     """One assistant answer and how it went."""
 
@@ -111,6 +120,7 @@ class Answer:
     tokens_counted: bool = False  # True: the server sent no usage, so these are counted chunks
     finish_reason: str | None = None  # "stop", "length", ...; None when cut short
     interrupted: bool = False
+    tool_calls: list[ToolCall] = field(default_factory=list)  # with `tools`: the calls made
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -160,6 +170,54 @@ def parse_conversation(data: Any) -> list[dict[str, str]]:
     return out
 
 
+@dataclass
+class _Streamed:
+    """What has come of one streamed answer so far (choice 0's)."""
+
+    started: float  # perf_counter() when it was asked
+    pieces: list[str] = field(default_factory=list)  # its text
+    calls: dict[int, ToolCall] = field(default_factory=dict)  # by their index in the stream
+    first: float | None = None  # seconds to its first text
+    opened: float | None = None  # seconds to its first chunk
+    chunks: int = 0  # the chunks that brought text or a piece of a call
+    usage: Any = None
+    finish: str | None = None
+
+    @property
+    def began(self) -> bool:
+        return bool(self.pieces or self.calls)
+
+    def add(self, chunk: Any) -> str | None:
+        """Take in one chunk of the stream; the text it brought, if any."""
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        text = None
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue
+            now = time.perf_counter() - self.started
+            if self.opened is None:
+                self.opened = now
+            self.finish = choice.finish_reason or self.finish
+            delta = choice.delta
+            if delta and delta.tool_calls:
+                self.chunks += 1
+                for piece in delta.tool_calls:
+                    # Merged as the openai SDK's stream helper merges them: the strings joined.
+                    call = self.calls.setdefault(piece.index, ToolCall("", ""))
+                    call.id = call.id or piece.id
+                    if piece.function is not None:
+                        call.name += piece.function.name or ""
+                        call.arguments += piece.function.arguments or ""
+            if delta and delta.content:
+                text = delta.content
+                self.chunks += 1
+                if self.first is None:
+                    self.first = now
+                self.pieces.append(text)
+        return text
+
+
 class ChatSession:
     """A conversation with an OpenAI-compatible server: the history, streamed answers, their stats.
 
@@ -167,6 +225,8 @@ class ChatSession:
     (Ctrl-C, the `stop` event, a broken stream) stays in the history as far as it got, unmarked,
     so that the model sees what it actually said; its Answer has `interrupted=True`. A turn that
     produced no text at all is taken back (its question removed), so it can simply be asked again.
+    With `tools`, the calls an answer makes are its Answer's `tool_calls` and stay in the history
+    as the API writes them; running them and sending their results is left to the caller.
 
         with llmkit.serve("gemma-3-270m") as client:
             chat = ChatSession(client=client, max_tokens=64)
@@ -184,6 +244,9 @@ class ChatSession:
         max_tokens: int | None = None,
         seed: int | None = None,
         json_mode: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool | None = None,
         client: openai.OpenAI | None = None,
         timeout: float = 600.0,
     ) -> None:
@@ -198,7 +261,10 @@ class ChatSession:
         self.max_tokens = max_tokens
         self.seed = seed
         self.json_mode = json_mode
-        self.messages: list[dict[str, str]] = []
+        self.tools = tools
+        self.tool_choice = tool_choice
+        self.parallel_tool_calls = parallel_tool_calls
+        self.messages: list[dict[str, Any]] = []
         self.answers: list[Answer] = []  # every answer of this session, also after clear()
         self.last: Answer | None = None
         self.system = system
@@ -252,6 +318,12 @@ class ChatSession:
             options["seed"] = self.seed
         if self.json_mode:
             options["response_format"] = {"type": "json_object"}
+        if self.tools is not None:
+            options["tools"] = self.tools
+        if self.tool_choice is not None:
+            options["tool_choice"] = self.tool_choice
+        if self.parallel_tool_calls is not None:
+            options["parallel_tool_calls"] = self.parallel_tool_calls
         return options
 
     def ask(
@@ -281,11 +353,7 @@ class ChatSession:
         """
         model = self.model  # before the question goes in: failing here leaves the history alone
         self.messages.append({"role": "user", "content": prompt})
-        started = time.perf_counter()
-        pieces: list[str] = []
-        first: float | None = None
-        usage: Any = None
-        finish: str | None = None
+        came = _Streamed(time.perf_counter())
         completed = failed = False
         response = None
         attempt = 0
@@ -300,18 +368,9 @@ class ChatSession:
                         **self.options(),
                     )
                     for chunk in response:
-                        if chunk.usage is not None:
-                            usage = chunk.usage
-                        for choice in chunk.choices:
-                            if choice.index != 0:
-                                continue
-                            finish = choice.finish_reason or finish
-                            text = choice.delta.content if choice.delta else None
-                            if text:
-                                if first is None:
-                                    first = time.perf_counter() - started
-                                pieces.append(text)
-                                yield text
+                        text = came.add(chunk)
+                        if text:
+                            yield text
                         if stop is not None and stop.is_set():
                             break
                     else:
@@ -320,17 +379,18 @@ class ChatSession:
                 except openai.APIError as exc:
                     # Nothing of the answer has come yet: the request can go again, e.g. to
                     # another replica behind a balancer, or to this server once it has room.
-                    delay = None if pieces else retry_delay(exc, attempt)
+                    delay = None if came.began else retry_delay(exc, attempt)
                     if delay is None:
                         raise
                     if response is not None:
                         response.close()
                         response = None
+                    came.opened = None
                     attempt += 1
                     time.sleep(delay)
         except openai.APIError as exc:
             failed = True
-            if pieces:
+            if came.began:
                 why = (
                     f"the server at {self.url} went away"
                     if type(exc) is openai.APIConnectionError
@@ -344,35 +404,41 @@ class ChatSession:
         finally:
             if response is not None:
                 response.close()
-            self._record(pieces, completed, failed, started, first, usage, finish)
+            self._record(came, completed, failed)
 
-    def _record(
-        self,
-        pieces: list[str],
-        completed: bool,
-        failed: bool,
-        started: float,
-        first: float | None,
-        usage: Any,
-        finish: str | None,
-    ) -> None:
-        text = "".join(pieces)
-        if text or completed:
-            self.messages.append({"role": "assistant", "content": text})
+    def _record(self, came: _Streamed, completed: bool, failed: bool) -> None:
+        text = "".join(came.pieces)
+        calls = [came.calls[i] for i in sorted(came.calls)]
+        if text or calls or completed:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                message["tool_calls"] = [
+                    {
+                        "id": call.id or f"call_{i}",
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    }
+                    for i, call in enumerate(calls)
+                ]
+            self.messages.append(message)
         else:
             self.messages.pop()  # the question: this turn never happened
-        if failed and not text:
+        if failed and not came.began:
             return  # nothing was generated, so there is nothing to measure
+        usage = came.usage
         self.last = Answer(
             text=text,
-            seconds_to_first_token=first,
+            # Servers send a call once they have read its name, some tokens after its first:
+            # the first token of an answer that is only calls is the chunk that opened it.
+            seconds_to_first_token=came.first if text or not calls else came.opened,
             # llama.cpp streams one token per chunk, so counting chunks is a fair fallback.
-            completion_tokens=usage.completion_tokens if usage is not None else len(pieces),
-            total_seconds=time.perf_counter() - started,
+            completion_tokens=usage.completion_tokens if usage is not None else came.chunks,
+            total_seconds=time.perf_counter() - came.started,
             prompt_tokens=usage.prompt_tokens if usage is not None else None,
             tokens_counted=usage is None,
-            finish_reason=finish if completed else None,
+            finish_reason=came.finish if completed else None,
             interrupted=not completed,
+            tool_calls=calls,
         )
         self.answers.append(self.last)
 

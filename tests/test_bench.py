@@ -13,16 +13,24 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
-from llmkit.bench.config import Peer, configure, parse_levels, parse_peer
+from llmkit.bench.config import BenchConfig, Peer, configure, parse_levels, parse_peer
 from llmkit.bench.inprocess import InProcess
 from llmkit.bench.machine import parse_status
-from llmkit.bench.measure import Measured, complete
+from llmkit.bench.measure import Measured, Remote, complete
 from llmkit.bench.report import problems, table
 from llmkit.bench.summary import compare, median, percentile, ratio, summarize
-from llmkit.bench.workloads import GENERATION_PROMPT, JSON_PROMPT, long_prompt
-from llmkit.client import Answer
+from llmkit.bench.workloads import (
+    GENERATION_PROMPT,
+    JSON_PROMPT,
+    TOOL_PROMPT,
+    TOOL_REQUEST,
+    call_problem,
+    long_prompt,
+)
+from llmkit.client import Answer, ToolCall
 from llmkit.engine import ShuttingDown
 from llmkit.errors import LlmkitError
 from tests.helpers import clean_env
@@ -62,6 +70,7 @@ def test_a_quick_run_reports_every_figure_for_llmkit_and_in_process(
     result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cold start" in result.stdout and "÷ in-process" in result.stdout
+    assert "tool call, tokens/s" in result.stdout and "valid calls" in result.stdout
 
     report = json.loads(report_file.read_text())
     results = {r["name"]: r for r in report["results"]}
@@ -81,10 +90,21 @@ def test_a_quick_run_reports_every_figure_for_llmkit_and_in_process(
         "turn_ratio",
         "json_tokens_per_s",
         "json_vs_text",
+        "tool_tokens_per_s",
+        "tool_vs_text",
     ):
         assert ours.get(figure, 0) > 0, (figure, ours)
-    for figure in ("ttft_s", "tokens_per_s", "prompt_tokens_per_s", "json_tokens_per_s"):
+    for figure in (
+        "ttft_s",
+        "tokens_per_s",
+        "prompt_tokens_per_s",
+        "json_tokens_per_s",
+        "tool_tokens_per_s",
+    ):
         assert ceiling.get(figure, 0) > 0, (figure, ceiling)
+    # The forced call, through llmkit's grammar, is a valid call on the server and in-process.
+    for figures in (ours, ceiling):
+        assert (figures["valid_calls"], figures["tool_calls"]) == (1, 1), figures
     assert ours["prompt_tokens"] > 500  # the "long prompt" really is long
     levels = results["llmkit"]["concurrency"]
     assert set(levels) == {"1", "2"}
@@ -92,7 +112,13 @@ def test_a_quick_run_reports_every_figure_for_llmkit_and_in_process(
         assert level["requests"] == int(clients) and level["complete"] == level["requests"], level
         assert level["tokens_per_s"] > 0 and 0 < level["ttft_p50_s"] <= level["ttft_p95_s"]
     # Ratios, not verdicts: each is a plain positive number, and nothing says "met" or "missed".
-    for figure in ("vs_in_process", "vs_in_process_paired", "turn_ratio", "json_vs_text"):
+    for figure in (
+        "vs_in_process",
+        "vs_in_process_paired",
+        "turn_ratio",
+        "json_vs_text",
+        "tool_vs_text",
+    ):
         assert 0 < ours[figure] < 100, (figure, ours)
     assert "targets" not in report and "missed" not in result.stdout
     assert report["machine"]["cpus"] >= report["machine"]["physical_cores"] >= 1
@@ -127,6 +153,16 @@ def test_in_process_json_mode_is_constrained_by_the_servers_grammar(
     answer = in_process.ask(JSON_PROMPT, 24, json_mode=True)
     assert answer.text.lstrip().startswith("{"), answer.text
     assert answer.completion_tokens > 0
+
+
+@pytest.mark.slow
+def test_in_process_tool_calls_take_the_servers_tool_path_and_are_parsed_into_calls(
+    in_process: InProcess,
+) -> None:
+    answer = in_process.ask(TOOL_PROMPT, 128, **TOOL_REQUEST)
+    assert len(answer.tool_calls) == 1 and call_problem(answer.tool_calls) is None, answer
+    assert answer.text == ""  # the call's JSON is not content
+    assert answer.tokens_per_second is not None and answer.tokens_per_second > 0
 
 
 @pytest.mark.slow
@@ -196,6 +232,20 @@ def test_a_response_is_complete_only_with_a_finish_reason_and_all_its_tokens() -
     assert not complete(None, 32)
 
 
+def test_a_valid_call_names_an_offered_tool_with_json_arguments_holding_the_required_keys() -> None:
+    event = '{"title": "Plans", "date": "2025-05-14", "attendees": ["Ana"]}'
+    assert call_problem([ToolCall("create_event", event)]) is None
+    assert call_problem([ToolCall("send_message", '{"to": "Ana", "text": "hi"}')]) is None
+    assert call_problem([]) == "no call in the answer"
+    assert "not offered" in (call_problem([ToolCall("delete_event", event)]) or "")
+    assert "not JSON" in (call_problem([ToolCall("create_event", '{"title": "Pl')]) or "")
+    assert "not a JSON object" in (call_problem([ToolCall("create_event", "[1]")]) or "")
+    missing = call_problem([ToolCall("create_event", '{"title": "Plans"}')])
+    assert missing == "create_event's arguments lack date, attendees"
+    # Every call of an answer must be valid.
+    assert call_problem([ToolCall("create_event", event), ToolCall("send_message", "{}")])
+
+
 def test_memory_is_read_from_proc_status_in_mib() -> None:
     status = "Name:\tpython\nVmHWM:\t  409600 kB\nVmRSS:\t  204800 kB\nThreads:\t4\n"
     assert parse_status(status) == {"VmHWM": 400.0, "VmRSS": 200.0}
@@ -233,6 +283,19 @@ def measured(name: str, kind: str, tokens_per_s: list[float], aggregate: float) 
     result.add("turn1_ttft_s", 0.2)
     result.add("turn10_ttft_s", 0.3)
     result.add("json_tokens_per_s", tokens_per_s[0] / 2)
+    call = '{"title": "Plans", "date": "2025-05-14", "attendees": []}'
+    for arguments in (call, call[:20]):  # a valid call, then one cut short
+        result.tool_requests += 1
+        result.add_call(
+            Answer(
+                "",
+                0.1,
+                21,
+                1.1,
+                finish_reason="stop",
+                tool_calls=[ToolCall("create_event", arguments)],
+            )
+        )
     result.add("rss_mib", None)  # a figure /proc did not give is left out, not recorded as None
     if kind != "in-process":
         level = result.levels[4]
@@ -243,12 +306,19 @@ def measured(name: str, kind: str, tokens_per_s: list[float], aggregate: float) 
     return result
 
 
-def test_a_summary_is_medians_with_the_turn_and_json_ratios_and_percentiles_per_level() -> None:
+def test_a_summary_is_medians_the_turn_json_and_tool_ratios_and_level_percentiles() -> None:
     summary = summarize(measured("llmkit", "llmkit", [30.0, 20.0], 70.0))
     figures = summary["figures"]
     assert figures["tokens_per_s"] == 25.0
     assert figures["turn_ratio"] == pytest.approx(1.5)
     assert figures["json_vs_text"] == pytest.approx(15 / 25)
+    assert figures["tool_tokens_per_s"] == pytest.approx(20.0)  # 20 tokens after the first in 1 s
+    assert figures["tool_vs_text"] == pytest.approx(20 / 25)
+    assert (figures["valid_calls"], figures["tool_calls"]) == (1, 2)
+    assert summary["problems"] == [
+        "tool call: create_event's arguments are not JSON: "
+        """'{"title": "Plans", "' (finish_reason 'stop', 21 tokens)"""
+    ]
     assert "rss_mib" not in figures
     level = summary["concurrency"]["4"]
     assert (level["tokens_per_s"], level["requests"], level["complete"]) == (71.0, 8, 7)
@@ -311,12 +381,49 @@ def test_the_table_shows_figures_and_ratios_side_by_side_and_judges_nothing() ->
     assert "llmkit ÷ this" in text and "1.39×" in text  # 71 / 51 at 4 clients
     assert "÷ in-process" in text and "111%" in text  # 25 / 22.5
     assert "7/8" in text
+    assert "tool call, tokens/s" in text and "0.80×" in text and "1/2" in text  # 20 / 25
     assert not re.search(r"\b(targets?|met|missed|pass(ed)?|fail(ed)?)\b", text, re.IGNORECASE)
 
 
 def test_problems_name_the_server_and_the_number_of_clients() -> None:
     report = bench_report()
-    assert problems(report) == [
+    lines = [line for line in problems(report) if "tool call" not in line]
+    assert lines == [
         "llmkit, 4 clients: finish_reason None after 3 of 32 tokens",
         "llama-server, 4 clients: finish_reason None after 3 of 32 tokens",
     ]
+
+
+def test_an_answer_without_a_call_is_counted_as_no_valid_call_and_adds_no_speed() -> None:
+    result = Measured("peer", "peer")
+    result.tool_requests += 1
+    result.add_call(Answer("I have added it.", 0.1, 6, 0.6, finish_reason="stop"))
+    figures = summarize(result)["figures"]
+    assert (figures["valid_calls"], figures["tool_calls"]) == (0, 1)
+    assert "tool_tokens_per_s" not in figures and "tool_vs_text" not in figures
+    assert result.problems == ["tool call: no call in the answer (finish_reason 'stop', 6 tokens)"]
+
+
+def test_a_server_that_refuses_the_tool_request_is_a_problem_and_the_run_goes_on(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    # llmkit answers a tool request asking 0 tokens with a 400, as a server without tools would
+    # answer any: the refusal is noted, every other figure is still measured.
+    config = BenchConfig.quick(
+        max_tokens=4,
+        turn_tokens=1,
+        json_max_tokens=4,
+        tool_max_tokens=0,
+        concurrency=(1,),
+        prompt_lines=1,
+    )
+    result = Measured("refuses tools", "peer", str(llmkit_server.base_url))
+    Remote(str(llmkit_server.base_url), config).measure(result, log=lambda _: None)
+    assert (result.tool_requests, result.valid_calls) == (1, 0)
+    assert len(result.problems) == 1 and result.problems[0].startswith(
+        "tool call: the server answered 400"
+    ), result.problems
+    figures = summarize(result)["figures"]
+    assert figures["json_tokens_per_s"] > 0 and figures["tokens_per_s"] > 0
+    assert "tool_tokens_per_s" not in figures
+    assert result.levels[1].complete == 1

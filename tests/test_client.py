@@ -148,6 +148,52 @@ def test_json_mode_makes_the_answer_a_json_object(llmkit_server: openai.OpenAI) 
     assert answer.text.lstrip().startswith("{")
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_a_forced_call_streams_into_the_answer_and_stays_in_the_history(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    chat = session(
+        llmkit_server,
+        max_tokens=48,
+        tools=[WEATHER],
+        tool_choice="required",
+        parallel_tool_calls=False,
+    )
+    answer = chat.ask("What is the weather in Paris?")
+    [call] = answer.tool_calls
+    assert call.name == "get_weather" and call.id and "city" in json.loads(call.arguments)
+    assert (answer.text, answer.finish_reason) == ("", "tool_calls")
+    # No text came, yet the answer has a first token (the chunk that opened it) and a speed.
+    assert answer.seconds_to_first_token is not None
+    assert 0 < answer.seconds_to_first_token < answer.total_seconds
+    assert answer.tokens_per_second is not None and not answer.tokens_counted
+    assert chat.messages[-1] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": call.arguments},
+            }
+        ],
+    }
+
+
 def test_stopping_keeps_the_partial_answer_and_frees_the_server(
     llmkit_server: openai.OpenAI,
 ) -> None:

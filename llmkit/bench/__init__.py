@@ -1,10 +1,11 @@
 """`llmkit bench`: how fast `llmkit serve` is, beside its own engine in-process and other servers.
 
 Every server is measured the same way, through the openai SDK with streaming (the client users
-have): time to first token, generation and prompt speed, a growing conversation, concurrent clients
-and JSON mode. The same generation run in-process on llmkit's engine, driven directly with no HTTP
-(same file, threads and context), is the ceiling llmkit's server adds its overhead to. Servers are measured interleaved,
-each figure `repeats` times after a warm-up, and reported as the median.
+have): time to first token, generation and prompt speed, a growing conversation, concurrent clients,
+JSON mode and a forced tool call. The same generation run in-process on llmkit's engine, driven
+directly with no HTTP (same file, threads and context), is the ceiling llmkit's server adds its
+overhead to. Servers are measured interleaved, each figure `repeats` times after a warm-up, and
+reported as the median.
 
 Here `run` measures and `main` also shows the report; the parts are `config.py` (the options),
 `workloads.py` (what every server is asked), `measure.py` (starting llmkit serve, the client-side
@@ -117,7 +118,13 @@ def run(config: BenchConfig, log: Log = nop) -> dict[str, Any]:
             f"loading {prepared.path.name} in-process ({config.threads} threads, "
             f"context {prepared.n_ctx})"
         )
-        local = InProcess(prepared.path, config.threads, prepared.n_ctx, prepared.chat_format)
+        local = InProcess(
+            prepared.path,
+            config.threads,
+            prepared.n_ctx,
+            prepared.chat_format,
+            prepared.chat_template,
+        )
 
         log("warming up")
         for _, remote in remotes:

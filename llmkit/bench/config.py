@@ -58,6 +58,8 @@ class BenchConfig:
     concurrency: tuple[int, ...] = DEFAULT_CONCURRENCY
     turn_tokens: int = 48  # the longest answer of each turn of the conversation
     json_max_tokens: int = 128
+    # A call ends by itself (the schema bounds it), and one cut short is no call: --quick keeps it.
+    tool_max_tokens: int = 128
     prompt_lines: int = 40  # about 1,000 tokens of prompt with the Gemma tokenizer
     warmup_start: bool = True  # one unmeasured start first, so the model file is in the page cache
 

@@ -3,9 +3,10 @@
 The model is loaded as `llmkit serve` loads it (a small `llama_cpp.Llama` that tokenizes and renders
 chat templates, and an `Engine` with its own context for generation), and each question goes
 through the request path a request to the server takes (`ChatRequest`, then `choices_for`: the same
-validation, chat template, sampling defaults and JSON-mode grammar) into `Engine.submit`, whose
-`job.events()` are read from this thread. What is left out is HTTP, the event loop and the openai
-SDK: the gap between this figure and llmkit's is what the server adds.
+validation, chat template, sampling defaults and JSON-mode or tool-call grammar) into
+`Engine.submit`, whose `job.events()` are read from this thread; a tool call's text is parsed into
+calls as the server parses it. What is left out is HTTP, the event loop and the openai SDK: the gap
+between this figure and llmkit's is what the server adds.
 """
 
 from __future__ import annotations
@@ -18,12 +19,22 @@ import llama_cpp
 
 from llmkit.bench.config import BenchConfig
 from llmkit.bench.measure import IN_PROCESS, Log, Measured
-from llmkit.bench.workloads import GENERATION_PROMPT, JSON_PROMPT, long_prompt, nonce
-from llmkit.client import Answer
+from llmkit.bench.workloads import (
+    GENERATION_PROMPT,
+    JSON_PROMPT,
+    TOOL_PROMPT,
+    TOOL_REQUEST,
+    long_prompt,
+    nonce,
+)
+from llmkit.client import Answer, ToolCall
 from llmkit.engine import Delta, Engine, Usage
-from llmkit.params import ChatRequest, choices_for
-from llmkit.server import _TOKENIZER_CTX
+from llmkit.params import ChatRequest, choices_for, tools_of
+from llmkit.plan import Plan
+from llmkit.server import _TOKENIZER_CTX, chat_template
 from llmkit.settings import ServeSettings
+from llmkit.tools.parse import parse
+from llmkit.tools.render import tool_family
 
 # How long to wait for each event of an answer: the benchmark's client timeout for a server.
 _EVENT_TIMEOUT = 600.0
@@ -32,7 +43,14 @@ _EVENT_TIMEOUT = 600.0
 class InProcess:
     """llmkit's engine in this process, one slot: what a server adds its overhead to."""
 
-    def __init__(self, path: Path, threads: int, n_ctx: int, chat_format: str | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        threads: int,
+        n_ctx: int,
+        chat_format: str | None,
+        chat_template_text: str | None = None,  # --chat-template-file's
+    ) -> None:
         # As build_app loads it: this Llama only tokenizes and renders prompts.
         self.llama = llama_cpp.Llama(
             model_path=str(path),
@@ -47,6 +65,11 @@ class InProcess:
             verbose=False,
         )
         try:
+            # The template tools are offered through, as build_app picks it for the same plan.
+            plan = Plan(
+                path.stem, path, threads, n_ctx, chat_format, chat_template=chat_template_text
+            )
+            self.template = chat_template(self.llama, plan)
             self.engine = Engine(
                 self.llama.model,
                 parallel=1,
@@ -65,8 +88,11 @@ class InProcess:
         if self.engine.ctx is None:
             self.llama.close()
 
-    def ask(self, prompt: str, max_tokens: int, json_mode: bool = False) -> Answer:
-        """One answer as `llmkit serve` would generate it, timed and counted as the clients count."""
+    def ask(self, prompt: str, max_tokens: int, json_mode: bool = False, **fields: Any) -> Answer:
+        """One answer as `llmkit serve` would generate it, timed and counted as the clients count.
+
+        `fields` go into the request's body as they are (tools, tool_choice, parallel_tool_calls).
+        """
         started = time.perf_counter()  # the request path is part of what a client waits for
         # The body the benchmark's client sends, validated as the server validates a JSON body.
         request: dict[str, Any] = {
@@ -78,8 +104,9 @@ class InProcess:
         }
         if json_mode:
             request["response_format"] = {"type": "json_object"}
-        body = ChatRequest.model_validate(request)
-        choices, _ = choices_for(body, self.llama)
+        body = ChatRequest.model_validate({**request, **fields})
+        tools = tools_of(body)
+        choices, _ = choices_for(body, self.llama, self.template, tools)
         job = self.engine.submit(choices)
         first: float | None = None
         pieces: list[str] = []
@@ -99,14 +126,20 @@ class InProcess:
             job.cancel()  # frees its slot if the wait failed; nothing to do once it has ended
         total = time.perf_counter() - started
         assert usage is not None, "the engine ended the job without its usage"
+        text, calls = "".join(pieces), []
+        if tools is not None:
+            parsed = parse(tool_family(self.template), text)
+            text = parsed.content
+            calls = [ToolCall(c.name, c.arguments) for c in parsed.calls if c.complete]
         return Answer(
-            text="".join(pieces),
+            text=text,
             seconds_to_first_token=first,
             completion_tokens=usage.completion_tokens,
             total_seconds=total,
             # The tokens read in the time to first token: those the slot's cache did not hold.
             prompt_tokens=usage.prompt_tokens - usage.cached_tokens,
             finish_reason=finish,
+            tool_calls=calls,
         )
 
     def warm_up(self) -> None:
@@ -126,3 +159,7 @@ class InProcess:
         answer = self.ask(f"{nonce()} {JSON_PROMPT}", config.json_max_tokens, json_mode=True)
         into.add("json_tokens_per_s", answer.tokens_per_second)
         into.add("json_tokens", answer.completion_tokens)
+        log(f"  {IN_PROCESS}: tool call")
+        into.tool_requests += 1
+        answer = self.ask(f"{nonce()} {TOOL_PROMPT}", config.tool_max_tokens, **TOOL_REQUEST)
+        into.add_call(answer)

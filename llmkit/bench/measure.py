@@ -8,13 +8,17 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from llmkit import launcher
 from llmkit.bench.config import BenchConfig
 from llmkit.bench.workloads import (
     GENERATION_PROMPT,
     JSON_PROMPT,
+    TOOL_PROMPT,
+    TOOL_REQUEST,
     TURNS,
+    call_problem,
     long_prompt,
     nonce,
     turn_question,
@@ -53,10 +57,29 @@ class Measured:
     samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     levels: dict[int, Level] = field(default_factory=lambda: defaultdict(Level))
     problems: list[str] = field(default_factory=list)
+    tool_requests: int = 0  # the tool-call workload's requests, answered or not
+    valid_calls: int = 0  # the answers to them that were a valid call
 
     def add(self, figure: str, value: float | None) -> None:
         if value is not None:
             self.samples[figure].append(value)
+
+    def add_call(self, answer: Answer) -> None:
+        """The figures of an answer to the tool request, and whether it is a valid call.
+
+        An answer without a call (a server that ignored the tools) has no call's speed to add.
+        """
+        if answer.tool_calls:
+            self.add("tool_tokens_per_s", answer.tokens_per_second)
+            self.add("tool_tokens", answer.completion_tokens)
+        problem = call_problem(answer.tool_calls)
+        if problem is None:
+            self.valid_calls += 1
+        else:
+            self.problems.append(
+                f"tool call: {problem} (finish_reason {answer.finish_reason!r}, "
+                f"{answer.completion_tokens} tokens)"
+            )
 
 
 def complete(answer: Answer | None, max_tokens: int) -> bool:
@@ -136,16 +159,13 @@ class Remote:
         except openai.APIError:
             self.model = "default"  # a server without /v1/models may still chat
 
-    def session(self, max_tokens: int, json_mode: bool = False) -> ChatSession:
+    def session(self, max_tokens: int, **options: Any) -> ChatSession:
+        """A fresh conversation at temperature 0; `options` are ChatSession's (json_mode, tools)."""
         return ChatSession(
-            client=self.client,
-            model=self.model,
-            temperature=0,
-            max_tokens=max_tokens,
-            json_mode=json_mode,
+            client=self.client, model=self.model, temperature=0, max_tokens=max_tokens, **options
         )
 
-    def ask(self, prompt: str, max_tokens: int, json_mode: bool = False) -> tuple[Answer, int]:
+    def ask(self, prompt: str, max_tokens: int, **options: Any) -> tuple[Answer, int]:
         """One streamed answer and the number of content chunks it came in."""
         chunks = 0
 
@@ -153,7 +173,7 @@ class Remote:
             nonlocal chunks
             chunks += 1
 
-        answer = self.session(max_tokens, json_mode).ask(prompt, on_text=count)
+        answer = self.session(max_tokens, **options).ask(prompt, on_text=count)
         return answer, chunks
 
     def warm_up(self) -> None:
@@ -166,6 +186,7 @@ class Remote:
             ("prompt", self.prompt),
             (f"a conversation of {TURNS} turns", self.conversation),
             ("JSON mode", self.json_mode),
+            ("tool call", self.tool_call),
             *(
                 (
                     f"{n} concurrent client{'s' * (n > 1)}",
@@ -210,6 +231,14 @@ class Remote:
         )
         into.add("json_tokens_per_s", answer.tokens_per_second)
         into.add("json_tokens", answer.completion_tokens)
+
+    def tool_call(self, into: Measured) -> None:
+        """One forced call (as JSON mode is measured); a server that refuses tools is a problem."""
+        into.tool_requests += 1
+        answer, _ = self.ask(
+            f"{nonce()} {TOOL_PROMPT}", self.config.tool_max_tokens, **TOOL_REQUEST
+        )
+        into.add_call(answer)
 
     def concurrent(self, clients: int, level: Level) -> None:
         """`clients` streams started together; aggregate tokens/s over the wall time of them all."""

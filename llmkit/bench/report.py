@@ -17,11 +17,12 @@ def show(report: dict[str, Any], console: Any) -> None:
         console.print(f"[yellow]problem:[/] {line}", highlight=False)
 
 
-def _fmt(value: Any, pattern: str) -> str:
-    return "—" if value is None else pattern.format(value)
+def _fmt(value: Any, pattern: str, figures: dict[str, Any] | None = None) -> str:
+    return "—" if value is None else pattern.format(value, **(figures or {}))
 
 
-# (label, figure, format): the unit goes in the label, so that the columns stay narrow.
+# (label, figure, format): the unit goes in the label, so that the columns stay narrow. The format
+# may name other figures of the same server.
 _ROWS: list[tuple[str, str, str]] = [
     ("cold start to /health, s", "cold_start_s", "{:.2f}"),
     ("RSS once loaded, MiB", "rss_mib", "{:.0f}"),
@@ -38,6 +39,9 @@ _ROWS: list[tuple[str, str, str]] = [
     (f"  turn {TURNS} ÷ turn 1", "turn_ratio", "{:.2f}×"),
     ("JSON mode, tokens/s", "json_tokens_per_s", "{:.1f}"),
     ("  ÷ free text", "json_vs_text", "{:.2f}×"),
+    ("tool call, tokens/s", "tool_tokens_per_s", "{:.1f}"),
+    ("  ÷ free text", "tool_vs_text", "{:.2f}×"),
+    ("  valid calls", "valid_calls", "{}/{tool_calls}"),
 ]
 
 
@@ -67,7 +71,7 @@ def table(report: dict[str, Any]) -> Any:
         caption_justify="left",
     )
     for label, key, pattern in _ROWS:
-        cells = [_fmt(r["figures"].get(key), pattern) for r in results]
+        cells = [_fmt(r["figures"].get(key), pattern, r["figures"]) for r in results]
         if any(c != "—" for c in cells):
             grid.add_row(label, *cells)
     for clients in config["concurrency"]:
@@ -95,10 +99,10 @@ def table(report: dict[str, Any]) -> Any:
 
 
 def problems(report: dict[str, Any]) -> list[str]:
-    """One line per failed measurement and per kind of incomplete response, to see why."""
+    """One line per kind of failed measurement and of incomplete response, to see why."""
     lines = []
     for result in report["results"]:
-        lines += [f"{result['name']}: {problem}" for problem in result["problems"]]
+        lines += [f"{result['name']}: {p}" for p in dict.fromkeys(result["problems"])]
         for clients, level in result["concurrency"].items():
             for problem in dict.fromkeys(level["problems"]):
                 lines.append(f"{result['name']}, {clients} clients: {problem}")

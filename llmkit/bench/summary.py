@@ -34,6 +34,10 @@ def summarize(measured: Measured) -> dict[str, Any]:
     figures: dict[str, Any] = {name: median(values) for name, values in measured.samples.items()}
     figures["turn_ratio"] = ratio(figures.get("turn10_ttft_s"), figures.get("turn1_ttft_s"))
     figures["json_vs_text"] = ratio(figures.get("json_tokens_per_s"), figures.get("tokens_per_s"))
+    figures["tool_vs_text"] = ratio(figures.get("tool_tokens_per_s"), figures.get("tokens_per_s"))
+    if measured.tool_requests:
+        figures["tool_calls"] = measured.tool_requests
+        figures["valid_calls"] = measured.valid_calls
     levels = {}
     for clients, level in sorted(measured.levels.items()):
         levels[str(clients)] = {

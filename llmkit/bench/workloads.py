@@ -1,8 +1,13 @@
-"""What the benchmark asks every server: the prompts, the conversation's topics, a fresh start."""
+"""What the benchmark asks every server: the prompts, the conversation's topics, the tools to call,
+a fresh start."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
+
+from llmkit.client import ToolCall
 
 TURNS = 10  # the turns of the growing conversation
 
@@ -12,6 +17,58 @@ JSON_PROMPT = (
     'Write a JSON object with a key "people": a list of 100 fictional people, each '
     "with name, age, city, job and a one-sentence biography."
 )
+# Two tools, so that the model chooses; the prompt asks for the first. Strings and lists are
+# bounded, so that a tiny model cannot write one value until max_tokens.
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "create_event",
+            "description": "Add an event to the user's calendar.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "title": {"type": "string", "maxLength": 40},
+                    "date": {"type": "string", "description": "YYYY-MM-DD", "maxLength": 10},
+                    "start_time": {"type": "string", "description": "HH:MM", "maxLength": 5},
+                    "attendees": {
+                        "type": "array",
+                        "items": {"type": "string", "maxLength": 20},
+                        "maxItems": 6,
+                    },
+                },
+                "required": ["title", "date", "attendees"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "send_message",
+            "description": "Send a short text message to one person.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "to": {"type": "string", "maxLength": 20},
+                    "text": {"type": "string", "maxLength": 200},
+                },
+                "required": ["to", "text"],
+                "additionalProperties": False,
+            },
+        },
+    },
+]
+TOOL_PROMPT = (
+    "Put a planning meeting called Garden Plans in my calendar for 14 May 2025 at 10:30, "
+    "with Ana, Ben, Chloe and Dev."
+)
+# Every server must answer with exactly one call: no free-text way out, no run of repeated calls.
+TOOL_REQUEST: dict[str, Any] = {
+    "tools": TOOLS,
+    "tool_choice": "required",
+    "parallel_tool_calls": False,
+}
 TOPICS = (
     "the sea",
     "volcanoes",
@@ -51,3 +108,27 @@ def turn_question(turn: int) -> str:
     """The question of one turn (from 0) of the conversation; the first starts fresh."""
     first = nonce() + " " if turn == 0 else ""
     return f"{first}Question {turn + 1}: tell me one thing about {TOPICS[turn % len(TOPICS)]}."
+
+
+def call_problem(calls: list[ToolCall]) -> str | None:
+    """Why an answer to the tool request is not a valid call (None: it is one).
+
+    Valid: at least one call, each naming one of TOOLS with arguments that parse as a JSON object
+    holding every key its schema requires.
+    """
+    if not calls:
+        return "no call in the answer"
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    for call in calls:
+        if call.name not in schemas:
+            return f"a call to {call.name!r}, which is not offered"
+        try:
+            arguments = json.loads(call.arguments)
+        except ValueError:
+            return f"{call.name}'s arguments are not JSON: {call.arguments[:80]!r}"
+        if not isinstance(arguments, dict):
+            return f"{call.name}'s arguments are not a JSON object: {call.arguments[:80]!r}"
+        missing = [key for key in schemas[call.name]["required"] if key not in arguments]
+        if missing:
+            return f"{call.name}'s arguments lack {', '.join(missing)}"
+    return None
