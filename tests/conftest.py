@@ -117,3 +117,21 @@ def smollm2_server(smollm2_models_dir: Path) -> Iterator[Any]:
         env=clean_env(LLMKIT_MODELS_DIR=str(smollm2_models_dir)),
     ) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def qwen_template_server(smollm2_models_dir: Path) -> Iterator[Any]:
+    """SmolLM2 with Qwen 2.5's real template: tool calls in the Hermes family, natively."""
+    import llmkit
+
+    template = Path(__file__).parent / "templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
+    with llmkit.serve(
+        "smollm2-135m-instruct",
+        threads=2,
+        ctx=2048,
+        parallel=2,
+        offline=True,
+        chat_template_file=str(template),
+        env=clean_env(LLMKIT_MODELS_DIR=str(smollm2_models_dir)),
+    ) as client:
+        yield client

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any
@@ -11,8 +12,10 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel, Field, TypeAdapter
 
+from llmkit.engine import Delta, Usage
 from llmkit.errors import BadRequest
-from llmkit.responses import ResponsesRequest, chat_request
+from llmkit.responses import Reply, ResponsesRequest, chat_request, tools_for
+from llmkit.tools.family import GENERIC, HERMES
 from tests.helpers import chat, get_json, root_url, scrape
 
 slow = pytest.mark.slow
@@ -24,6 +27,36 @@ COLOR = {
     "required": ["color"],
     "additionalProperties": False,
 }
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
+ADD = {
+    "type": "function",
+    "name": "add",
+    "description": "Add two small numbers",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "a": {"type": "integer", "minimum": 0, "maximum": 9},
+            "b": {"type": "integer", "minimum": 0, "maximum": 9},
+        },
+        "required": ["a", "b"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
+TOOLS = [WEATHER, ADD]
+ASK = "What is the weather in Paris? And what is 2 plus 3?"
+CALLS: dict[str, Any] = {"model": "any", "temperature": 0, "max_output_tokens": 60}
 STREAM_ORDER = [
     "response.created",
     "response.in_progress",
@@ -109,8 +142,244 @@ def test_what_cannot_be_honoured_is_refused_naming_the_parameter(
     fields: dict[str, Any], param: str
 ) -> None:
     with pytest.raises(BadRequest) as info:
-        chat_request(ResponsesRequest(**fields))
+        tools_for(chat_request(ResponsesRequest(**fields)))
     assert info.value.param == param
+
+
+def test_function_tools_calls_and_their_outputs_become_the_chat_routes() -> None:
+    body = ResponsesRequest(
+        input=[
+            {"role": "user", "content": ASK},
+            {"type": "message", "role": "assistant", "content": "Let me see."},
+            # A response's output passed back: its text, then its calls (the same turn).
+            {
+                "type": "function_call",
+                "id": "fc_1",
+                "call_id": "call_1",
+                "name": "get_weather",
+                "arguments": '{"city": "Paris"}',
+                "status": "completed",
+            },
+            {"type": "function_call", "call_id": "call_2", "name": "add", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+            {
+                "type": "function_call_output",
+                "call_id": "call_2",
+                "output": [{"type": "input_text", "text": "5"}],
+            },
+        ],
+        tools=TOOLS,
+        tool_choice={"type": "function", "name": "add"},
+        parallel_tool_calls=False,
+    )
+    chat_body = chat_request(body)
+    calls = [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        },
+        {"id": "call_2", "type": "function", "function": {"name": "add", "arguments": "{}"}},
+    ]
+    assert chat_body.messages == [
+        {"role": "user", "content": ASK},
+        {"role": "assistant", "content": "Let me see.", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "5"},
+    ]
+    assert chat_body.tools == [
+        {
+            "type": "function",
+            "function": {k: t[k] for k in ("name", "description", "parameters")},
+        }
+        for t in TOOLS
+    ]
+    tools = tools_for(chat_body)
+    assert tools is not None and (tools.mode, tools.name, tools.parallel) == ("named", "add", False)
+    assert [t.name for t in tools.tools] == ["get_weather", "add"]
+    # none: the tools are not offered at all, as in chat; an empty list offers nothing.
+    assert (
+        tools_for(chat_request(ResponsesRequest(input="hi", tools=TOOLS, tool_choice="none")))
+        is None
+    )
+    assert tools_for(chat_request(ResponsesRequest(input="hi", tools=[]))) is None
+    only_call = chat_request(ResponsesRequest(input=body.input[2:3]))  # type: ignore[index]
+    assert only_call.messages == [{"role": "assistant", "content": None, "tool_calls": calls[:1]}]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": [{"type": "function", "description": "no name"}]}, "tools[0].name"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"tools": [{"type": "mcp", "server_label": "x"}]}, "tools[0].type"),
+        (
+            {"tools": [{"type": "function", "name": "f", "parameters": {"type": "string"}}]},
+            "tools[0].parameters",
+        ),
+        ({"tools": [ADD, ADD]}, "tools[1]"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools[0].function"),
+        ({"tools": [{**ADD, "defer_loading": True}]}, "tools[0].defer_loading"),
+        ({"tools": [{**ADD, "strict": "yes"}]}, "tools[0].strict"),
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "name": "nowhere"}}, "tool_choice"),
+        ({"tools": TOOLS, "tool_choice": {"type": "function"}}, "tool_choice"),
+        ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
+        ({"tools": TOOLS, "tool_choice": {"type": "file_search"}}, "tool_choice"),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []}},
+            "tool_choice",
+        ),
+        (
+            {"input": [{"type": "function_call", "name": "add", "arguments": "{}"}]},
+            "input[0].call_id",
+        ),
+        (
+            {"input": [{"type": "function_call", "call_id": "c", "arguments": "{}"}]},
+            "input[0].name",
+        ),
+        (
+            {"input": [{"type": "function_call", "call_id": "c", "name": "add", "arguments": {}}]},
+            "input[0].arguments",
+        ),
+        ({"input": [{"type": "function_call_output", "output": "5"}]}, "input[0].call_id"),
+        (
+            {
+                "input": [
+                    {
+                        "type": "function_call_output",
+                        "call_id": "c",
+                        "output": [{"type": "input_image", "image_url": "x"}],
+                    }
+                ]
+            },
+            "input[0].output[0]",
+        ),
+    ],
+)
+def test_bad_tools_and_calls_are_refused_naming_the_parameter(
+    fields: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(BadRequest) as info:
+        tools_for(chat_request(ResponsesRequest(**{"input": "hi", **fields})))
+    assert info.value.param == param
+    if param != "tools[0].function":
+        assert ".function" not in str(info.value)  # chat's nested shape never shows
+
+
+@functools.cache
+def stream_event() -> TypeAdapter[Any]:
+    return TypeAdapter(ResponseStreamEvent)
+
+
+def sse_events(raw: bytes) -> list[dict[str, Any]]:
+    """The data of each server-sent event, checked against its `event:` line."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        if block:
+            kind, data = block.split("\n")
+            events.append(json.loads(data.removeprefix("data: ")))
+            assert kind == f"event: {events[-1]['type']}"
+    return events
+
+
+def replayed(reply: Reply, text: str, finish: str = "stop", size: int = 3) -> list[dict[str, Any]]:
+    """The stream events of an answer with this text, fed a few characters at a time."""
+    pieces = [text[i : i + size] for i in range(0, len(text), size)]
+    raw = reply.opening() + b"".join(
+        reply.sse(Delta(0, piece, finish if k == len(pieces) - 1 else None))
+        for k, piece in enumerate(pieces)
+    )
+    events = sse_events(raw + reply.closing(Usage(9, len(pieces))))
+    for event in events:  # each one what the SDK's own (strict) event models accept
+        stream_event().validate_python(event)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    return events
+
+
+def tool_reply(family: Any, **fields: Any) -> Reply:
+    body = ResponsesRequest(input=ASK, tools=TOOLS, **fields)
+    chat_body = chat_request(body)
+    return Reply(body, chat_body, "m", tools_for(chat_body), family)
+
+
+def test_text_then_calls_stream_as_a_message_then_function_call_items() -> None:
+    calls = [("add", '{"a": 2, "b": 3}'), ("get_weather", '{"city": "Rome"}')]
+    text = "Let me see. " + HERMES.text(calls)
+    events = replayed(tool_reply(HERMES), text)
+    assert collapsed([e["type"] for e in events]) == [
+        "response.created",
+        "response.in_progress",
+        *STREAM_ORDER[2:],  # the message, then each call
+        *[
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+        ]
+        * 2,
+        "response.completed",
+    ]
+    added = [e["item"] for e in events if e["type"] == "response.output_item.added"]
+    assert [(i["type"], i["status"]) for i in added] == [
+        ("message", "in_progress"),
+        ("function_call", "in_progress"),
+        ("function_call", "in_progress"),
+    ]
+    assert [(i["name"], i["arguments"]) for i in added[1:]] == [("add", ""), ("get_weather", "")]
+    final = Response.model_validate(events[-1]["response"])
+    assert final.status == "completed" and final.output_text == "Let me see. "
+    message, *fcs = final.output
+    assert message.type == "message" and message.id == added[0]["id"]
+    for k, (name, arguments) in enumerate(calls):
+        fc = fcs[k]
+        assert fc.type == "function_call" and (fc.name, fc.arguments) == (name, arguments)
+        assert fc.status == "completed" and fc.id.startswith("fc_") and fc.id == added[k + 1]["id"]
+        assert fc.call_id.startswith("call_") and fc.call_id == added[k + 1]["call_id"]
+        deltas = [
+            e["delta"]
+            for e in events
+            if e["type"] == "response.function_call_arguments.delta" and e["output_index"] == k + 1
+        ]
+        assert "".join(deltas) == arguments
+    assert fcs[0].call_id != fcs[1].call_id
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert done == [item.to_dict() for item in final.output]  # the final output, item by item
+    assert final.tools[0].name == "get_weather" and final.tool_choice == "auto"
+    # Not streamed: the same items (with ids of their own).
+    reply = tool_reply(HERMES)
+    reply.add(Delta(0, text, "stop"))
+    body = Response.model_validate(reply.body(reply.status, Usage(9, 9)))
+    assert [o.model_dump(exclude={"id", "call_id"}) for o in body.output] == [
+        o.model_dump(exclude={"id", "call_id"}) for o in final.output
+    ]
+
+
+def test_only_calls_give_no_message_and_only_text_gives_no_call() -> None:
+    calls = replayed(
+        tool_reply(GENERIC, tool_choice="required"), GENERIC.text([("add", '{"a": 1, "b": 2}')])
+    )
+    assert [o["type"] for o in calls[-1]["response"]["output"]] == ["function_call"]
+    # whitespace before the call is no message of its own
+    native = replayed(tool_reply(HERMES), "\n" + HERMES.text([("add", '{"a": 1, "b": 2}')]))
+    assert [o["type"] for o in native[-1]["response"]["output"]] == ["function_call"]
+    text = replayed(tool_reply(GENERIC), '{"response": "Hello there"}')
+    final = Response.model_validate(text[-1]["response"])
+    assert [o.type for o in final.output] == ["message"] and final.output_text == "Hello there"
+    assert collapsed([e["type"] for e in text]) == [*STREAM_ORDER, "response.completed"]
+
+
+def test_a_call_cut_by_max_output_tokens_is_an_incomplete_item() -> None:
+    text = HERMES.text([("add", '{"a": 1, "b": 2}'), ("add", '{"a": 3, "b": 4}')])
+    events = replayed(tool_reply(HERMES, tool_choice="required"), text[:-16], finish="length")
+    final = Response.model_validate(events[-1]["response"])
+    assert events[-1]["type"] == "response.incomplete" and final.status == "incomplete"
+    assert [(o.type, o.status) for o in final.output] == [
+        ("function_call", "completed"),
+        ("function_call", "incomplete"),
+    ]
+    assert final.output[0].arguments == '{"a": 1, "b": 2}'
+    assert events[-2]["type"] == "response.output_item.done"
+    assert events[-2]["item"]["status"] == "incomplete"
 
 
 @slow
@@ -288,11 +557,11 @@ def test_a_raw_stream_cut_by_max_output_tokens_ends_with_response_incomplete(
     [
         {"previous_response_id": "resp_123"},
         {"store": True},
-        {"tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]},
+        {"tools": [{"type": "web_search"}]},
         {"background": True},
         {"conversation": "conv_123"},
         {"reasoning": {"effort": "low"}},
-        {"input": [{"type": "function_call_output", "call_id": "c", "output": "42"}]},
+        {"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]},
         {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
         {"temperature": 3},
         {"extra_body": {"max_tokens": 5}},
@@ -304,7 +573,9 @@ def test_what_the_server_does_not_do_is_an_openai_400_naming_the_parameter(
     fields = {**SHORT, "input": "hi", **bad}
     expected = next(iter(bad.get("extra_body", bad)))
     if expected == "input":
-        expected = "input[0]" if "call_id" in bad["input"][0] else "input[0].content[0]"
+        expected = "input[0]" if "type" in bad["input"][0] else "input[0].content[0]"
+    elif expected == "tools":
+        expected = "tools[0].type"
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError) as info:
             llmkit_server.responses.create(stream=stream, **fields)
@@ -348,3 +619,168 @@ def test_a_client_that_hangs_up_mid_stream_frees_the_model(llmkit_server: openai
         assert time.monotonic() < deadline, "the hung-up response kept its slot"
         time.sleep(0.05)
     assert chat(llmkit_server, "hi", max_tokens=4).choices
+
+
+# -- tools, end to end: the tiny models, the real SDK ---------------------------------------------
+
+
+def _valid(name: str, arguments: dict[str, Any]) -> bool:
+    if name == "add":
+        return set(arguments) == {"a", "b"} and all(0 <= arguments[k] <= 9 for k in "ab")
+    return (
+        name == "get_weather"
+        and isinstance(arguments["city"], str)
+        and len(arguments["city"]) <= 20
+    )
+
+
+def _function_calls(response: Any) -> list[Any]:
+    return [o for o in response.output if o.type == "function_call"]
+
+
+@slow
+@pytest.mark.parametrize("server", ["smollm2_server", "llmkit_server"])
+def test_tool_choice_required_named_and_none_are_enforced(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    client = request.getfixturevalue(server)
+    create = client.responses.create
+    required = create(input=ASK, tools=TOOLS, tool_choice="required", **CALLS)
+    Response.model_validate(required.to_dict())
+    calls = _function_calls(required)
+    assert calls and [o.type for o in required.output] == ["function_call"] * len(calls)
+    # (a tiny model may repeat its calls until max_output_tokens: the last one cut, incomplete)
+    complete = [c for c in calls if c.status == "completed"]
+    assert complete and all(_valid(c.name, json.loads(c.arguments)) for c in complete)
+    assert all(c.id.startswith("fc_") and c.call_id.startswith("call_") for c in calls)
+    assert len({c.call_id for c in calls}) == len(calls)
+    assert [t.name for t in required.tools] == ["get_weather", "add"]
+    assert required.tool_choice == "required" and required.usage.output_tokens > 0
+
+    forced = create(
+        input=ASK,
+        tools=TOOLS,
+        tool_choice={"type": "function", "name": "add"},
+        parallel_tool_calls=False,
+        **CALLS,
+    )
+    [call] = forced.output
+    assert call.type == "function_call" and call.name == "add" and call.status == "completed"
+    assert _valid("add", json.loads(call.arguments)) and forced.status == "completed"
+    assert forced.tool_choice.type == "function" and forced.tool_choice.name == "add"
+    assert forced.parallel_tool_calls is False
+
+    none = create(input=ASK, tools=TOOLS, tool_choice="none", **{**CALLS, "max_output_tokens": 12})
+    assert [o.type for o in none.output] == ["message"] and none.output_text
+
+
+@slow
+def test_a_round_trip_call_then_its_output_then_the_answer(smollm2_server: openai.OpenAI) -> None:
+    create = smollm2_server.responses.create
+    first = create(
+        input=ASK,
+        tools=TOOLS,
+        tool_choice={"type": "function", "name": "get_weather"},
+        parallel_tool_calls=False,
+        **CALLS,
+    )
+    [call] = first.output
+    assert call.type == "function_call" and call.name == "get_weather"
+    # As OpenAI's guide has it: the response's output items appended to the input as they are.
+    history: list[Any] = [{"role": "user", "content": ASK}, *first.output]
+    history.append(
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}
+    )
+    answer = create(
+        input=history, tools=TOOLS, tool_choice="none", **{**CALLS, "max_output_tokens": 24}
+    )
+    assert [o.type for o in answer.output] == ["message"] and answer.output_text
+    # the call and its result are in the prompt
+    plain = create(input=ASK, **{**CALLS, "max_output_tokens": 1})
+    assert answer.usage.input_tokens > plain.usage.input_tokens + 10
+    again = create(input=history, tools=TOOLS, tool_choice="required", **CALLS)
+    assert _function_calls(again)  # and a model may call again after a result
+
+
+@slow
+def test_the_sdks_stream_helper_assembles_a_streamed_call(smollm2_server: openai.OpenAI) -> None:
+    with smollm2_server.responses.stream(
+        input=ASK,
+        tools=TOOLS,
+        tool_choice={"type": "function", "name": "add"},
+        parallel_tool_calls=False,
+        **CALLS,
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert collapsed([e.type for e in events]) == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    added = events[2].item
+    assert added.type == "function_call" and added.arguments == "" and added.status == "in_progress"
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    done = next(e for e in events if e.type == "response.function_call_arguments.done")
+    [call] = final.output
+    assert "".join(deltas) == done.arguments == call.arguments
+    assert (call.id, call.call_id, call.name) == (added.id, added.call_id, "add")
+    assert call.parsed_arguments == json.loads(call.arguments)  # strict tools: the SDK parses
+    assert _valid("add", call.parsed_arguments) and final.status == "completed"
+
+
+@slow
+def test_a_native_template_streams_text_or_calls_and_never_its_tags(
+    qwen_template_server: openai.OpenAI,
+) -> None:
+    # auto: text or calls (calls always valid); required: a call, parsed from <tool_call> tags
+    for choice in ("auto", "required"):
+        stream = qwen_template_server.responses.create(
+            input=ASK,
+            tools=TOOLS,
+            tool_choice=choice,
+            parallel_tool_calls=False,
+            stream=True,
+            extra_body={"seed": 0},
+            **{**CALLS, "temperature": 1.0, "max_output_tokens": 40},
+        )
+        events = list(stream)
+        for event in events:
+            stream_event().validate_python(event.to_dict())
+        assert events[-1].type in ("response.completed", "response.incomplete")
+        final = events[-1].response
+        assert final.output and "<tool_call>" not in final.output_text
+        calls = _function_calls(final)
+        assert all(
+            _valid(c.name, json.loads(c.arguments)) for c in calls if c.status == "completed"
+        )
+        if choice == "required":
+            assert [(c.type, c.status) for c in final.output] == [("function_call", "completed")]
+        done = [e.item for e in events if e.type == "response.output_item.done"]
+        assert done == final.output  # each item as the stream finished it
+
+
+@slow
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": [{"type": "function", "parameters": {"type": "object"}}]}, "tools[0].name"),
+        ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0].type"),
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "name": "nowhere"}}, "tool_choice"),
+        ({"tools": TOOLS, "text": {"format": {"type": "json_object"}}}, "text.format"),
+    ],
+)
+def test_bad_tool_requests_are_openai_400s_naming_the_parameter(
+    llmkit_server: openai.OpenAI, fields: dict[str, Any], param: str
+) -> None:
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as info:
+            llmkit_server.responses.create(input="hi", stream=stream, **SHORT, **fields)
+        error = info.value.body
+        assert isinstance(error, dict) and error["type"] == "invalid_request_error"
+        assert error["param"] == param and error["message"]

@@ -16,7 +16,6 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-import llmkit
 from llmkit import grammar
 from llmkit.errors import BadRequest
 from llmkit.tools.constraint import calls_grammar
@@ -24,7 +23,7 @@ from llmkit.tools.family import FAMILIES, GENERIC, HERMES, LLAMA3, MISTRAL, dete
 from llmkit.tools.parse import CallParser, parse
 from llmkit.tools.render import ChatTemplate, render_native
 from llmkit.tools.request import ToolRequest, tool_request
-from tests.helpers import clean_env, get_json, post_json, root_url
+from tests.helpers import get_json, post_json, root_url
 
 TEMPLATES = Path(__file__).parent / "templates"
 WEATHER = {
@@ -468,21 +467,6 @@ def test_tools_beside_a_free_text_stream_in_one_batch(smollm2_server: openai.Ope
     thread.join(60)
     assert results["text"]
     assert _calls(results["tools"]) and all(_valid(*c) for c in _calls(results["tools"]))
-
-
-@pytest.fixture(scope="module")
-def qwen_template_server(smollm2_models_dir: Path) -> Iterator[openai.OpenAI]:
-    """SmolLM2 with Qwen 2.5's real template: the Hermes family, natively."""
-    with llmkit.serve(
-        "smollm2-135m-instruct",
-        threads=2,
-        ctx=2048,
-        parallel=2,
-        offline=True,
-        chat_template_file=str(TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja"),
-        env=clean_env(LLMKIT_MODELS_DIR=str(smollm2_models_dir)),
-    ) as client:
-        yield client
 
 
 @pytest.mark.slow
