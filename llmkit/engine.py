@@ -31,7 +31,7 @@ import numpy as np
 from llmkit import logprobs
 from llmkit.logprobs import TokenLogprob
 from llmkit.sampling import Sampler, SamplingParams
-from llmkit.speculation import CROWDED_MATCH, MIN_MATCH, Drafter, DraftLength
+from llmkit.speculation import CROWDED_MATCH, MIN_DRAFT, MIN_MATCH, Drafter, DraftLength
 from llmkit.textstream import TextStream
 
 DEFAULT_N_BATCH = 512
@@ -502,7 +502,7 @@ class Engine:
         draft = r.drafter.draft(k, CROWDED_MATCH if crowded else MIN_MATCH)
         if draft and matcher is not None:
             draft = draft[: matcher.validate_tokens(draft)]
-        return draft
+        return draft if len(draft) >= MIN_DRAFT else []
 
     def _verify(self, r: _Running, slot: _Slot, chunk: list[int], now: float, out: _Outbox) -> None:
         """Take a generating sequence's forced tokens, then sample row by row while its drafts
