@@ -42,7 +42,23 @@ ERRORS = {
 
 # Routes that answer `stream: true` with server-sent events instead of one JSON body.
 STREAMING = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
-EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+# Before OpenAPI 3.2's itemSchema, an event stream's `schema` describes one event, as its fields
+# (what SSE parsers, schemathesis among them, read): every event of these routes is a `data` line,
+# a JSON document (or `[DONE]`), with an `event` name on the Responses API's.
+EVENT_STREAM = {
+    "text/event-stream": {
+        "schema": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "data": {"type": "string"},
+                "event": {"type": "string"},
+                "id": {"type": "string"},
+                "retry": {"type": "integer"},
+            },
+        }
+    }
+}
 
 
 def with_openai_errors(schema: dict[str, Any]) -> dict[str, Any]:

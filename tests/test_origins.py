@@ -186,6 +186,10 @@ def test_the_schema_documents_the_errors_as_the_server_answers_them(
             assert {"400", "401", "403", "404", "500", "503"} <= set(answers), (method, path)
     assert "OpenAIError" in schema["components"]["schemas"]
     for path in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):  # stream: true
-        assert "text/event-stream" in schema["paths"][path]["post"]["responses"]["200"]["content"]
+        content = schema["paths"][path]["post"]["responses"]["200"]["content"]
+        # One event, as SSE parsers read it: its fields, of which `data` is always there.
+        event = content["text/event-stream"]["schema"]
+        assert event["type"] == "object" and event["required"] == ["data"]
+        assert set(event["properties"]) == {"data", "event", "id", "retry"}
     status, _, raw = request(llmkit_server, "POST", "/v1/chat/completions", JSON, {"messages": 3})
     assert status == 400 and error_of(raw)
