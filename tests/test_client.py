@@ -29,6 +29,7 @@ from llmkit.client import (
     retry_delay,
 )
 from llmkit.errors import LlmkitError, ServerUnreachable
+from tests.helpers import WEATHER_TOOL as WEATHER
 from tests.helpers import clean_env, free_port
 
 # Long enough that an answer is still streaming when a test stops it.
@@ -146,21 +147,6 @@ def test_stream_yields_the_answer_piece_by_piece(llmkit_server: openai.OpenAI) -
 def test_json_mode_makes_the_answer_a_json_object(llmkit_server: openai.OpenAI) -> None:
     answer = session(llmkit_server, json_mode=True, max_tokens=4).ask("Describe a cat as JSON.")
     assert answer.text.lstrip().startswith("{")
-
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 20}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
 
 
 def test_a_forced_call_streams_into_the_answer_and_stays_in_the_history(

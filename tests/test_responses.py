@@ -16,7 +16,7 @@ from llmkit.engine import Delta, Usage
 from llmkit.errors import BadRequest
 from llmkit.responses import Reply, ResponsesRequest, chat_request, tools_for
 from llmkit.tools.family import GENERIC, HERMES
-from tests.helpers import chat, get_json, root_url, scrape
+from tests.helpers import ADD_TOOL, WEATHER_TOOL, chat, get_json, root_url, scrape
 
 slow = pytest.mark.slow
 
@@ -27,33 +27,15 @@ COLOR = {
     "required": ["color"],
     "additionalProperties": False,
 }
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "The weather in a city",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 20}},
-        "required": ["city"],
-        "additionalProperties": False,
-    },
-    "strict": True,
-}
-ADD = {
-    "type": "function",
-    "name": "add",
-    "description": "Add two small numbers",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "a": {"type": "integer", "minimum": 0, "maximum": 9},
-            "b": {"type": "integer", "minimum": 0, "maximum": 9},
-        },
-        "required": ["a", "b"],
-        "additionalProperties": False,
-    },
-    "strict": True,
-}
+
+
+def flat(tool: dict[str, Any]) -> dict[str, Any]:
+    """A chat-shaped function tool in the Responses API's flat shape."""
+    return {"type": "function", **tool["function"], "strict": True}
+
+
+WEATHER = flat(WEATHER_TOOL)
+ADD = flat(ADD_TOOL)
 TOOLS = [WEATHER, ADD]
 ASK = "What is the weather in Paris? And what is 2 plus 3?"
 CALLS: dict[str, Any] = {"model": "any", "temperature": 0, "max_output_tokens": 60}

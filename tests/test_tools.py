@@ -23,38 +23,11 @@ from llmkit.tools.family import FAMILIES, GENERIC, HERMES, LLAMA3, MISTRAL, dete
 from llmkit.tools.parse import CallParser, parse
 from llmkit.tools.render import ChatTemplate, render_native
 from llmkit.tools.request import ToolRequest, tool_request
+from tests.helpers import ADD_TOOL as ADD
+from tests.helpers import WEATHER_TOOL as WEATHER
 from tests.helpers import get_json, post_json, root_url
 
 TEMPLATES = Path(__file__).parent / "templates"
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 20}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two small numbers",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "a": {"type": "integer", "minimum": 0, "maximum": 9},
-                "b": {"type": "integer", "minimum": 0, "maximum": 9},
-            },
-            "required": ["a", "b"],
-            "additionalProperties": False,
-        },
-    },
-}
 TOOLS = [WEATHER, ADD]
 ASK = [{"role": "user", "content": "What is the weather in Paris? And what is 2 plus 3?"}]
 
