@@ -53,6 +53,23 @@ def reference(gemma_gguf: Path) -> Iterator[tuple[list[int], np.ndarray]]:
     yield tokens, log_softmax
 
 
+def test_the_best_tokens_are_those_of_a_full_sort_whatever_the_logits() -> None:
+    import numpy as np
+
+    from llmkit.logprobs import best_tokens
+
+    rng = np.random.default_rng(1)
+    cases = [(rng.standard_normal(262144) * scale).astype(np.float32) for scale in (0.01, 1.0, 8.0)]
+    peaked = np.full(262144, -50.0, np.float32)
+    peaked[[7, 70_000, 262_143]] = [3.0, 2.0, 1.0]  # the last one past every whole chunk
+    cases += [peaked, rng.standard_normal(3000).astype(np.float32)]  # a small vocabulary
+    for logits in cases:
+        for top in (1, 5, 20):
+            expected = np.argsort(logits, kind="stable")[::-1][:top]
+            assert list(logits[best_tokens(logits, top)]) == list(logits[expected])
+    assert list(best_tokens(peaked, 3)) == [7, 70_000, 262_143]
+
+
 def test_completions_with_echo_give_the_prompts_logprobs_as_llama_cpp_computes_them(
     llmkit_server: openai.OpenAI, reference: tuple[list[int], np.ndarray]
 ) -> None:
