@@ -58,6 +58,17 @@ ADD_TOOL: dict[str, Any] = {
 }
 
 
+def valid_tool_call(name: str, arguments: dict[str, Any]) -> bool:
+    """A call of WEATHER_TOOL or ADD_TOOL whose arguments keep to its schema."""
+    if name == "add":
+        return set(arguments) == {"a", "b"} and all(0 <= arguments[k] <= 9 for k in "ab")
+    return (
+        name == "get_weather"
+        and isinstance(arguments["city"], str)
+        and len(arguments["city"]) <= 20
+    )
+
+
 # `llmkit ARGS` in this process: the llmkit_cli fixture.
 LlmkitCli = Callable[..., Result]
 

@@ -16,7 +16,7 @@ from llmkit.engine import Delta, Usage
 from llmkit.errors import BadRequest
 from llmkit.responses import Reply, ResponsesRequest, chat_request, tools_for
 from llmkit.tools.family import GENERIC, HERMES
-from tests.helpers import ADD_TOOL, WEATHER_TOOL, chat, get_json, root_url, scrape
+from tests.helpers import ADD_TOOL, WEATHER_TOOL, chat, get_json, root_url, scrape, valid_tool_call
 
 slow = pytest.mark.slow
 
@@ -47,6 +47,13 @@ STREAM_ORDER = [
     "response.output_text.delta",
     "response.output_text.done",
     "response.content_part.done",
+    "response.output_item.done",
+]
+# A function_call item's events, as the SDK streams them.
+CALL_ORDER = [
+    "response.output_item.added",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
     "response.output_item.done",
 ]
 
@@ -292,13 +299,7 @@ def test_text_then_calls_stream_as_a_message_then_function_call_items() -> None:
         "response.created",
         "response.in_progress",
         *STREAM_ORDER[2:],  # the message, then each call
-        *[
-            "response.output_item.added",
-            "response.function_call_arguments.delta",
-            "response.function_call_arguments.done",
-            "response.output_item.done",
-        ]
-        * 2,
+        *CALL_ORDER * 2,
         "response.completed",
     ]
     added = [e["item"] for e in events if e["type"] == "response.output_item.added"]
@@ -606,16 +607,6 @@ def test_a_client_that_hangs_up_mid_stream_frees_the_model(llmkit_server: openai
 # -- tools, end to end: the tiny models, the real SDK ---------------------------------------------
 
 
-def _valid(name: str, arguments: dict[str, Any]) -> bool:
-    if name == "add":
-        return set(arguments) == {"a", "b"} and all(0 <= arguments[k] <= 9 for k in "ab")
-    return (
-        name == "get_weather"
-        and isinstance(arguments["city"], str)
-        and len(arguments["city"]) <= 20
-    )
-
-
 def _function_calls(response: Any) -> list[Any]:
     return [o for o in response.output if o.type == "function_call"]
 
@@ -633,7 +624,7 @@ def test_tool_choice_required_named_and_none_are_enforced(
     assert calls and [o.type for o in required.output] == ["function_call"] * len(calls)
     # (a tiny model may repeat its calls until max_output_tokens: the last one cut, incomplete)
     complete = [c for c in calls if c.status == "completed"]
-    assert complete and all(_valid(c.name, json.loads(c.arguments)) for c in complete)
+    assert complete and all(valid_tool_call(c.name, json.loads(c.arguments)) for c in complete)
     assert all(c.id.startswith("fc_") and c.call_id.startswith("call_") for c in calls)
     assert len({c.call_id for c in calls}) == len(calls)
     assert [t.name for t in required.tools] == ["get_weather", "add"]
@@ -648,7 +639,7 @@ def test_tool_choice_required_named_and_none_are_enforced(
     )
     [call] = forced.output
     assert call.type == "function_call" and call.name == "add" and call.status == "completed"
-    assert _valid("add", json.loads(call.arguments)) and forced.status == "completed"
+    assert valid_tool_call("add", json.loads(call.arguments)) and forced.status == "completed"
     assert forced.tool_choice.type == "function" and forced.tool_choice.name == "add"
     assert forced.parallel_tool_calls is False
 
@@ -698,10 +689,7 @@ def test_the_sdks_stream_helper_assembles_a_streamed_call(smollm2_server: openai
     assert collapsed([e.type for e in events]) == [
         "response.created",
         "response.in_progress",
-        "response.output_item.added",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.done",
-        "response.output_item.done",
+        *CALL_ORDER,
         "response.completed",
     ]
     assert [e.sequence_number for e in events] == list(range(len(events)))
@@ -713,7 +701,7 @@ def test_the_sdks_stream_helper_assembles_a_streamed_call(smollm2_server: openai
     assert "".join(deltas) == done.arguments == call.arguments
     assert (call.id, call.call_id, call.name) == (added.id, added.call_id, "add")
     assert call.parsed_arguments == json.loads(call.arguments)  # strict tools: the SDK parses
-    assert _valid("add", call.parsed_arguments) and final.status == "completed"
+    assert valid_tool_call("add", call.parsed_arguments) and final.status == "completed"
 
 
 @slow
@@ -739,7 +727,9 @@ def test_a_native_template_streams_text_or_calls_and_never_its_tags(
         assert final.output and "<tool_call>" not in final.output_text
         calls = _function_calls(final)
         assert all(
-            _valid(c.name, json.loads(c.arguments)) for c in calls if c.status == "completed"
+            valid_tool_call(c.name, json.loads(c.arguments))
+            for c in calls
+            if c.status == "completed"
         )
         if choice == "required":
             assert [(c.type, c.status) for c in final.output] == [("function_call", "completed")]

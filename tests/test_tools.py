@@ -25,7 +25,7 @@ from llmkit.tools.render import ChatTemplate, render_native
 from llmkit.tools.request import ToolRequest, tool_request
 from tests.helpers import ADD_TOOL as ADD
 from tests.helpers import WEATHER_TOOL as WEATHER
-from tests.helpers import get_json, post_json, root_url
+from tests.helpers import get_json, post_json, root_url, valid_tool_call
 
 TEMPLATES = Path(__file__).parent / "templates"
 TOOLS = [WEATHER, ADD]
@@ -258,16 +258,6 @@ def _calls(reply: Any) -> list[tuple[str, dict[str, Any]]]:
     return [(c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or []]
 
 
-def _valid(name: str, arguments: dict[str, Any]) -> bool:
-    if name == "add":
-        return set(arguments) == {"a", "b"} and all(0 <= arguments[k] <= 9 for k in "ab")
-    return (
-        name == "get_weather"
-        and isinstance(arguments["city"], str)
-        and len(arguments["city"]) <= 20
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("server", SERVERS)
 def test_required_named_none_and_one_call_are_enforced(
@@ -276,7 +266,7 @@ def test_required_named_none_and_one_call_are_enforced(
     client = request.getfixturevalue(server)
     required = _create(client, tool_choice="required")
     calls = _calls(required)
-    assert calls and all(_valid(name, args) for name, args in calls)
+    assert calls and all(valid_tool_call(name, args) for name, args in calls)
     # (a tiny model may repeat its calls until max_tokens: "length" then, with complete calls)
     assert required.choices[0].finish_reason in ("tool_calls", "length")
     assert required.choices[0].message.content is None
@@ -286,7 +276,7 @@ def test_required_named_none_and_one_call_are_enforced(
 
     forced = _create(client, tool_choice=named("add"), parallel_tool_calls=False)
     calls = _calls(forced)
-    assert len(calls) == 1 and calls[0][0] == "add" and _valid(*calls[0])
+    assert len(calls) == 1 and calls[0][0] == "add" and valid_tool_call(*calls[0])
     assert forced.choices[0].finish_reason == "tool_calls"
 
     single = _create(client, tool_choice="required", parallel_tool_calls=False)
@@ -342,7 +332,7 @@ def test_streamed_calls_are_assembled_by_the_sdks_stream_helper(
         final = stream.get_final_completion()
     calls = final.choices[0].message.tool_calls
     assert calls and calls[0].function.name == "get_weather"
-    assert _valid("get_weather", json.loads(calls[0].function.arguments))
+    assert valid_tool_call("get_weather", json.loads(calls[0].function.arguments))
 
 
 @pytest.mark.slow
@@ -439,7 +429,7 @@ def test_tools_beside_a_free_text_stream_in_one_batch(smollm2_server: openai.Ope
     results["tools"] = _create(smollm2_server, tool_choice="required", parallel_tool_calls=False)
     thread.join(60)
     assert results["text"]
-    assert _calls(results["tools"]) and all(_valid(*c) for c in _calls(results["tools"]))
+    assert _calls(results["tools"]) and all(valid_tool_call(*c) for c in _calls(results["tools"]))
 
 
 @pytest.mark.slow
@@ -450,7 +440,7 @@ def test_a_native_template_calls_streams_and_runs_free_until_its_trigger(
     card = client.models.list().data[0]
     assert card.model_extra["tools"] == {"native": True, "format": "hermes"}
     required = _create(client, tool_choice="required", parallel_tool_calls=False)
-    assert len(_calls(required)) == 1 and all(_valid(*c) for c in _calls(required))
+    assert len(_calls(required)) == 1 and all(valid_tool_call(*c) for c in _calls(required))
     with client.chat.completions.stream(
         model="any",
         messages=ASK,
@@ -466,7 +456,7 @@ def test_a_native_template_calls_streams_and_runs_free_until_its_trigger(
         choice = auto.choices[0]
         if choice.message.tool_calls:
             assert choice.finish_reason == "tool_calls"
-            assert all(_valid(*c) for c in _calls(auto))
+            assert all(valid_tool_call(*c) for c in _calls(auto))
             assert "<tool_call>" not in (choice.message.content or "")
         else:
             assert choice.message.content and "<tool_call>" not in choice.message.content
