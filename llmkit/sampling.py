@@ -17,7 +17,6 @@ import llama_cpp
 import numpy as np
 
 from llmkit import grammar
-from llmkit.grammar import GrammarError
 
 PENALTY_LAST_N = 64
 
@@ -149,7 +148,7 @@ class Sampler:
     def accept(self, token: int) -> None:
         """Take a token the grammar forces, without sampling: into the grammar and the history."""
         if self.matcher is not None and not self.matcher.consume_token(token):
-            raise GrammarError(f"the grammar refused its own forced token {token}")
+            raise grammar.GrammarError(f"the grammar refused its own forced token {token}")
         self._accepted(token)
 
     def _accepted(self, token: int) -> None:

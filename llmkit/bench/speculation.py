@@ -89,7 +89,7 @@ def _together(calls: list[Callable[[], Any]]) -> tuple[float, list[Any]]:
     return wall, results
 
 
-def _tokens_per_s(client: Any, prompts: list[str], max_tokens: int) -> tuple[float, list[str]]:
+def _tokens_per_s(client: Any, prompts: list[str], max_tokens: int) -> float:
     """All prompts sent together (one client each): completion tokens over the wall time."""
 
     def call(prompt: str) -> Callable[[], Any]:
@@ -98,8 +98,7 @@ def _tokens_per_s(client: Any, prompts: list[str], max_tokens: int) -> tuple[flo
         )
 
     wall, results = _together([call(p) for p in prompts])
-    tokens = sum(r.usage.completion_tokens for r in results)
-    return tokens / wall, [r.choices[0].text for r in results]
+    return sum(r.usage.completion_tokens for r in results) / wall
 
 
 def _chat_tokens_per_s(client: Any, structured: bool, max_tokens: int) -> tuple[float, int]:
@@ -189,12 +188,12 @@ def run(
                         if width == 1:
                             rates = []
                             for prompt in prompts:
-                                rate, _ = _tokens_per_s(api[name], [prompt], max_tokens)
+                                rate = _tokens_per_s(api[name], [prompt], max_tokens)
                                 rates.append(rate)
                             rate = statistics.mean(rates)
                         else:
                             batch = [prompts[i % len(prompts)] for i in range(width)]
-                            rate, _ = _tokens_per_s(api[name], batch, max_tokens)
+                            rate = _tokens_per_s(api[name], batch, max_tokens)
                         samples.setdefault((kind, name, width), []).append(rate)
                         log(f"  repeat {r + 1} {kind} {width} client(s) {name}: {rate:.1f} tok/s")
             for name in SERVERS if r % 2 == 0 else SERVERS[::-1]:
