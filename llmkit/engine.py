@@ -31,7 +31,7 @@ import numpy as np
 from llmkit import logprobs
 from llmkit.logprobs import TokenLogprob
 from llmkit.sampling import Sampler, SamplingParams
-from llmkit.speculation import CROWDED_MATCH, MIN_DRAFT, MIN_MATCH, Drafter, DraftLength
+from llmkit.speculation import CROWDED_MATCH, MIN_DRAFT, MIN_MATCH, Drafter, DraftLength, Recall
 from llmkit.textstream import TextStream
 
 DEFAULT_N_BATCH = 512
@@ -222,6 +222,18 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+def slot_for(free: list[_Slot], prompt: list[int], limit: int) -> _Slot:
+    """The free slot a prompt goes to: the one whose cache it continues (a chat's next turn reuses
+    at least half of what the slot holds), else the one whose cache matters least (empty, then the
+    least recently used). A prefix it merely shares with a slot (a system prompt) is copied from
+    there instead, so that one request's cache is not overwritten by every request that shares
+    a few tokens with it."""
+    best = max(free, key=lambda s: (min(common_prefix(s.cached, prompt), limit), -s.last_used))
+    if 2 * min(common_prefix(best.cached, prompt), limit) >= len(best.cached) > 0:
+        return best
+    return min(free, key=lambda s: (len(s.cached) > 0, s.last_used))
+
+
 _DEFAULT_CHANNEL = QueueChannel()
 
 
@@ -244,6 +256,7 @@ class Engine:
     ) -> None:
         self.parallel = parallel
         self.speculation = speculation
+        self.recall = Recall()  # the finished sequences that drafted, for drafts across requests
         self.slot_ctx = slot_ctx
         self.max_queue = max_queue
         self.n_batch = n_batch
@@ -499,7 +512,7 @@ class Engine:
                 r.forced = len(forced)
                 return forced
         k = min(r.draft_length.length(crowded), room)
-        draft = r.drafter.draft(k, CROWDED_MATCH if crowded else MIN_MATCH)
+        draft = r.drafter.draft(k, CROWDED_MATCH if crowded else MIN_MATCH, self.recall)[:room]
         if draft and matcher is not None:
             draft = draft[: matcher.validate_tokens(draft)]
         return draft if len(draft) >= MIN_DRAFT else []
@@ -608,6 +621,8 @@ class Engine:
         r = slot.running
         assert r is not None
         r.sampler.close()
+        if r.drafter is not None:
+            self.recall.remember(r.drafter)
         slot.running = None
         slot.last_used = time.perf_counter()
         r.job._running -= 1
@@ -692,9 +707,7 @@ class Engine:
         sampler = Sampler(params, self.vocab, self.eog)
         prompt = choice.prompt
         limit = len(prompt) - 1  # the last prompt token is always decoded, for its logits
-        target = max(
-            free, key=lambda s: (min(common_prefix(s.cached, prompt), limit), -s.last_used)
-        )
+        target = slot_for(free, prompt, limit)
         free.remove(target)
         # Prompt logprobs need the logits of every prompt position: nothing is reused then.
         limit = 0 if params.prompt_logprobs else limit

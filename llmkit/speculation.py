@@ -11,10 +11,15 @@ a two- or three-token match, common in ordinary prose, is right too rarely to pa
 text, a file being edited or a quoted passage matches over dozens of tokens. llama-server's
 ngram-mod goes further and drafts only after a 24-token match; llmkit starts at `MIN_MATCH` and
 lets `DraftLength` grow the draft while it is accepted, so copying pays from its first words.
+
+A sequence also drafts from the server's recent sequences (`Recall`: the prompts and outputs of
+the last requests that asked for speculation), as ngram-mod's one table for all requests does: a
+regenerated answer, or a file edited again and again, is copied from the previous one.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 KEY = 4  # the tokens an earlier occurrence is looked up by
@@ -27,6 +32,7 @@ MAX_DRAFT = 32  # tokens a sequence drafts at most in one step
 # its batched kernels), 55 ms with 5, 68 ms with 9, 107 ms with 17 and 179 ms with 33: a short
 # draft saves nothing even when accepted, a long accepted one is 2.4 times as fast per token.
 MIN_DRAFT = 3
+RECALL_TOKENS = 65536  # the recent sequences' tokens Recall keeps, at most
 
 
 class Drafter:
@@ -51,34 +57,73 @@ class Drafter:
     def match(self) -> tuple[int, int]:
         """(start, length): what followed the latest earlier occurrence of the text's end, and how
         many tokens that occurrence shares with it (0: none); lengths are measured up to MAX_MATCH."""
-        seq = self.tokens
+        return self.match_in(self)
+
+    def match_in(self, source: Drafter) -> tuple[int, int]:
+        """(start, length) as `match`, of the text's end in `source`'s tokens (this one's own or
+        another sequence's)."""
+        seq, before = self.tokens, source.tokens
         end = len(seq)
-        if end <= KEY:
+        if end < KEY:
             return 0, 0
-        start = self._after.get(tuple(seq[end - KEY :]))
-        if start is None:
+        start = source._after.get(tuple(seq[end - KEY :]))
+        if start is None or (source is self and end == KEY):
             return 0, 0
         n = KEY
-        while n < MAX_MATCH and start - n > 0 and seq[start - n - 1] == seq[end - n - 1]:
+        while n < MAX_MATCH and start - n > 0 and before[start - n - 1] == seq[end - n - 1]:
             n += 1
         return start, n
 
-    def draft(self, k: int, min_match: int = MIN_MATCH) -> list[int]:
-        """Up to k tokens that followed the latest earlier occurrence of the text's end, where it
-        matches at least `min_match` tokens; a match close to the end (a repeating pattern) is
-        continued past what is known."""
+    def draft(self, k: int, min_match: int = MIN_MATCH, recall: Recall | None = None) -> list[int]:
+        """Up to k tokens that followed the latest earlier occurrence of the text's end, in this
+        sequence or, where a recent one matches longer, in that one, where the match is at least
+        `min_match` tokens; a match close to the end (a repeating pattern) is continued past what
+        is known. A match longer than 2k tokens drafts half its length (up to MAX_DRAFT): copying
+        that far back is likely to go on."""
         if k <= 0:
             return []
+        source = self
         start, n = self.match()
+        for other in recall.recent() if recall is not None else ():
+            s, m = self.match_in(other)
+            if m > n:
+                source, start, n = other, s, m
         if n < min_match:
             return []
-        seq = self.tokens
-        end = len(seq)
+        k = max(k, min(MAX_DRAFT, n // 2))
+        before, end = source.tokens, len(source.tokens)
+        if source is not self:
+            return before[start : start + k]
         out: list[int] = []
         for j in range(k):
             p = start + j
-            out.append(seq[p] if p < end else out[p - end])
+            out.append(before[p] if p < end else out[p - end])
         return out
+
+
+class Recall:
+    """The recent sequences (prompt and output) of the server, newest first, for drafts across
+    requests; at most `capacity` tokens of them."""
+
+    def __init__(self, capacity: int = RECALL_TOKENS):
+        self.capacity = capacity
+        self._kept: deque[Drafter] = deque()
+        self._tokens = 0
+
+    def remember(self, sequence: Drafter) -> None:
+        if len(sequence.tokens) > self.capacity or len(sequence.tokens) <= KEY:
+            return
+        self._kept.appendleft(sequence)
+        self._tokens += len(sequence.tokens)
+        while self._tokens > self.capacity:
+            self._tokens -= len(self._kept.pop().tokens)
+
+    def recent(self) -> deque[Drafter]:
+        return self._kept
+
+    @property
+    def tokens(self) -> int:
+        return self._tokens
 
 
 @dataclass

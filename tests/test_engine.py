@@ -23,6 +23,8 @@ from llmkit.engine import (
     QueueChannel,
     QueueFull,
     Usage,
+    _Slot,
+    slot_for,
 )
 from llmkit.grammar import grammar_for, schema_grammar
 from llmkit.sampling import Sampler, SamplingParams
@@ -167,6 +169,33 @@ def test_a_repeated_prompt_recomputes_only_its_last_token(gemma: llama_cpp.Llama
     assert e.prompt_tokens_cached == len(prompt) - 1
 
 
+def test_a_prompt_goes_to_the_slot_it_continues_else_to_the_one_whose_cache_matters_least() -> None:
+    system = [1, 2, 3]
+    chat = _Slot(0, [*system, 10, 11, 12, 13], last_used=5.0)
+    other = _Slot(1, [*system, 20, 21, 22, 23], last_used=1.0)
+    empty = _Slot(2)
+    next_turn = [*system, 10, 11, 12, 13, 14, 15]
+    assert slot_for([chat, other, empty], next_turn, len(next_turn) - 1) is chat
+    # Sharing only the system prompt: an empty slot, then the least recently used one (the
+    # shared prefix is copied from the slot that holds it).
+    new = [*system, 30, 31, 32, 33]
+    assert slot_for([chat, other, empty], new, len(new) - 1) is empty
+    assert slot_for([chat, other], new, len(new) - 1) is other
+
+
+def test_requests_sharing_a_system_prompt_keep_each_others_caches(gemma: llama_cpp.Llama) -> None:
+    system = "You are a helpful assistant. Answer in one short sentence. "
+    first, second = (tokens(gemma, system + f"{q}\nAnswer:") for q in (RIVER, ANIMALS))
+    e = engine(gemma, slot_ctx=1024)
+    try:
+        for prompt in (first, second):
+            generate(e, [Choice(prompt, greedy(2))])
+        again = generate(e, [Choice(first, greedy(2))])  # its slot was kept for it
+    finally:
+        e.close()
+    assert again[2].cached_tokens == len(first) - 1
+
+
 def test_a_prompt_extending_one_being_generated_copies_its_cache(gemma: llama_cpp.Llama) -> None:
     base = tokens(gemma, RIVER)
     longer = base + tokens(gemma, "and then the sea.")[1:]  # without its BOS
@@ -190,9 +219,10 @@ def test_a_prompt_extending_one_being_generated_copies_its_cache(gemma: llama_cp
 def test_greedy_with_penalties_picks_what_the_sampler_chain_picks(gemma: llama_cpp.Llama) -> None:
     # A zero logit_bias changes no logit but sends sampling through llama.cpp's chain; without it,
     # greedy sampling is llmkit's argmax with the penalties applied to the recent tokens.
+    # (Without drafts: one run's drafts from the other's answer would change the batch shapes.)
     prompt = tokens(gemma, "Count from one to a hundred: 1, 2, 3,")
     penalties = {"repeat_penalty": 1.3, "frequency_penalty": 0.5, "presence_penalty": 0.3}
-    e = engine(gemma, parallel=1)
+    e = engine(gemma, parallel=1, speculation=False)
 
     try:
         generate(e, [Choice(prompt, greedy(2))])  # both below find the prompt cached
@@ -303,7 +333,7 @@ def test_greedy_with_penalties_and_a_grammar_remembers_the_token_it_chose(
         {"type": "object", "properties": {"fruits": {"type": "array", "items": {"type": "string"}}}}
     )
     penalties = {"repeat_penalty": 1.3, "frequency_penalty": 0.5, "grammar": fruits}
-    e = engine(gemma, parallel=1)
+    e = engine(gemma, parallel=1, speculation=False)  # the same batch shapes for both
     try:
         generate(e, [Choice(prompt, greedy(2))])  # both below find the prompt cached
         fast = generate(e, [Choice(prompt, greedy(40, **penalties))])

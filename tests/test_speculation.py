@@ -16,8 +16,10 @@ from llmkit.speculation import (
     MAX_DRAFT,
     MAX_MATCH,
     MIN_MATCH,
+    RECALL_TOKENS,
     Drafter,
     DraftLength,
+    Recall,
 )
 
 # A copy-heavy prompt: a block of text, then the start of the same block again (to a line's end, so
@@ -57,6 +59,40 @@ def test_no_earlier_occurrence_gives_no_draft() -> None:
 def test_a_repeating_pattern_is_continued_past_the_end_of_what_is_known() -> None:
     d = Drafter([5] + [1, 2] * MIN_MATCH)
     assert d.draft(5) == [1, 2, 1, 2, 1]
+
+
+def test_a_long_match_drafts_half_its_length() -> None:
+    long = list(range(100, 140))
+    d = Drafter([*long, 5, *long[:30]])
+    assert d.match()[1] == 30
+    assert d.draft(4) == [*long[30:], 5, *long[:4]]  # 15 tokens: copying that far goes on
+    longer = list(range(100, 100 + 2 * MAX_MATCH))
+    assert len(Drafter([*longer, 5, *longer]).draft(4)) == min(MAX_DRAFT, MAX_MATCH // 2)
+
+
+def test_a_sequence_drafts_from_a_recent_one_where_that_matches_longer() -> None:
+    prompt, answer = list(range(100, 120)), list(range(500, 540))
+    recall = Recall()
+    recall.remember(Drafter([*prompt, *answer]))  # an earlier request, finished
+    again = Drafter(prompt)
+    assert again.draft(8) == []  # nothing repeats within the prompt alone
+    drafted = again.draft(8, recall=recall)
+    assert drafted == answer[: len(drafted)] and len(drafted) >= 8
+    # Its own text wins where it matches longer; a recent sequence only drafts up to its end.
+    own = Drafter([1, *answer, 7, 1, *answer[:30]])
+    assert own.draft(4, recall=recall) == [*answer[30:], 7, 1, *answer[:3]]
+    tail = Drafter([9, 9, *prompt, *answer[:36]])
+    assert tail.draft(8, recall=recall) == answer[36:]
+
+
+def test_recall_keeps_the_newest_sequences_within_its_capacity() -> None:
+    recall = Recall(capacity=100)
+    sequences = [Drafter(list(range(i * 1000, i * 1000 + 40))) for i in range(4)]
+    for sequence in sequences:
+        recall.remember(sequence)
+    assert list(recall.recent()) == sequences[:1:-1] and recall.tokens == 80
+    recall.remember(Drafter(list(range(101))))  # longer than all it keeps: not kept
+    assert recall.tokens == 80 and RECALL_TOKENS >= 32768
 
 
 def test_draft_length_doubles_while_accepted_and_pauses_where_drafts_keep_failing() -> None:
@@ -185,6 +221,29 @@ def test_rejected_drafts_leave_a_consistent_cache_for_a_follow_up_that_reuses_th
     assert_same_greedy(again, fresh)
 
 
+@pytest.mark.slow
+def test_a_request_again_is_drafted_from_the_earlier_answer_and_stays_the_same(gemma: Any) -> None:
+    prompt = tokens(gemma, "Write a short essay about bees.\n\nEssay:\n")
+    fast = engine(gemma)
+    try:
+        first, _, _ = run(fast, prompt, max_tokens=48)
+        calls, accepted = fast.decode_calls, fast.tokens_draft_accepted
+        assert fast.recall.tokens == len(prompt) + len(first) - 1  # all but the last token
+        second, _, _ = run(fast, prompt, max_tokens=48)
+        assert fast.tokens_draft_accepted - accepted >= 16  # copied from the first answer
+        assert fast.decode_calls - calls < 0.75 * calls
+        kept = fast.recall.tokens
+        run(fast, tokens(gemma, "The moon is"), max_tokens=8, speculation=False)
+        assert fast.recall.tokens == kept  # a request without speculation is not remembered
+    finally:
+        fast.close()
+    # Each token is still the argmax of its row; where the texts part, a batch of drafts rounded
+    # a near tie the other way (the first request decoded its opening token by token).
+    for position in second:
+        assert position.logprob == pytest.approx(position.top[0][1], abs=1e-6)
+    assert [p.token for p in second[:6]] == [p.token for p in first[:6]]
+
+
 def assert_same_greedy(got: list[Any], expected: list[Any]) -> None:
     """The same tokens, but where a near tie (a different batch shape's rounding) went the other way."""
     for i, (a, b) in enumerate(zip(got, expected, strict=False)):
@@ -278,8 +337,9 @@ def test_tokens_a_schema_forces_are_decoded_together_unsampled_and_the_output_st
                                     temperature=1.0, logprobs=None)  # fmt: skip
             assert finish == "stop" and list(json.loads(text)) == list(keys)
             assert list(json.loads(expected)) == list(keys)
+            if seed == 0:  # nothing to copy yet (later ones may draft from the earlier records)
+                assert fast.tokens_drafted == 0 and fast.tokens_forced > 10
         assert fast.tokens_forced > 30  # the keys, quotes and punctuation, three times
-        assert fast.tokens_drafted == 0  # no n-gram drafts here: only forced tokens
         # Forced tokens share a step: fewer decodes than tokens (plain decodes one a token).
         assert fast.decode_calls < fast.tokens_generated - fast.tokens_forced + 10
         assert plain.decode_calls >= plain.tokens_generated

@@ -4,7 +4,9 @@ Two `llmkit serve` processes (one with `--no-speculation`), and any peers given 
 plain and with `--spec-type ngram-mod`, say), answer the same prompts at temperature 0, 1 client
 and then N together, interleaved request by request so that a noisy machine slows all alike; each
 figure is the median over the repeats. The copy-heavy set (repeat a text, edit one line of a file,
-list quoted passages) comes from a JSON file (scripts/copy_prompts.json in a checkout):
+list quoted passages) is instructions, sent as a user's chat message so that each server applies
+the model's chat template (an instruct model then does the task: it copies); the ordinary set is
+completion prompts. Both come from a JSON file (scripts/copy_prompts.json in a checkout):
 {"copy": [{"task": ..., "prompt": ...}], "ordinary": [prompt, ...]}.
 
 A third set is structured output: a JSON schema with long key names, whose keys, quotes and
@@ -24,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from llmkit import launcher
@@ -89,16 +92,36 @@ def _together(calls: list[Callable[[], Any]]) -> tuple[float, list[Any]]:
     return wall, results
 
 
-def _tokens_per_s(client: Any, prompts: list[str], max_tokens: int) -> float:
-    """All prompts sent together (one client each): completion tokens over the wall time."""
+def _tokens_per_s(client: Any, prompts: list[str], max_tokens: int, chat: bool = False) -> float:
+    """All prompts sent together (one client each; `chat`: as a user's message): completion tokens
+    over the wall time."""
 
     def call(prompt: str) -> Callable[[], Any]:
-        return lambda: client.completions.create(
-            model="m", prompt=prompt, max_tokens=max_tokens, temperature=0
-        )
+        return lambda: _complete(client, prompt, max_tokens, chat)
 
     wall, results = _together([call(p) for p in prompts])
     return sum(r.usage.completion_tokens for r in results) / wall
+
+
+def _complete(client: Any, prompt: str, max_tokens: int, chat: bool, **extra: Any) -> Any:
+    """The prompt's completion at temperature 0, or its chat answer with `chat`."""
+    if chat:
+        messages = [{"role": "user", "content": prompt}]
+        return client.chat.completions.create(
+            model="m", messages=messages, max_tokens=max_tokens, temperature=0, **extra
+        )
+    return client.completions.create(
+        model="m", prompt=prompt, max_tokens=max_tokens, temperature=0, **extra
+    )
+
+
+def _token_logprobs(answer: Any) -> Any:
+    """A chat answer's token logprobs in the legacy shape first_difference reads."""
+    content = answer.choices[0].logprobs.content or []
+    return SimpleNamespace(
+        tokens=[entry.token for entry in content],
+        top_logprobs=[{top.token: top.logprob for top in entry.top_logprobs} for entry in content],
+    )
 
 
 def _chat_tokens_per_s(client: Any, structured: bool, max_tokens: int) -> tuple[float, int]:
@@ -183,17 +206,18 @@ def run(
         for r in range(repeats):
             order = names if r % 2 == 0 else names[::-1]
             for kind, prompts in sets.items():
+                chat = kind == "copy"
                 for width in (1, clients):
                     for name in order:
                         if width == 1:
                             rates = []
                             for prompt in prompts:
-                                rate = _tokens_per_s(api[name], [prompt], max_tokens)
+                                rate = _tokens_per_s(api[name], [prompt], max_tokens, chat)
                                 rates.append(rate)
                             rate = statistics.mean(rates)
                         else:
                             batch = [prompts[i % len(prompts)] for i in range(width)]
-                            rate = _tokens_per_s(api[name], batch, max_tokens)
+                            rate = _tokens_per_s(api[name], batch, max_tokens, chat)
                         samples.setdefault((kind, name, width), []).append(rate)
                         log(f"  repeat {r + 1} {kind} {width} client(s) {name}: {rate:.1f} tok/s")
             for name in SERVERS if r % 2 == 0 else SERVERS[::-1]:
@@ -206,12 +230,9 @@ def run(
         differences = {}
         for i, prompt in enumerate(sets["copy"]):
             a, b = (
-                api[name]
-                .completions.create(
-                    model="m", prompt=prompt, max_tokens=max_tokens, temperature=0, logprobs=2
+                _token_logprobs(
+                    _complete(api[name], prompt, max_tokens, True, logprobs=True, top_logprobs=2)
                 )
-                .choices[0]
-                .logprobs
                 for name in SERVERS
             )
             differences[i] = first_difference(a, b)
