@@ -33,6 +33,7 @@ MAX_DRAFT = 32  # tokens a sequence drafts at most in one step
 # draft saves nothing even when accepted, a long accepted one is 2.4 times as fast per token.
 MIN_DRAFT = 3
 RECALL_TOKENS = 65536  # the recent sequences' tokens Recall keeps, at most
+RECALL_SEQUENCES = 64  # and how many sequences: each draft looks in every one of them
 
 
 class Drafter:
@@ -103,10 +104,11 @@ class Drafter:
 
 class Recall:
     """The recent sequences (prompt and output) of the server, newest first, for drafts across
-    requests; at most `capacity` tokens of them."""
+    requests; at most `capacity` tokens and `count` sequences of them."""
 
-    def __init__(self, capacity: int = RECALL_TOKENS):
+    def __init__(self, capacity: int = RECALL_TOKENS, count: int = RECALL_SEQUENCES):
         self.capacity = capacity
+        self.count = count
         self._kept: deque[Drafter] = deque()
         self._tokens = 0
 
@@ -115,7 +117,7 @@ class Recall:
             return
         self._kept.appendleft(sequence)
         self._tokens += len(sequence.tokens)
-        while self._tokens > self.capacity:
+        while self._tokens > self.capacity or len(self._kept) > self.count:
             self._tokens -= len(self._kept.pop().tokens)
 
     def recent(self) -> deque[Drafter]:

@@ -93,6 +93,10 @@ def test_recall_keeps_the_newest_sequences_within_its_capacity() -> None:
     assert list(recall.recent()) == sequences[:1:-1] and recall.tokens == 80
     recall.remember(Drafter(list(range(101))))  # longer than all it keeps: not kept
     assert recall.tokens == 80 and RECALL_TOKENS >= 32768
+    few = Recall(count=2)
+    for sequence in sequences:
+        few.remember(sequence)
+    assert list(few.recent()) == sequences[:1:-1]  # each draft looks in all: their number is kept low
 
 
 def test_draft_length_doubles_while_accepted_and_pauses_where_drafts_keep_failing() -> None:
