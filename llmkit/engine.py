@@ -223,13 +223,15 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def slot_for(free: list[_Slot], prompt: list[int], limit: int) -> _Slot:
-    """The free slot a prompt goes to: the one whose cache it continues (a chat's next turn reuses
-    at least half of what the slot holds), else the one whose cache matters least (empty, then the
-    least recently used). A prefix it merely shares with a slot (a system prompt) is copied from
-    there instead, so that one request's cache is not overwritten by every request that shares
-    a few tokens with it."""
+    """The free slot a prompt goes to: the one whose cache holds all of it (the same request again,
+    which then computes as it did before) or that it continues (a chat's next turn reuses at least
+    half of what the slot holds), else the one whose cache matters least (empty, then the least
+    recently used). A prefix it merely shares with a slot (a system prompt) is copied from there
+    instead, so that one request's cache is not overwritten by every request that shares a few
+    tokens with it."""
     best = max(free, key=lambda s: (min(common_prefix(s.cached, prompt), limit), -s.last_used))
-    if 2 * min(common_prefix(best.cached, prompt), limit) >= len(best.cached) > 0:
+    reuse = min(common_prefix(best.cached, prompt), limit)
+    if best.cached and (reuse == limit or 2 * reuse >= len(best.cached)):
         return best
     return min(free, key=lambda s: (len(s.cached) > 0, s.last_used))
 
@@ -252,11 +254,14 @@ class Engine:
         kv_size: int | None = None,
         kv_type: str = "f16",
         speculation: bool = True,
+        draft_from_recent: bool = False,
         observer: Observer | None = None,
     ) -> None:
         self.parallel = parallel
         self.speculation = speculation
-        self.recall = Recall()  # the finished sequences that drafted, for drafts across requests
+        # The finished sequences that drafted, for drafts across requests (off by default: a
+        # request's text would then depend on the earlier ones', through the batch shapes).
+        self.recall = Recall() if draft_from_recent else None
         self.slot_ctx = slot_ctx
         self.max_queue = max_queue
         self.n_batch = n_batch
@@ -621,7 +626,7 @@ class Engine:
         r = slot.running
         assert r is not None
         r.sampler.close()
-        if r.drafter is not None:
+        if r.drafter is not None and self.recall is not None:
             self.recall.remember(r.drafter)
         slot.running = None
         slot.last_used = time.perf_counter()

@@ -92,6 +92,7 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
         max_queue=config.max_queue,
         kv_type=prepared.kv_type,
         speculation=not config.no_speculation,
+        draft_from_recent=config.draft_from_recent,
         observer=metrics,
     )
     grammar.warm_up(engine.vocab, engine.eog)  # llguidance's tokenizer, before any JSON request
@@ -234,7 +235,7 @@ def banner(config: ServeSettings, prepared: Plan) -> str:
         f"  context      {prepared.n_ctx} tokens per request (KV cache {prepared.kv_type})",
         f"  parallel     {prepared.parallel} slots (batched decoding)",
         f"  sized        {prepared.sizing}",
-        f"  speculation  {'off' if config.no_speculation else 'n-gram drafts (prompt lookup)'}",
+        f"  speculation  {_speculation(config)}",
         f"  embeddings   {prepared.embedding_path or 'the served model'}"
         f", inputs of {prepared.embedding_ctx or prepared.n_ctx} tokens at most",
         f"  chat format  {prepared.chat_format or ('from --chat-template-file' if prepared.chat_template else 'from the model (GGUF chat template)')}",
@@ -242,6 +243,14 @@ def banner(config: ServeSettings, prepared: Plan) -> str:
         f"  api key      {'required' if prepared.api_key else 'none'}",
     ]
     return "\n".join(lines)
+
+
+def _speculation(config: ServeSettings) -> str:
+    if config.no_speculation:
+        return "off"
+    if config.draft_from_recent:
+        return "n-gram drafts (prompt lookup, and recent requests)"
+    return "n-gram drafts (prompt lookup)"
 
 
 def quiet_llama_logs() -> None:

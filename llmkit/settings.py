@@ -116,6 +116,14 @@ class ServeSettings:
         "No n-gram speculative decoding (drafts copied from the prompt and output).",
         flags=("--no-speculation",),
     )
+    draft_from_recent: bool = _setting(
+        False,
+        "LLMKIT_DRAFT_FROM_RECENT",
+        "Also draft from recent requests' prompts and outputs (as llama-server's ngram-mod): a "
+        "repeated request is faster, but a temperature-0 answer then depends on what was asked "
+        "before, and a client can time whether the server recently wrote a text.",
+        flags=("--draft-from-recent",),
+    )
     max_queue: int = _setting(
         16, "LLMKIT_MAX_QUEUE", "Requests that may wait; beyond that 503 + Retry-After.", min=0
     )

@@ -176,6 +176,9 @@ def test_a_prompt_goes_to_the_slot_it_continues_else_to_the_one_whose_cache_matt
     empty = _Slot(2)
     next_turn = [*system, 10, 11, 12, 13, 14, 15]
     assert slot_for([chat, other, empty], next_turn, len(next_turn) - 1) is chat
+    answered = _Slot(3, [*system, 40, 41, 42, *range(100, 120)])  # a short prompt, a long answer
+    again = [*system, 40, 41, 42]
+    assert slot_for([answered, empty], again, len(again) - 1) is answered  # the same request
     # Sharing only the system prompt: an empty slot, then the least recently used one (the
     # shared prefix is copied from the slot that holds it).
     new = [*system, 30, 31, 32, 33]
@@ -219,10 +222,9 @@ def test_a_prompt_extending_one_being_generated_copies_its_cache(gemma: llama_cp
 def test_greedy_with_penalties_picks_what_the_sampler_chain_picks(gemma: llama_cpp.Llama) -> None:
     # A zero logit_bias changes no logit but sends sampling through llama.cpp's chain; without it,
     # greedy sampling is llmkit's argmax with the penalties applied to the recent tokens.
-    # (Without drafts: one run's drafts from the other's answer would change the batch shapes.)
     prompt = tokens(gemma, "Count from one to a hundred: 1, 2, 3,")
     penalties = {"repeat_penalty": 1.3, "frequency_penalty": 0.5, "presence_penalty": 0.3}
-    e = engine(gemma, parallel=1, speculation=False)
+    e = engine(gemma, parallel=1)
 
     try:
         generate(e, [Choice(prompt, greedy(2))])  # both below find the prompt cached
@@ -333,7 +335,7 @@ def test_greedy_with_penalties_and_a_grammar_remembers_the_token_it_chose(
         {"type": "object", "properties": {"fruits": {"type": "array", "items": {"type": "string"}}}}
     )
     penalties = {"repeat_penalty": 1.3, "frequency_penalty": 0.5, "grammar": fruits}
-    e = engine(gemma, parallel=1, speculation=False)  # the same batch shapes for both
+    e = engine(gemma, parallel=1)
     try:
         generate(e, [Choice(prompt, greedy(2))])  # both below find the prompt cached
         fast = generate(e, [Choice(prompt, greedy(40, **penalties))])

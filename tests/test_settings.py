@@ -81,6 +81,7 @@ def test_the_python_api_keywords_become_flags_that_parse_back_to_the_same_settin
         "parallel": 3,
         "kv_type": "q8_0",
         "no_speculation": True,
+        "draft_from_recent": True,
         "max_queue": 0,
         "grace": 1.5,
         "drain_seconds": 0.5,

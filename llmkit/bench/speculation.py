@@ -35,6 +35,14 @@ from llmkit.bench.measure import Log, nop
 from llmkit.errors import LlmkitError
 
 SERVERS = ("speculation", "no speculation")
+# A third llmkit, which also drafts from recent requests (`--draft-from-recent`): the same memory
+# across requests as llama-server's ngram-mod, which the repeats of the same prompts reward.
+RECENT = "speculation + recent"
+OPTIONS = {
+    "speculation": {},
+    "no speculation": {"no_speculation": True},
+    RECENT: {"draft_from_recent": True},
+}
 
 # Structured output whose keys are long: most of its tokens are forced by the grammar.
 RECORD_SCHEMA: dict[str, Any] = {
@@ -189,10 +197,9 @@ def run(
     servers: dict[str, launcher.Launched] = {}
     samples: dict[tuple[str, str, int], list[float]] = {}
     urls = {peer.name: peer.url for peer in peers or []}
-    names = [*SERVERS, *urls]
+    names = [*OPTIONS, *urls]
     try:
-        for name in SERVERS:
-            extra = {"no_speculation": name == "no speculation"}
+        for name, extra in OPTIONS.items():
             servers[name] = launcher.start(model, options={**options, **extra})
         for name, launched in servers.items():
             launcher._wait_ready(launched.process, launched.health, launched.log, 300.0)
@@ -254,12 +261,15 @@ def report(
     for kind in sets:
         for width in (1, clients):
             label = f"{kind}, {width} client{'s' * (width > 1)}"
-            with_drafts = medians[(kind, SERVERS[0], width)]
-            for name in sorted({n for k, n, w in medians if k == kind and w == width}):
-                if name != SERVERS[0]:
-                    ratios[f"{label}: speculation / {name}"] = (
-                        with_drafts / medians[(kind, name, width)]
-                    )
+            measured = sorted({n for k, n, w in medians if k == kind and w == width})
+            for base in (SERVERS[0], RECENT):
+                if base not in measured:
+                    continue
+                for name in measured:
+                    if name not in (SERVERS[0], base):
+                        ratios[f"{label}: {base} / {name}"] = (
+                            medians[(kind, base, width)] / medians[(kind, name, width)]
+                        )
     for name in SERVERS:
         ratios[f"JSON schema / free text, {name}"] = (
             medians[("JSON schema", name, 1)] / medians[("free text", name, 1)]
