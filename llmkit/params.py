@@ -6,6 +6,7 @@ Whatever the engine cannot honour is a 400 that says so, never silently ignored.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import llama_cpp
@@ -51,6 +52,24 @@ LogitBias = Annotated[
     ),
 ]
 Stop = str | Annotated[list[str], Field(max_length=MAX_STOP)]
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "[key]"}
+
+
+def invalid(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """pydantic's validation errors as one line and the param it names: the first broken bound
+    (a wrong type is only the first error when nothing else is), its place without pydantic's
+    union tags (`stop`, not `stop.list[str]`)."""
+    chosen = next((e for e in errors if not str(e.get("type", "")).endswith("_type")), None)
+    first = chosen or (errors[0] if errors else {})
+    where = ".".join(
+        str(p)
+        for p in first.get("loc", ())
+        if p != "body" and not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))
+    )
+    message = str(first.get("msg", "invalid request"))
+    return (f"{where}: {message}" if where else message), where or None
 
 
 def _integral(value: Any) -> Any:

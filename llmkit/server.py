@@ -150,15 +150,8 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
             return openai_error(
                 415, f"the body must be JSON (Content-Type: application/json), not {kind}"
             )
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return openai_error(
-            400,
-            f"{where}: {first.get('msg', 'invalid request')}"
-            if where
-            else str(first.get("msg", "invalid request")),
-            param=where or None,
-        )
+        message, param = params.invalid(exc.errors())
+        return openai_error(400, message, param=param)
 
     @app.exception_handler(BadRequest)
     async def bad_request(_: Any, exc: BadRequest) -> Any:
