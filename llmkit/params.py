@@ -51,6 +51,7 @@ LogitBias = Annotated[
         }
     ),
 ]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 Stop = str | Annotated[list[str], Field(max_length=MAX_STOP)]
 
 
@@ -175,6 +176,19 @@ def _given(name: str) -> dict[str, Any]:
     return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
 
 
+# A tool request's grammar is the tools': nothing else may constrain the answer.
+_BESIDE_TOOLS: dict[str, Any] = {
+    "properties": {
+        "logprobs": {"enum": [False, None]},
+        "grammar": {"type": "null"},
+        "response_format": {
+            "anyOf": [
+                {"type": "null"},
+                {"type": "object", "properties": {"type": {"enum": ["text", None]}}},
+            ]
+        },
+    }
+}
 # What JSON Schema can say of chat's fields between them (the rest is checked in code only:
 # tool_choice naming a tool offered, tool names unique, a tool's parameters a schema llguidance
 # compiles, the prompt within the context).
@@ -198,21 +212,13 @@ CHAT_BETWEEN_FIELDS: list[dict[str, Any]] = [
         },
         "then": _given("functions"),
     },
-    {  # a tool request's grammar is the tools': nothing else constrains the answer
-        "if": _given("tools"),
-        "then": {
-            "properties": {
-                "logprobs": {"enum": [False, None]},
-                "grammar": {"type": "null"},
-                "response_format": {
-                    "anyOf": [
-                        {"type": "null"},
-                        {"type": "object", "properties": {"type": {"enum": ["text", None]}}},
-                    ]
-                },
-            }
-        },
-    },
+    *(
+        {
+            "if": _given(offered),
+            "then": _BESIDE_TOOLS,
+        }
+        for offered in ("tools", "functions")
+    ),
 ]
 _TOOL_CHOICE = {
     "anyOf": [
@@ -285,7 +291,7 @@ _BEST_OF = [
 class CompletionRequest(_Common, CreateCompletionRequest):  # type: ignore[misc]
     model_config = ConfigDict(json_schema_extra={"anyOf": _BEST_OF})  # type: ignore[dict-item]
 
-    prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = ""  # type: ignore[assignment]
+    prompt: str | list[str] | list[TokenId] | list[TokenIds] = ""  # type: ignore[assignment]
     # Alternatives per token, as the OpenAI API's legacy completions (at most 5).
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     # n choices, each its own: best_of may only say the same (1 or n; _BEST_OF, and in code).

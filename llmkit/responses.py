@@ -135,7 +135,10 @@ TOOLS_SCHEMA: dict[str, Any] = {
             "type": {"const": "function"},
             "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
             "description": {"type": ["string", "null"]},
-            "parameters": {"type": "object", "properties": {"type": {"const": "object"}}},
+            "parameters": {
+                "type": ["object", "null"],  # null: a tool without parameters
+                "properties": {"type": {"const": "object"}},
+            },
             "strict": {"type": ["boolean", "null"]},
         },
         "additionalProperties": {"type": "null"},  # any other key refused unless null
