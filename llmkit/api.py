@@ -17,7 +17,6 @@ from typing import Any, Literal
 import llama_cpp
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from llama_cpp.server.types import DetokenizeInputRequest, TokenizeInputRequest
 from starlette.concurrency import run_in_threadpool
 
 from llmkit import embeddings as embedding
@@ -38,7 +37,9 @@ from llmkit.logprobs import TokenLogprob
 from llmkit.params import (
     ChatRequest,
     CompletionRequest,
+    DetokenizeRequest,
     EmbeddingRequest,
+    TokenizeRequest,
     choices_for,
     tools_of,
 )
@@ -402,13 +403,13 @@ class Api:
     def _tokens(self, text: str) -> list[int]:
         return self.llama.tokenize(text.encode(), add_bos=True, special=True)
 
-    async def tokenize(self, body: TokenizeInputRequest) -> dict[str, Any]:
+    async def tokenize(self, body: TokenizeRequest) -> dict[str, Any]:
         return {"tokens": await run_in_threadpool(self._tokens, body.input)}
 
-    async def count_tokens(self, body: TokenizeInputRequest) -> dict[str, Any]:
+    async def count_tokens(self, body: TokenizeRequest) -> dict[str, Any]:
         return {"count": len(await run_in_threadpool(self._tokens, body.input))}
 
-    async def detokenize(self, body: DetokenizeInputRequest) -> dict[str, Any]:
+    async def detokenize(self, body: DetokenizeRequest) -> dict[str, Any]:
         n_vocab = self.llama.n_vocab()
         if not all(0 <= t < n_vocab for t in body.tokens):
             raise BadRequest(f"token ids must be between 0 and {n_vocab - 1}", param="tokens")

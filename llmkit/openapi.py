@@ -3,6 +3,10 @@
 FastAPI documents a 422 validation error on every route with a body; llmkit answers 400 there,
 in OpenAI's shape, and may answer any route with 401 (API key), 403 (origin or Host), 404, 405,
 415, 500 or 503 (busy, Retry-After). Client generators and fuzzers read this schema, so it says so.
+
+The request bodies are llmkit.params' models, whose JSON schema carries their bounds; the bounds
+the served model sets (its vocabulary, its embedding size) are marked there and stated here from
+the running server's values, the ones the request is checked against.
 """
 
 from __future__ import annotations
@@ -59,6 +63,46 @@ EVENT_STREAM = {
         }
     }
 }
+
+
+def decimal_range(top: int) -> str:
+    """A regular expression for the decimal numbers 0 to `top` (no sign, no leading zero)."""
+    digits = str(top)
+    shorter = ["0"] + [f"[1-9][0-9]{{{n - 1}}}" for n in range(1, len(digits))]
+    same = []
+    for i, d in enumerate(digits):
+        low = 1 if i == 0 else 0
+        if int(d) > low:
+            rest = f"[0-9]{{{len(digits) - i - 1}}}" if i < len(digits) - 1 else ""
+            same.append(f"{digits[:i]}[{low}-{int(d) - 1}]{rest}")
+    same.append(digits)
+    options = dict.fromkeys(
+        shorter[: len(digits)] + same if top >= 10 else [*map(str, range(top + 1))]
+    )
+    return "^(" + "|".join(options) + ")$"
+
+
+def with_bounds(schema: dict[str, Any], bounds: dict[str, int]) -> dict[str, Any]:
+    """`schema` with every value marked by a key of `bounds` (llmkit.params.TOKEN_ID, ...) at most
+    that bound: a number's maximum, a token id written as an object key's pattern."""
+    out = copy.deepcopy(schema)
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            for marker, top in bounds.items():
+                if node.get(marker):
+                    if "pattern" in node:
+                        node["pattern"] = decimal_range(top)
+                    else:
+                        node["maximum"] = top
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(out)
+    return out
 
 
 def with_openai_errors(schema: dict[str, Any]) -> dict[str, Any]:

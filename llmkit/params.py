@@ -6,11 +6,12 @@ Whatever the engine cannot honour is a 400 that says so, never silently ignored.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import llama_cpp
 from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from llmkit.embeddings import MAX_INPUTS
 from llmkit.engine import Choice
@@ -26,14 +27,78 @@ from llmkit.tools.request import ToolRequest, tool_request
 MAX_N = 16
 MAX_STOP = 16
 MAX_COMPLETION_LOGPROBS = 5
+MAX_BIAS = 100.0  # the OpenAI API's range for a logit_bias value
 NEVER = 2**62  # a min_tokens no generation reaches: the end-of-generation tokens stay banned
 
+# A bound the served model sets (llmkit.openapi states it in the running server's schema, and the
+# request is checked against the same value in code): its vocabulary, for every token id.
+TOKEN_ID = "x-llmkit-token-id"
+EMBEDDING_TOKEN_ID = "x-llmkit-embedding-token-id"  # the embedding model's (--embedding-model)
+EMBEDDING_SIZE = "x-llmkit-embedding-size"
+TokenId = Annotated[int, Field(ge=0, json_schema_extra={TOKEN_ID: True})]
+# logit_bias: token ids as JSON object keys, in decimal; a bias in the OpenAI API's range.
+_TOKEN_KEY = r"^(0|[1-9][0-9]{0,9})$"
+LogitBias = Annotated[
+    dict[
+        Annotated[str, Field(pattern=_TOKEN_KEY)],
+        Annotated[float, Field(ge=-MAX_BIAS, le=MAX_BIAS)],
+    ],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"type": "string", "pattern": _TOKEN_KEY, TOKEN_ID: True},
+            "additionalProperties": {"type": "number", "minimum": -MAX_BIAS, "maximum": MAX_BIAS},
+        }
+    ),
+]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+Stop = str | Annotated[list[str], Field(max_length=MAX_STOP)]
 
-class StreamOptions(BaseModel):
+
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "[key]"}
+
+
+def invalid(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """pydantic's validation errors as one line and the param it names: the first broken bound
+    (a wrong type is only the first error when nothing else is), its place without pydantic's
+    union tags (`stop`, not `stop.list[str]`)."""
+    chosen = next((e for e in errors if not str(e.get("type", "")).endswith("_type")), None)
+    first = chosen or (errors[0] if errors else {})
+    where = ".".join(
+        str(p)
+        for p in first.get("loc", ())
+        if p != "body" and not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))
+    )
+    message = str(first.get("msg", "invalid request"))
+    return (f"{where}: {message}" if where else message), where or None
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integers, 2.0 among them, as ints (lists of them too: token ids)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+class Body(BaseModel):
+    """A request body, validated as its JSON schema reads: no "1" for 1, no 1 for true (pydantic's
+    lax coercions), but 2.0 is the integer 2."""
+
+    model_config = ConfigDict(strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integers(cls, value: Any) -> Any:
+        return _integral(value)
+
+
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class _Common(BaseModel):
+class _Common(Body):
     # The OpenAI API's ranges, which llama_cpp.server does not check.
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
     top_p: float = Field(default=0.95, ge=0.0, le=1.0)
@@ -51,21 +116,158 @@ class _Common(BaseModel):
     presence_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=0.0, ge=-2.0, le=2.0)
     mirostat_mode: int = Field(default=0, ge=0, le=2)
-    stop: str | list[str] | None = None
-    logit_bias: dict[str, float] | None = None
+    stop: Stop | None = None
+    logit_bias: LogitBias | None = None
+    # "tokens" (llama_cpp.server's: keys as token texts) is refused: the keys are token ids.
+    logit_bias_type: Literal["input_ids"] | None = None
     stream_options: StreamOptions | None = None
 
 
+_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+_TEXT_PART = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+}
+# A message as normalize_messages takes it: a known role and text content (as a string or text
+# parts); only an assistant's may be missing (its tool calls instead).
+MESSAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"enum": sorted(_ROLES)},
+        "content": {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": _TEXT_PART},
+                {"type": "null"},
+            ]
+        },
+    },
+    "if": {"properties": {"role": {"not": {"const": "assistant"}}}},
+    "then": {
+        "required": ["content"],
+        "properties": {"content": {"anyOf": [{"type": "string"}, {"type": "array"}]}},
+    },
+}
+# A function tool as llmkit.tools.request takes it (which names the wrong parameter exactly).
+_NAME_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
+_FUNCTION = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "pattern": _NAME_PATTERN},
+        "description": {"type": ["string", "null"]},
+        "parameters": {"type": "object", "properties": {"type": {"const": "object"}}},
+    },
+}
+TOOLS_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["type", "function"],
+        "properties": {"type": {"const": "function"}, "function": _FUNCTION},
+    },
+}
+
+
+def _given(name: str) -> dict[str, Any]:
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
+# A tool request's grammar is the tools': nothing else may constrain the answer.
+_BESIDE_TOOLS: dict[str, Any] = {
+    "properties": {
+        "logprobs": {"enum": [False, None]},
+        "grammar": {"type": "null"},
+        "response_format": {
+            "anyOf": [
+                {"type": "null"},
+                {"type": "object", "properties": {"type": {"enum": ["text", None]}}},
+            ]
+        },
+    }
+}
+# What JSON Schema can say of chat's fields between them (the rest is checked in code only:
+# tool_choice naming a tool offered, tool names unique, a tool's parameters a schema llguidance
+# compiles, the prompt within the context).
+CHAT_BETWEEN_FIELDS: list[dict[str, Any]] = [
+    {
+        "if": _given("top_logprobs"),
+        "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+    },
+    {"not": {"allOf": [_given("tools"), _given("functions")]}},
+    {
+        "if": {
+            "required": ["tool_choice"],
+            "properties": {"tool_choice": {"not": {"enum": [None, "none"]}}},
+        },
+        "then": _given("tools"),
+    },
+    {
+        "if": {
+            "required": ["function_call"],
+            "properties": {"function_call": {"not": {"enum": [None, "none"]}}},
+        },
+        "then": _given("functions"),
+    },
+    *(
+        {
+            "if": _given(offered),
+            "then": _BESIDE_TOOLS,
+        }
+        for offered in ("tools", "functions")
+    ),
+]
+_TOOL_CHOICE = {
+    "anyOf": [
+        {"enum": ["none", "auto", "required"]},
+        {
+            "type": "object",
+            "required": ["type", "function"],
+            "properties": {
+                "type": {"const": "function"},
+                "function": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string"}},
+                },
+            },
+        },
+        {"type": "null"},
+    ]
+}
+_FUNCTIONS = {"anyOf": [{"type": "array", "minItems": 1, "items": _FUNCTION}, {"type": "null"}]}
+_FUNCTION_CALL = {
+    "anyOf": [
+        {"enum": ["none", "auto"]},
+        {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+        {"type": "null"},
+    ]
+}
+
+
 class ChatRequest(_Common, CreateChatCompletionRequest):  # type: ignore[misc]
-    messages: list[dict[str, Any]] = Field(min_length=1)  # type: ignore[assignment]
+    model_config = ConfigDict(json_schema_extra={"allOf": CHAT_BETWEEN_FIELDS})  # type: ignore[dict-item]
+
+    messages: Annotated[  # type: ignore[assignment]
+        list[dict[str, Any]],
+        Field(min_length=1),
+        WithJsonSchema({"type": "array", "minItems": 1, "items": MESSAGE_SCHEMA}),
+    ]
     response_format: dict[str, Any] | None = None  # type: ignore[assignment]
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP)
     # Validated by llmkit.tools.request, which names the wrong parameter exactly.
-    tools: list[Any] | None = None  # type: ignore[assignment]
-    tool_choice: Any = None
-    functions: list[Any] | None = None  # type: ignore[assignment]
-    function_call: Any = None
-    parallel_tool_calls: Any = None
+    tools: Annotated[
+        list[Any] | None, WithJsonSchema({"anyOf": [TOOLS_SCHEMA, {"type": "null"}]})
+    ] = None  # type: ignore[assignment]
+    tool_choice: Annotated[Any, WithJsonSchema(_TOOL_CHOICE)] = None
+    functions: Annotated[list[Any] | None, WithJsonSchema(_FUNCTIONS)] = None  # type: ignore[assignment]
+    function_call: Annotated[Any, WithJsonSchema(_FUNCTION_CALL)] = None
+    parallel_tool_calls: Annotated[Any, WithJsonSchema({"type": ["boolean", "null"]})] = None
 
 
 def tools_of(body: ChatRequest) -> ToolRequest | None:
@@ -75,11 +277,48 @@ def tools_of(body: ChatRequest) -> ToolRequest | None:
     )
 
 
+# best_of may only say what n says: 1, or n itself (JSON Schema compares no two values: one
+# branch per n).
+_BEST_OF = [
+    {"properties": {"best_of": {"enum": [None, 1]}}},
+    *(
+        {"required": ["n", "best_of"], "properties": {"n": {"const": n}, "best_of": {"const": n}}}
+        for n in range(2, MAX_N + 1)
+    ),
+]
+
+
 class CompletionRequest(_Common, CreateCompletionRequest):  # type: ignore[misc]
-    prompt: str | list[str] | list[int] | list[list[int]] = ""  # type: ignore[assignment]
+    model_config = ConfigDict(json_schema_extra={"anyOf": _BEST_OF})  # type: ignore[dict-item]
+
+    prompt: str | list[str] | list[TokenId] | list[TokenIds] = ""  # type: ignore[assignment]
+    # Alternatives per token, as the OpenAI API's legacy completions (at most 5).
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
+    # n choices, each its own: best_of may only say the same (1 or n; _BEST_OF, and in code).
+    best_of: int | None = Field(default=1, ge=1, le=MAX_N)
+    # Fill-in-the-middle is not supported: no suffix, or an empty one.
+    suffix: str | None = Field(default=None, max_length=0)
 
 
-class EmbeddingRequest(BaseModel):
+_TEXT = {"type": "string", "minLength": 1}
+_EMBEDDING_TOKEN = {"type": "integer", "minimum": 0, EMBEDDING_TOKEN_ID: True}
+
+
+class TokenizeRequest(Body):
+    """The body of POST /extras/tokenize and /extras/tokenize/count."""
+
+    model: str | None = None
+    input: str
+
+
+class DetokenizeRequest(Body):
+    """The body of POST /extras/detokenize: token ids of the served model's vocabulary."""
+
+    model: str | None = None
+    tokens: list[TokenId]
+
+
+class EmbeddingRequest(Body):
     """The body of POST /v1/embeddings; a field the route does not know is refused by name."""
 
     model_config = ConfigDict(extra="forbid")
@@ -92,16 +331,22 @@ class EmbeddingRequest(BaseModel):
         WithJsonSchema(
             {
                 "anyOf": [
-                    {"type": "string"},
-                    {"type": "array", "items": {"type": "string"}},
-                    {"type": "array", "items": {"type": "integer"}},
-                    {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS, "items": _TEXT},
+                    {"type": "array", "minItems": 1, "items": _EMBEDDING_TOKEN},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_INPUTS,
+                        "items": {"type": "array", "minItems": 1, "items": _EMBEDDING_TOKEN},
+                    },
                 ]
             }
         ),
     ]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    # At most the model's embedding size (checked by the embedder, stated in the schema).
+    dimensions: int | None = Field(default=None, ge=1, json_schema_extra={EMBEDDING_SIZE: True})
     user: str | None = None  # OpenAI's end-user id: accepted, changes nothing
 
     def inputs(self) -> list[str] | list[list[int]]:
@@ -138,9 +383,6 @@ def _token_ids(value: Any) -> bool:
     )
 
 
-_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
-
-
 def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Check roles and flatten text-part lists into strings, as chat templates expect."""
     out = []
@@ -161,7 +403,13 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         f"messages[{i}] has a {kind!r} part; this model takes text only",
                         param=f"messages[{i}].content",
                     )
-                texts.append(str(part.get("text", "")))
+                text = part.get("text", "")
+                if not isinstance(text, str):
+                    raise BadRequest(
+                        f"messages[{i}].content's text must be a string",
+                        param=f"messages[{i}].content",
+                    )
+                texts.append(text)
             content = "".join(texts)
         elif content is not None and not isinstance(content, str):
             raise BadRequest(
@@ -204,7 +452,7 @@ def _logit_bias(raw: dict[str, float] | None, n_vocab: int) -> dict[int, float]:
             raise BadRequest(f"logit_bias key {key!r} is not a token id", "logit_bias") from None
         if not 0 <= token < n_vocab:
             raise BadRequest(f"logit_bias token {token} is not in the vocabulary", "logit_bias")
-        out[token] = max(-100.0, min(100.0, float(bias)))
+        out[token] = float(bias)
     return out
 
 

@@ -22,12 +22,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import llama_cpp
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from llmkit.api import (
@@ -50,32 +50,143 @@ from llmkit.engine import (
     Usage,
 )
 from llmkit.errors import BadRequest
-from llmkit.params import ChatRequest, choices_for, tools_of
+from llmkit.params import Body, ChatRequest, Stop, choices_for, tools_of
 from llmkit.tools.family import Family
 from llmkit.tools.parse import Call, CallParser
 from llmkit.tools.render import ChatTemplate, tool_family
 from llmkit.tools.request import ToolRequest
 
 
-class StreamOptions(BaseModel):
-    include_obfuscation: bool | None = None
+def only(*values: Any) -> Any:
+    """A field's schema that admits only `values` (and null): what this server can honour of a
+    field it otherwise refuses by name, with a reason, in refuse_unsupported."""
+    return WithJsonSchema({"enum": [*values, None]})
 
 
-class TextConfig(BaseModel):
-    model_config = ConfigDict(extra="allow")  # refused by name in response_format_for
+# Unknown fields are kept so that each is refused by name (with a hint), in code; the schema
+# says they are refused.
+_REFUSED_BY_NAME = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
+
+# The input items messages_for takes: messages of text, and function calls with their outputs.
+_ROLES = ("user", "system", "developer", "assistant")
+_TEXT_PARTS = ("input_text", "output_text")  # output_text: a previous answer passed back
+_TEXT = {
+    "anyOf": [
+        {"type": "string"},
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["type", "text"],
+                "properties": {"type": {"enum": list(_TEXT_PARTS)}, "text": {"type": "string"}},
+            },
+        },
+    ]
+}
+_ID = {"type": "string", "minLength": 1}
+INPUT_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string"},
+        {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "required": ["role", "content"],
+                        "properties": {
+                            "type": {"const": "message"},
+                            "role": {"enum": list(_ROLES)},
+                            "content": _TEXT,
+                        },
+                    },
+                    {
+                        "type": "object",
+                        "required": ["type", "call_id", "name", "arguments"],
+                        "properties": {
+                            "type": {"const": "function_call"},
+                            "call_id": _ID,
+                            "name": _ID,
+                            "arguments": {"type": "string"},
+                        },
+                    },
+                    {
+                        "type": "object",
+                        "required": ["type", "call_id", "output"],
+                        "properties": {
+                            "type": {"const": "function_call_output"},
+                            "call_id": _ID,
+                            "output": _TEXT,
+                        },
+                    },
+                ]
+            },
+        },
+    ]
+}
+# A flat function tool, as chat_tools takes it (llmkit.tools.request checks the rest).
+TOOLS_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["type", "name"],
+        "properties": {
+            "type": {"const": "function"},
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            "description": {"type": ["string", "null"]},
+            "parameters": {
+                "type": ["object", "null"],  # null: a tool without parameters
+                "properties": {"type": {"const": "object"}},
+            },
+            "strict": {"type": ["boolean", "null"]},
+        },
+        "additionalProperties": {"type": "null"},  # any other key refused unless null
+    },
+}
+_TOOL_CHOICE = {
+    "anyOf": [
+        {"enum": ["none", "auto", "required"]},
+        {
+            "type": "object",
+            "required": ["type", "name"],
+            "properties": {"type": {"const": "function"}, "name": {"type": "string"}},
+        },
+        {"type": "null"},
+    ]
+}
+
+
+class StreamOptions(Body):
+    include_obfuscation: Annotated[bool | None, only(False)] = None
+
+
+class TextConfig(Body):
+    model_config = _REFUSED_BY_NAME  # refused by name in response_format_for
 
     format: dict[str, Any] | None = None
-    verbosity: str | None = None
+    verbosity: Annotated[str | None, only("medium")] = None
 
 
-class ResponsesRequest(BaseModel):
+class ResponsesRequest(Body):
     """The body of POST /v1/responses: the fields this server honours or knowingly refuses."""
 
-    # Unknown fields are kept so that chat_request can refuse each by name.
-    model_config = ConfigDict(extra="allow")
+    # Between the fields, what JSON Schema can say: a tool_choice but none needs tools offered
+    # (that it names one of them is checked in code only).
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "additionalProperties": False,
+            "if": {
+                "required": ["tool_choice"],
+                "properties": {"tool_choice": {"not": {"enum": [None, "none"]}}},
+            },
+            "then": {"required": ["tools"], "properties": {"tools": {"minItems": 1}}},
+        },
+    )
 
     model: str | None = None
-    input: str | list[dict[str, Any]]
+    input: Annotated[str | list[dict[str, Any]], WithJsonSchema(INPUT_SCHEMA)]
     instructions: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
     # Unset, the chat route's defaults apply (as they do for the same model there).
@@ -85,16 +196,21 @@ class ResponsesRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     # Function tools, as llmkit.tools enforces them for chat completions.
-    tools: list[Any] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: Annotated[
+        list[Any] | None, WithJsonSchema({"anyOf": [TOOLS_SCHEMA, {"type": "null"}]})
+    ] = None
+    tool_choice: Annotated[str | dict[str, Any] | None, WithJsonSchema(_TOOL_CHOICE)] = None
     parallel_tool_calls: bool | None = None
     # Accepted only with the values that mean "nothing stored": refused otherwise.
-    store: bool | None = None
-    background: bool | None = None
-    previous_response_id: str | None = None
-    conversation: Any = None
-    include: list[str] | None = None
-    truncation: Literal["auto", "disabled"] | None = None
+    store: Annotated[bool | None, only(False)] = None
+    background: Annotated[bool | None, only(False)] = None
+    previous_response_id: Annotated[str | None, only("")] = None
+    conversation: Annotated[Any, WithJsonSchema({"type": "null"})] = None
+    include: Annotated[
+        list[str] | None,
+        WithJsonSchema({"anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}]}),
+    ] = None
+    truncation: Annotated[Literal["auto", "disabled"] | None, only("disabled")] = None
     # Labels that change nothing about the answer: echoed back.
     metadata: dict[str, str] | None = None
     user: str | None = None
@@ -102,7 +218,7 @@ class ResponsesRequest(BaseModel):
     prompt_cache_key: str | None = None  # llmkit finds the longest cached prefix by itself
     # llmkit's own sampling options, as /v1/chat/completions takes them.
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: Stop | None = None
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, ge=0.0)
@@ -245,8 +361,6 @@ def tools_for(chat: ChatRequest) -> ToolRequest | None:
         raise _renamed(exc) from None
 
 
-_ROLES = ("user", "system", "developer", "assistant")
-_TEXT_PARTS = ("input_text", "output_text")  # output_text: a previous answer passed back
 _ITEM_HINTS = {
     "item_reference": f"item references need stored items: {_STATELESS}",
     "reasoning": "reasoning items are not supported by this server",

@@ -38,6 +38,7 @@ _REPLACED_ROUTES = {
 
 def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped-def]
     """Load the model through llama_cpp.server's create_app and put llmkit's routes on top."""
+    import llama_cpp
     from fastapi import Depends
     from fastapi.exceptions import RequestValidationError
     from fastapi.middleware.cors import CORSMiddleware
@@ -45,13 +46,13 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
     from llama_cpp.server.settings import ModelSettings, ServerSettings
     from starlette.exceptions import HTTPException
 
-    from llmkit import grammar
+    from llmkit import grammar, params
     from llmkit.api import Api, Unauthorized, openai_error
     from llmkit.embeddings import Embedder
     from llmkit.engine import Engine
     from llmkit.errors import BadRequest
     from llmkit.metrics import Metrics, RequestCounter
-    from llmkit.openapi import with_openai_errors
+    from llmkit.openapi import with_bounds, with_openai_errors
     from llmkit.origins import OriginGuard, Policy
 
     # Drop the routes llmkit replaces from llama_cpp.server's router before the app includes it.
@@ -129,9 +130,14 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
     app.add_middleware(RequestCounter, metrics=metrics)
     fastapi_schema = app.openapi
 
-    def openapi() -> dict[str, Any]:  # FastAPI's, with the errors as llmkit answers them
+    bounds = {params.TOKEN_ID: llama.n_vocab() - 1}
+    if prepared.embedding_path is None:  # the embeddings' model is this one (else not loaded yet)
+        bounds[params.EMBEDDING_TOKEN_ID] = llama.n_vocab() - 1
+        bounds[params.EMBEDDING_SIZE] = llama_cpp.llama_model_n_embd_out(llama.model)
+
+    def openapi() -> dict[str, Any]:  # FastAPI's, with the errors and bounds as llmkit answers
         if not getattr(app, "llmkit_schema", None):
-            app.llmkit_schema = with_openai_errors(fastapi_schema())  # type: ignore[attr-defined]
+            app.llmkit_schema = with_bounds(with_openai_errors(fastapi_schema()), bounds)  # type: ignore[attr-defined]
         return app.llmkit_schema  # type: ignore[attr-defined,no-any-return]
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -145,15 +151,8 @@ def build_app(config: ServeSettings, prepared: Plan):  # type: ignore[no-untyped
             return openai_error(
                 415, f"the body must be JSON (Content-Type: application/json), not {kind}"
             )
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return openai_error(
-            400,
-            f"{where}: {first.get('msg', 'invalid request')}"
-            if where
-            else str(first.get("msg", "invalid request")),
-            param=where or None,
-        )
+        message, param = params.invalid(exc.errors())
+        return openai_error(400, message, param=param)
 
     @app.exception_handler(BadRequest)
     async def bad_request(_: Any, exc: BadRequest) -> Any:

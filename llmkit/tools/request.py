@@ -56,7 +56,8 @@ def _tool(raw: Any, where: str, legacy: bool) -> Tool:
         raise BadRequest(
             f"{where}.name is required: 1 to 64 letters, digits, _ or -", param=f"{where}.name"
         )
-    description = raw.get("description") or ""
+    description = raw.get("description")
+    description = "" if description is None else description
     if not isinstance(description, str):
         raise BadRequest(f"{where}.description must be a string", param=f"{where}.description")
     parameters = raw.get("parameters", NO_PARAMETERS)

@@ -1,0 +1,172 @@
+"""The request bodies /openapi.json documents are the ones the server validates: each bound is in
+the schema, a body at it is answered, one just outside it is a 400 naming the param."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import openai
+import pytest
+
+from llmkit.openapi import decimal_range, with_bounds
+from llmkit.params import MAX_COMPLETION_LOGPROBS, MAX_N, MAX_STOP, TOKEN_ID, invalid
+from tests.test_origins import JSON, error_of, request
+
+
+@pytest.mark.parametrize("top", [0, 7, 9, 10, 99, 100, 262143, 151935])
+def test_a_token_id_pattern_matches_exactly_the_vocabulary(top: int) -> None:
+    pattern = re.compile(decimal_range(top))
+    matched = [n for n in range(top + 200) if pattern.match(str(n))]
+    assert matched == list(range(top + 1))
+    assert not pattern.match("01") and not pattern.match("-1") and not pattern.match(" 1")
+
+
+def test_the_bounds_the_model_sets_are_stated_where_marked() -> None:
+    schema = {
+        "ids": {"type": "integer", "minimum": 0, TOKEN_ID: True},
+        "keys": {"propertyNames": {"type": "string", "pattern": "^x$", TOKEN_ID: True}},
+    }
+    out = with_bounds(schema, {TOKEN_ID: 99})
+    assert out["ids"]["maximum"] == 99
+    assert out["keys"]["propertyNames"]["pattern"] == decimal_range(99)
+
+
+def test_a_broken_bound_in_a_union_names_its_param_not_pydantics_tags() -> None:
+    errors = [
+        {"loc": ("body", "stop", "str"), "type": "string_type", "msg": "Input should be a string"},
+        {"loc": ("body", "stop", "list[str]"), "type": "too_long", "msg": "at most 16 items"},
+    ]
+    assert invalid(errors) == ("stop: at most 16 items", "stop")
+
+
+def _schema(server: openai.OpenAI) -> dict[str, Any]:
+    _, _, body = request(server, "GET", "/openapi.json", {})
+    return json.loads(body)  # type: ignore[no-any-return]
+
+
+def _body(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    ref = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    return schema["components"]["schemas"][ref["$ref"].rsplit("/", 1)[1]]  # type: ignore[no-any-return]
+
+
+def _branch(field: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(b for b in field.get("anyOf", [field]) if b.get("type") == kind)
+
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+COMPLETION = {"prompt": "hi", "max_tokens": 1}
+
+
+def _post(server: openai.OpenAI, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    status, _, raw = request(server, "POST", path, JSON, body)
+    return status, (error_of(raw) if status == 400 else json.loads(raw))
+
+
+# (route, the body's field, the bound in the schema, a body at it, one just outside it, param)
+BOUNDS = [
+    ("/v1/chat/completions", "n", MAX_N, {"n": MAX_N}, {"n": MAX_N + 1}, "n"),
+    (
+        "/v1/chat/completions",
+        "top_logprobs",
+        20,
+        {"logprobs": True, "top_logprobs": 20},
+        {"logprobs": True, "top_logprobs": 21},
+        "top_logprobs",
+    ),
+    (
+        "/v1/chat/completions",
+        "stop",
+        MAX_STOP,
+        {"stop": ["x"] * MAX_STOP},
+        {"stop": ["x"] * (MAX_STOP + 1)},
+        "stop",
+    ),
+    (
+        "/v1/completions",
+        "logprobs",
+        MAX_COMPLETION_LOGPROBS,
+        {"logprobs": MAX_COMPLETION_LOGPROBS},
+        {"logprobs": MAX_COMPLETION_LOGPROBS + 1},
+        "logprobs",
+    ),
+    ("/v1/completions", "best_of", MAX_N, {"n": 2, "best_of": 2}, {"best_of": 2}, "best_of"),
+]
+
+
+@pytest.mark.parametrize(("path", "field", "bound", "at", "outside", "param"), BOUNDS)
+def test_a_documented_bound_is_the_one_validated(
+    llmkit_server: openai.OpenAI,
+    path: str,
+    field: str,
+    bound: int,
+    at: dict[str, Any],
+    outside: dict[str, Any],
+    param: str,
+) -> None:
+    body = _body(_schema(llmkit_server), path)
+    documented = body["properties"][field]
+    if field == "stop":
+        assert _branch(documented, "array")["maxItems"] == bound
+    else:
+        assert _branch(documented, "integer")["maximum"] == bound
+    base = CHAT if path == "/v1/chat/completions" else COMPLETION
+    status, answer = _post(llmkit_server, path, {**base, **at})
+    assert status == 200, answer
+    status, answer = _post(llmkit_server, path, {**base, **outside})
+    assert status == 400 and answer["param"] == param, answer
+
+
+def test_what_json_schema_says_between_fields_is_in_the_schema(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    schema = _schema(llmkit_server)
+    chat = _body(schema, "/v1/chat/completions")
+    needs_logprobs = chat["allOf"][0]
+    assert needs_logprobs["if"]["required"] == ["top_logprobs"]
+    assert needs_logprobs["then"]["properties"]["logprobs"] == {"const": True}
+    status, answer = _post(llmkit_server, "/v1/chat/completions", {**CHAT, "top_logprobs": 2})
+    assert status == 400 and answer["param"] == "top_logprobs"
+    best_of = _body(schema, "/v1/completions")["anyOf"]  # 1, or n itself
+    assert {"properties": {"best_of": {"enum": [None, 1]}}} in best_of and len(best_of) == MAX_N
+
+
+def test_token_ids_are_bounded_by_the_served_vocabulary(llmkit_server: openai.OpenAI) -> None:
+    schema = _schema(llmkit_server)
+    top = _body(schema, "/extras/detokenize")["properties"]["tokens"]["items"]["maximum"]
+    assert top > 1000  # gemma's vocabulary: 262,144
+    assert _post(llmkit_server, "/extras/detokenize", {"tokens": [top]})[0] == 200
+    status, answer = _post(llmkit_server, "/extras/detokenize", {"tokens": [top + 1]})
+    assert status == 400 and answer["param"] == "tokens"
+    bias = _branch(_body(schema, "/v1/chat/completions")["properties"]["logit_bias"], "object")
+    assert bias["propertyNames"]["pattern"] == decimal_range(top)
+    assert bias["additionalProperties"]["maximum"] == 100
+    ok = {**CHAT, "logit_bias": {str(top): 100}}
+    assert _post(llmkit_server, "/v1/chat/completions", ok)[0] == 200
+    for wrong in ({str(top + 1): 1}, {"5": 101}, {"05": 1}):
+        status, answer = _post(llmkit_server, "/v1/chat/completions", {**CHAT, "logit_bias": wrong})
+        assert status == 400 and answer["param"].startswith("logit_bias"), (wrong, answer)
+
+
+@pytest.mark.parametrize(
+    ("path", "base"),
+    [
+        ("/v1/responses", {"input": "hi", "max_output_tokens": 1}),
+        ("/v1/embeddings", {"input": "hi"}),
+    ],
+)
+def test_routes_that_refuse_unknown_fields_say_so(
+    llmkit_server: openai.OpenAI, path: str, base: dict[str, Any]
+) -> None:
+    assert _body(_schema(llmkit_server), path)["additionalProperties"] is False
+    status, answer = _post(llmkit_server, path, {**base, "top_logprobs": 2})
+    assert status == 400 and answer["param"] == "top_logprobs", answer
+
+
+def test_a_schema_type_is_the_type_validated(llmkit_server: openai.OpenAI) -> None:
+    # No lax coercions: "1" is no integer, 1 no boolean; but 2.0 is JSON Schema's integer 2.
+    for wrong in ({"n": "1"}, {"stream": 1}, {"max_tokens": 1.5}):
+        status, answer = _post(llmkit_server, "/v1/chat/completions", {**CHAT, **wrong})
+        assert status == 400 and answer["param"] == next(iter(wrong)), (wrong, answer)
+    assert _post(llmkit_server, "/v1/chat/completions", {**CHAT, "max_tokens": 1.0})[0] == 200
