@@ -12,9 +12,11 @@ text, a file being edited or a quoted passage matches over dozens of tokens. lla
 ngram-mod goes further and drafts only after a 24-token match; llmkit starts at `MIN_MATCH` and
 lets `DraftLength` grow the draft while it is accepted, so copying pays from its first words.
 
-A sequence also drafts from the server's recent sequences (`Recall`: the prompts and outputs of
-the last requests that asked for speculation), as ngram-mod's one table for all requests does: a
-regenerated answer, or a file edited again and again, is copied from the previous one.
+With `--draft-from-recent`, a sequence also drafts from the server's recent sequences (`Recall`:
+the prompts and outputs of the last requests that asked for speculation), as ngram-mod's one
+table for all requests does: a request sent again is copied from its earlier answer. It is off by
+default, since a temperature-0 answer would then depend on the requests before it (drafts change
+the batch shapes, and so how near ties round).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class Drafter:
         if end < KEY:
             return 0, 0
         start = source._after.get(tuple(seq[end - KEY :]))
-        if start is None or (source is self and end == KEY):
+        if start is None:
             return 0, 0
         n = KEY
         while n < MAX_MATCH and start - n > 0 and before[start - n - 1] == seq[end - n - 1]:
