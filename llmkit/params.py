@@ -129,8 +129,15 @@ _TEXT_PART = {
     "required": ["type"],
     "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
 }
+# A function an assistant called, in its tool_calls or function_call.
+_CALLED = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string"}, "arguments": {"type": ["string", "object"]}},
+}
+_CALL = {"type": "object", "required": ["function"], "properties": {"function": _CALLED}}
 # A message as normalize_messages takes it: a known role and text content (as a string or text
-# parts); only an assistant's may be missing (its tool calls instead).
+# parts); only an assistant's may be missing, when it has its calls instead.
 MESSAGE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["role"],
@@ -148,6 +155,19 @@ MESSAGE_SCHEMA: dict[str, Any] = {
     "then": {
         "required": ["content"],
         "properties": {"content": {"anyOf": [{"type": "string"}, {"type": "array"}]}},
+    },
+    "else": {
+        "properties": {
+            "tool_calls": {
+                "anyOf": [{"type": "null"}, {"type": "array", "items": _CALL}],
+            },
+            "function_call": {"anyOf": [{"type": "null"}, _CALLED]},
+        },
+        "anyOf": [
+            {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}},
+            {"required": ["tool_calls"], "properties": {"tool_calls": {"minItems": 1}}},
+            {"required": ["function_call"], "properties": {"function_call": {"type": "object"}}},
+        ],
     },
 }
 # A function tool as llmkit.tools.request takes it (which names the wrong parameter exactly).
@@ -418,10 +438,41 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
         elif content is None and role != "assistant":
             raise BadRequest(f"messages[{i}].content is missing", param=f"messages[{i}].content")
+        if role == "assistant":
+            _check_calls(message, i, content is None)
         out.append(
             {**message, "role": "system" if role == "developer" else role, "content": content}
         )
     return out
+
+
+def _check_calls(message: dict[str, Any], i: int, no_content: bool) -> None:
+    """An assistant message's calls as the templates read them: `tool_calls` a list of calls
+    whose function has a name, `function_call` one such function; without content, one of them."""
+    calls, call = message.get("tool_calls"), message.get("function_call")
+    if calls is not None:
+        if not isinstance(calls, list):
+            raise BadRequest(
+                f"messages[{i}].tool_calls must be a list", param=f"messages[{i}].tool_calls"
+            )
+        for k, c in enumerate(calls):
+            _check_function(
+                c.get("function") if isinstance(c, dict) else None,
+                f"messages[{i}].tool_calls[{k}].function",
+            )
+    if call is not None:
+        _check_function(call, f"messages[{i}].function_call")
+    if no_content and not calls and call is None:
+        raise BadRequest(
+            f"messages[{i}] has neither content nor tool_calls", param=f"messages[{i}].content"
+        )
+
+
+def _check_function(function: Any, where: str) -> None:
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise BadRequest(f"{where} must be an object with a name", param=where)
+    if not isinstance(function.get("arguments", ""), (str, dict)):
+        raise BadRequest(f"{where}.arguments must be a JSON string", param=f"{where}.arguments")
 
 
 def seeds_for(seed: int | None, n: int) -> list[int]:
@@ -522,7 +573,9 @@ def choices_for(
     choices = []
     for p, prompt in enumerate(prompts):
         if not prompt.tokens:
-            raise BadRequest("the prompt is empty", param="prompt")
+            raise BadRequest(
+                "the prompt is empty, and this model has no BOS token to begin with", param="prompt"
+            )
         for i, seed in enumerate(seeds_for(body.seed, body.n)):
             params = SamplingParams(
                 temperature=body.temperature,

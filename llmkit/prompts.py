@@ -89,9 +89,15 @@ def chat_prompt(llama: llama_cpp.Llama, messages: list[dict[str, Any]]) -> Promp
 
 
 def text_prompt(llama: llama_cpp.Llama, prompt: str | list[int]) -> Prompt:
-    """A completion prompt as llama_cpp tokenizes it (the model's BOS, special tokens parsed)."""
+    """A completion prompt as llama_cpp tokenizes it (the model's BOS, special tokens parsed).
+
+    An empty text is the start of a document, as the OpenAI API reads it: the model's BOS token,
+    also where the model adds none to its prompts (SmolLM2's)."""
     if isinstance(prompt, str):
-        return Prompt(tokens=llama.tokenize(prompt.encode(), add_bos=True, special=True), stop=[])
+        tokens = llama.tokenize(prompt.encode(), add_bos=True, special=True)
+        if not tokens and llama.token_bos() >= 0:
+            tokens = [llama.token_bos()]
+        return Prompt(tokens=tokens, stop=[])
     return Prompt(tokens=list(prompt), stop=[])
 
 

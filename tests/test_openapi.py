@@ -170,3 +170,82 @@ def test_a_schema_type_is_the_type_validated(llmkit_server: openai.OpenAI) -> No
         status, answer = _post(llmkit_server, "/v1/chat/completions", {**CHAT, **wrong})
         assert status == 400 and answer["param"] == next(iter(wrong)), (wrong, answer)
     assert _post(llmkit_server, "/v1/chat/completions", {**CHAT, "max_tokens": 1.0})[0] == 200
+
+
+# What scripts/fuzz.py found (2026-12-03): each was a 500 or an answer off the schema.
+ASSISTANT_WRONG = [
+    ({"role": "assistant"}, "messages[1].content"),
+    ({"role": "assistant", "content": None}, "messages[1].content"),
+    ({"role": "assistant", "tool_calls": "x"}, "messages[1].tool_calls"),
+    ({"role": "assistant", "tool_calls": [1]}, "messages[1].tool_calls[0].function"),
+    (
+        {"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]},
+        "messages[1].tool_calls[0].function",
+    ),
+    ({"role": "assistant", "function_call": "x"}, "messages[1].function_call"),
+]
+
+
+@pytest.mark.parametrize("tools", [False, True])
+@pytest.mark.parametrize(("message", "param"), ASSISTANT_WRONG)
+def test_an_assistant_message_needs_content_or_calls_that_name_a_function(
+    llmkit_server: openai.OpenAI, message: dict[str, Any], param: str, tools: bool
+) -> None:
+    offered = {"tools": [{"type": "function", "function": {"name": "f"}}]} if tools else {}
+    messages = [{"role": "user", "content": "hi"}, message, {"role": "user", "content": "and?"}]
+    body = {**CHAT, **offered, "messages": messages}
+    status, answer = _post(llmkit_server, "/v1/chat/completions", body)
+    assert status == 400 and answer["param"] == param, answer
+    item = _body(_schema(llmkit_server), "/v1/chat/completions")["properties"]["messages"]["items"]
+    assistant = item["else"]
+    assert {
+        "required": ["content"],
+        "properties": {"content": {"type": ["string", "array"]}},
+    } in assistant["anyOf"]
+    called = {
+        **message,
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        ],
+    }
+    called.pop("function_call", None)
+    replied = [messages[0], called, {"role": "tool", "tool_call_id": "c1", "content": "42"}]
+    status, answer = _post(
+        llmkit_server, "/v1/chat/completions", {**CHAT, **offered, "messages": replied}
+    )
+    assert status == 200, answer
+
+
+def test_parallel_tool_calls_is_a_boolean_with_or_without_tools(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    status, answer = _post(
+        llmkit_server, "/v1/chat/completions", {**CHAT, "parallel_tool_calls": {}}
+    )
+    assert status == 400 and answer["param"] == "parallel_tool_calls", answer
+    assert (
+        _post(llmkit_server, "/v1/chat/completions", {**CHAT, "parallel_tool_calls": False})[0]
+        == 200
+    )
+
+
+def test_a_responses_tool_choice_needs_a_list_of_tools_in_the_schema_too(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    rule = _body(_schema(llmkit_server), "/v1/responses")
+    assert rule["then"]["properties"]["tools"] == {"type": "array", "minItems": 1}
+    body = {"input": "hi", "tools": None, "tool_choice": {"type": "function", "name": "f"}}
+    status, answer = _post(llmkit_server, "/v1/responses", body)
+    assert status == 400 and answer["param"] == "tool_choice", answer
+
+
+def test_an_empty_prompt_begins_at_the_models_bos_token(smollm2_server: openai.OpenAI) -> None:
+    # SmolLM2 adds no BOS to its prompts; "" is still the start of a document (OpenAI's reading).
+    answer = smollm2_server.completions.create(
+        model="smollm2-135m-instruct", prompt="", max_tokens=4, temperature=0, logprobs=1, echo=True
+    )
+    assert answer.usage.prompt_tokens == 1 and answer.usage.completion_tokens >= 1
+    logprobs = answer.choices[0].logprobs
+    assert logprobs is not None and logprobs.token_logprobs is not None
+    assert logprobs.token_logprobs[0] is None  # the prompt's first token has no logprob

@@ -79,6 +79,8 @@ def tool_request(
     """The validated tool request; None when no tool is offered (tool_choice none, or no tools)."""
     if tools is not None and functions is not None:
         raise BadRequest("give tools or the legacy functions, not both", param="functions")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise BadRequest("parallel_tool_calls must be a boolean", param="parallel_tool_calls")
     legacy = functions is not None
     offered, choice = (functions, function_call) if legacy else (tools, tool_choice)
     key, choice_key = ("functions", "function_call") if legacy else ("tools", "tool_choice")
@@ -93,8 +95,6 @@ def tool_request(
     for i, tool in enumerate(parsed):
         if tool.name in names[:i]:
             raise BadRequest(f"two {key} are named {tool.name!r}", param=f"{key}[{i}]")
-    if parallel is not None and not isinstance(parallel, bool):
-        raise BadRequest("parallel_tool_calls must be a boolean", param="parallel_tool_calls")
     allow_many = not legacy and parallel is not False
     name: str | None
     mode: str
