@@ -472,7 +472,9 @@ def _check_function(function: Any, where: str) -> None:
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
         raise BadRequest(f"{where} must be an object with a name", param=where)
     if not isinstance(function.get("arguments", ""), (str, dict)):
-        raise BadRequest(f"{where}.arguments must be a JSON string", param=f"{where}.arguments")
+        raise BadRequest(
+            f"{where}.arguments must be a JSON string or object", param=f"{where}.arguments"
+        )
 
 
 def seeds_for(seed: int | None, n: int) -> list[int]:

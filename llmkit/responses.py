@@ -181,7 +181,10 @@ class ResponsesRequest(Body):
                 "required": ["tool_choice"],
                 "properties": {"tool_choice": {"not": {"enum": [None, "none"]}}},
             },
-            "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
+            "then": {
+                "required": ["tools"],
+                "properties": {"tools": {"type": "array", "minItems": 1}},
+            },
         },
     )
 
