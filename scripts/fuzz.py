@@ -21,8 +21,10 @@ max_tokens, longer than the context; an embedding input longer than the embeddin
 empty prompt to a model with no BOS token.
 Exits 1 if anything failed or if the server stopped answering /health.
 
-The model is the tiny instruct one, which ends its answers (a base model writes to the context):
-schema-valid requests ask for up to 16 choices each, and the run stays in minutes.
+The model is the tiny instruct one, which ends its answers (a base model writes to the context),
+with 64-token slots: schema-valid requests ask for up to 16 choices each. Even so the whole run is
+long (the coverage phase of /v1/completions alone sends some 1,500 requests): run it alone, or an
+operation at a time with --include-path.
 """
 
 import argparse
