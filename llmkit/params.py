@@ -165,7 +165,10 @@ MESSAGE_SCHEMA: dict[str, Any] = {
         },
         "anyOf": [
             {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}},
-            {"required": ["tool_calls"], "properties": {"tool_calls": {"minItems": 1}}},
+            {
+                "required": ["tool_calls"],
+                "properties": {"tool_calls": {"type": "array", "minItems": 1}},
+            },
             {"required": ["function_call"], "properties": {"function_call": {"type": "object"}}},
         ],
     },

@@ -176,6 +176,7 @@ def test_a_schema_type_is_the_type_validated(llmkit_server: openai.OpenAI) -> No
 ASSISTANT_WRONG = [
     ({"role": "assistant"}, "messages[1].content"),
     ({"role": "assistant", "content": None}, "messages[1].content"),
+    ({"role": "assistant", "tool_calls": None}, "messages[1].content"),
     ({"role": "assistant", "tool_calls": "x"}, "messages[1].tool_calls"),
     ({"role": "assistant", "tool_calls": [1]}, "messages[1].tool_calls[0].function"),
     (
@@ -215,6 +216,27 @@ def test_an_assistant_message_needs_content_or_calls_that_name_a_function(
         llmkit_server, "/v1/chat/completions", {**CHAT, **offered, "messages": replied}
     )
     assert status == 200, answer
+
+
+@pytest.mark.parametrize(
+    ("given", "param"),
+    [
+        ({"function_call": {"name": {}}}, "function_call"),
+        (
+            {
+                "function_call": {"name": "f"},
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+            },
+            "function_call",
+        ),
+        ({"tool_choice": "required", "functions": [{"name": "f"}]}, "tool_choice"),
+    ],
+)
+def test_a_choice_needs_tools_of_its_own_style(
+    llmkit_server: openai.OpenAI, given: dict[str, Any], param: str
+) -> None:
+    status, answer = _post(llmkit_server, "/v1/chat/completions", {**CHAT, **given})
+    assert status == 400 and answer["param"] == param, answer
 
 
 def test_parallel_tool_calls_is_a_boolean_with_or_without_tools(

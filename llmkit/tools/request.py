@@ -82,6 +82,14 @@ def tool_request(
     if parallel is not None and not isinstance(parallel, bool):
         raise BadRequest("parallel_tool_calls must be a boolean", param="parallel_tool_calls")
     legacy = functions is not None
+    # The other style's choice, with nothing of its own offered.
+    other, other_key, needs = (
+        (tool_choice, "tool_choice", "tools")
+        if legacy
+        else (function_call, "function_call", "functions")
+    )
+    if other not in (None, "none"):
+        raise BadRequest(f"{other_key} needs {needs}", param=other_key)
     offered, choice = (functions, function_call) if legacy else (tools, tool_choice)
     key, choice_key = ("functions", "function_call") if legacy else ("tools", "tool_choice")
     if offered is None:
