@@ -187,6 +187,14 @@ ASSISTANT_WRONG = [
 ]
 
 
+def test_a_legacy_call_in_the_history_is_rendered_without_functions_offered(
+    llmkit_server: openai.OpenAI,
+) -> None:
+    called = {"role": "assistant", "function_call": {"name": "a", "arguments": "{}"}}
+    body = {**CHAT, "messages": [called, {"role": "user", "content": "hi"}]}
+    assert _post(llmkit_server, "/v1/chat/completions", body)[0] == 200
+
+
 @pytest.mark.parametrize("tools", [False, True])
 @pytest.mark.parametrize(("message", "param"), ASSISTANT_WRONG)
 def test_an_assistant_message_needs_content_or_calls_that_name_a_function(

@@ -177,8 +177,8 @@ def tool_prompt(
 ) -> Prompt | None:
     """The prompt for a request that offers tools or whose messages hold calls; None otherwise
     (the ordinary chat prompt then)."""
-    if legacy:
-        messages = legacy_messages(messages)
+    # Legacy calls and results are read as tool ones also where no functions are offered.
+    messages = legacy_messages(messages)
     if request is None and not _mentions_tools(messages):
         return None
     family = tool_family(template)
