@@ -554,8 +554,7 @@ def choices_for(
     if isinstance(body, ChatRequest):
         messages = normalize_messages(body.messages)
         template = template or ChatTemplate(None)
-        legacy = body.functions is not None
-        prompt = tool_prompt(llama, template, messages, tools, legacy)
+        prompt = tool_prompt(llama, template, messages, tools)
         prompts = [prompt or chat_prompt(llama, messages)]
         texts = [""]
         max_tokens = body.max_completion_tokens or body.max_tokens

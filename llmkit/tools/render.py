@@ -173,7 +173,6 @@ def tool_prompt(
     template: ChatTemplate,
     messages: list[dict[str, Any]],
     request: ToolRequest | None,
-    legacy: bool = False,
 ) -> Prompt | None:
     """The prompt for a request that offers tools or whose messages hold calls; None otherwise
     (the ordinary chat prompt then)."""
