@@ -254,7 +254,10 @@ def test_ctrl_c_stops_the_answer_and_the_conversation_goes_on(
     repl.prompt()
     repl.child.sendline(COUNTING)
     repl.child.expect_exact(COUNTING)  # the terminal's echo
-    repl.child.expect(r"\d\d\d")  # the answer is streaming (no repeat penalty: maybe "1000…")
+    # The first character of the answer: it is streaming, and 2,000 tokens are far off (what the
+    # answer says is not waited for: greedy text can change with the batch, and the stats line
+    # printed at its end would match a pattern the answer lacks).
+    repl.child.expect(r"\S")
     repl.child.sendintr()
     interrupted = repl.prompt()
     assert "interrupted" in interrupted and "Traceback" not in interrupted
@@ -264,7 +267,8 @@ def test_ctrl_c_stops_the_answer_and_the_conversation_goes_on(
     repl.say(f"/save {tmp_path / 'c.json'}")
     messages = saved(tmp_path / "c.json")
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
-    assert re.search(r"\d\d\d", messages[1]["content"])  # the partial answer was kept
+    assert messages[1]["content"].strip()  # the partial answer was kept
+    assert len(messages[1]["content"]) < 2000  # and it was partial
     repl.child.sendline("/bye")
     assert repl.exit_status() == 0
 
