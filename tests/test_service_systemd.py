@@ -491,7 +491,14 @@ def test_the_balancer_runs_as_its_own_hardened_service_in_front_of_the_replica(
     started = time.monotonic()
     installed.run("systemctl reload llmkit-lb")
     took["reload"] = time.monotonic() - started
-    after = installed.show("MainPID", "ActiveState", unit="llmkit-lb")
+
+    # `systemctl reload` returns once USR2 is sent; HAProxy's master then says RELOADING=1 and,
+    # when its new workers listen, READY=1 again. So the unit is "reloading" for a moment.
+    def reloaded() -> dict[str, str] | None:
+        state = installed.show("MainPID", "ActiveState", unit="llmkit-lb")
+        return state if state["ActiveState"] != "reloading" else None
+
+    after = _wait(reloaded, 30, "llmkit-lb to end its reload")
     assert after == {"MainPID": before["MainPID"], "ActiveState": "active"}  # same master
     _wait(replica_up, 30, "the replica UP after the reload")
     answer, body = installed.get("/v1/chat/completions", key=KEY, body=chat, port=LB_PORT)
