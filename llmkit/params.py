@@ -271,6 +271,36 @@ _FUNCTION_CALL = {
 }
 
 
+# response_format as grammar_for reads it: free text (no type, or "text"), json_object (with
+# llama_cpp.server's optional `schema`), or json_schema with its schema.
+_JSON_SCHEMA = {"type": "object"}  # whether llguidance compiles it is checked in code only
+RESPONSE_FORMAT_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "null"},
+        {"type": "object", "properties": {"type": {"enum": ["text", None]}}},
+        {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"const": "json_object"}, "schema": _JSON_SCHEMA},
+        },
+        {
+            "type": "object",
+            "required": ["type", "json_schema"],
+            "properties": {
+                "type": {"const": "json_schema"},
+                "json_schema": {
+                    "type": "object",
+                    "required": ["schema"],
+                    "properties": {"schema": _JSON_SCHEMA},
+                },
+            },
+        },
+    ]
+}
+
+ResponseFormat = Annotated[dict[str, Any] | None, WithJsonSchema(RESPONSE_FORMAT_SCHEMA)]
+
+
 class ChatRequest(_Common, CreateChatCompletionRequest):  # type: ignore[misc]
     model_config = ConfigDict(json_schema_extra={"allOf": CHAT_BETWEEN_FIELDS})  # type: ignore[dict-item]
 
@@ -279,7 +309,7 @@ class ChatRequest(_Common, CreateChatCompletionRequest):  # type: ignore[misc]
         Field(min_length=1),
         WithJsonSchema({"type": "array", "minItems": 1, "items": MESSAGE_SCHEMA}),
     ]
-    response_format: dict[str, Any] | None = None  # type: ignore[assignment]
+    response_format: ResponseFormat = None  # type: ignore[assignment]
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP)

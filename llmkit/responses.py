@@ -161,10 +161,28 @@ class StreamOptions(Body):
     include_obfuscation: Annotated[bool | None, only(False)] = None
 
 
+# text.format as response_format_for reads it.
+_TEXT_FORMAT = {
+    "anyOf": [
+        {"type": "null"},
+        {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"enum": ["text", "json_object"]}},
+        },
+        {
+            "type": "object",
+            "required": ["type", "schema"],
+            "properties": {"type": {"const": "json_schema"}, "schema": {"type": "object"}},
+        },
+    ]
+}
+
+
 class TextConfig(Body):
     model_config = _REFUSED_BY_NAME  # refused by name in response_format_for
 
-    format: dict[str, Any] | None = None
+    format: Annotated[dict[str, Any] | None, WithJsonSchema(_TEXT_FORMAT)] = None
     verbosity: Annotated[str | None, only("medium")] = None
 
 
@@ -450,7 +468,7 @@ def response_format_for(text: TextConfig | None) -> dict[str, Any] | None:
         raise BadRequest(f"text.{name} is not supported by this server", f"text.{name}")
     if text.verbosity not in (None, "medium"):  # medium is the default: no instruction at all
         raise BadRequest("text.verbosity is not supported by this server", "text.verbosity")
-    spec = text.format or {"type": "text"}
+    spec = {"type": "text"} if text.format is None else text.format  # {} has no type: refused
     kind = spec.get("type")
     if kind == "text":
         return None

@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+import jsonschema
 import openai
 import pytest
 
@@ -279,3 +280,52 @@ def test_an_empty_prompt_begins_at_the_models_bos_token(smollm2_server: openai.O
     logprobs = answer.choices[0].logprobs
     assert logprobs is not None and logprobs.token_logprobs is not None
     assert logprobs.token_logprobs[0] is None  # the prompt's first token has no logprob
+
+
+def _valid(schema: dict[str, Any], path: str, body: dict[str, Any]) -> bool:
+    """Whether `body` is valid for the route's request schema, its $refs resolved in `schema`."""
+    ref = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    return jsonschema.Draft202012Validator({**schema, **ref}).is_valid(body)
+
+
+# (route, the body, whether it is answered): what fuzz.py found with 128-token slots
+# (2026-12-03), a text.format without a type that the schema allowed, and the rest of the table.
+FORMATS = [
+    ("/v1/chat/completions", {}, True),
+    ("/v1/chat/completions", {"type": "text"}, True),
+    ("/v1/chat/completions", {"type": "json_object"}, True),
+    ("/v1/chat/completions", {"type": "json_object", "schema": {"type": "object"}}, True),
+    (
+        "/v1/chat/completions",
+        {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}},
+        True,
+    ),
+    ("/v1/chat/completions", {"type": "foo"}, False),
+    ("/v1/chat/completions", {"type": "json_object", "schema": 5}, False),
+    ("/v1/chat/completions", {"type": "json_schema"}, False),
+    ("/v1/chat/completions", {"type": "json_schema", "json_schema": {"name": "a"}}, False),
+    ("/v1/responses", {"type": "text"}, True),
+    ("/v1/responses", {"type": "json_object"}, True),
+    ("/v1/responses", {"type": "json_schema", "name": "a", "schema": {"type": "object"}}, True),
+    ("/v1/responses", {}, False),
+    ("/v1/responses", {"type": None}, False),
+    ("/v1/responses", {"type": "foo", "": {}}, False),
+    ("/v1/responses", {"type": "json_schema", "name": "a"}, False),
+    ("/v1/responses", {"type": "json_schema", "schema": []}, False),
+]
+
+
+@pytest.mark.parametrize(("path", "spec", "answered"), FORMATS)
+def test_a_response_format_is_answered_exactly_when_the_schema_allows_it(
+    llmkit_server: openai.OpenAI, path: str, spec: dict[str, Any], answered: bool
+) -> None:
+    if path == "/v1/responses":
+        body, param = {"input": "hi", "max_output_tokens": 1, "text": {"format": spec}}, "text"
+    else:
+        body, param = {**CHAT, "response_format": spec}, "response_format"
+    assert _valid(_schema(llmkit_server), path, body) is answered
+    status, answer = _post(llmkit_server, path, body)
+    if answered:
+        assert status == 200, answer
+    else:
+        assert status == 400 and answer["param"].startswith(param), answer
