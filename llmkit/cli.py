@@ -480,6 +480,13 @@ def bench(
             help="Draw tokens/s by concurrency to this PNG (needs matplotlib).",
         ),
     ] = None,
+    seed: Annotated[
+        str | None,
+        typer.Option(
+            show_default=False,
+            help="The prompts' starts, the same for every server (default: new each run).",
+        ),
+    ] = None,
     models_dir: ModelsDir = None,
 ) -> None:
     """Measure llmkit serve against its engine in-process and other servers (--peer-url)."""
@@ -496,6 +503,7 @@ def bench(
         models_dir=models_dir,
         repeats=repeats,
         max_tokens=max_tokens,
+        seed=seed,
     )
     benchmark.main(config, json_file, plot_file, console=out, log=_note)
 

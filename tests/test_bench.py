@@ -27,6 +27,7 @@ from llmkit.bench.workloads import (
     JSON_PROMPT,
     TOOL_PROMPT,
     TOOL_REQUEST,
+    Nonces,
     call_problem,
     long_prompt,
 )
@@ -123,6 +124,7 @@ def test_a_quick_run_reports_every_figure_for_llmkit_and_in_process(
     assert "targets" not in report and "missed" not in result.stdout
     assert report["machine"]["cpus"] >= report["machine"]["physical_cores"] >= 1
     assert report["config"]["repeats"] == 1
+    assert re.fullmatch(r"[0-9a-f]{8}", report["config"]["seed"]), report["config"]  # to reproduce
     if with_plot:
         assert plot_file.read_bytes().startswith(b"\x89PNG")
 
@@ -183,6 +185,16 @@ def test_closing_in_process_stops_its_engine_and_frees_the_context_and_the_model
     assert local.engine.ctx is None and local.llama._model.model is None
     with pytest.raises(ShuttingDown):
         local.engine.submit([])
+
+
+def test_every_server_of_a_run_gets_the_same_fresh_prompts() -> None:
+    llmkit_, peer, other_run = Nonces("5eed"), Nonces("5eed"), Nonces("0ther")
+    ours = [llmkit_("generation") for _ in range(3)] + [llmkit_("4 clients") for _ in range(4)]
+    theirs = [peer("generation") for _ in range(3)] + [peer("4 clients") for _ in range(4)]
+    assert ours == theirs  # the k-th prompt of a workload is the same text on each server
+    assert len(set(ours)) == len(ours)  # and never one a server has seen
+    assert all(re.fullmatch(r"\[[0-9a-f]{8}\]", start) for start in ours)
+    assert other_run("generation") not in ours  # a new run: nothing a peer left running cached
 
 
 def test_a_peer_is_a_url_or_a_named_url_and_gets_its_v1() -> None:

@@ -19,7 +19,7 @@ import datetime
 import shlex
 import signal
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from llmkit.bench.machine import machine, process_memory
 from llmkit.bench.measure import IN_PROCESS, LLMKIT, Log, Measured, Remote, nop, start_llmkit
 from llmkit.bench.report import plot, pyplot, show, write_json
 from llmkit.bench.summary import compare, summarize
-from llmkit.bench.workloads import TURNS
+from llmkit.bench.workloads import TURNS, new_seed
 from llmkit.errors import LlmkitError
 from llmkit.launcher import Launched, stop
 
@@ -78,6 +78,8 @@ def run(config: BenchConfig, log: Log = nop) -> dict[str, Any]:
 
     if config.repeats < 1:
         raise LlmkitError("--repeats must be at least 1")
+    if config.seed is None:  # every server of the run gets the same prompts
+        config = replace(config, seed=new_seed())
     begun = datetime.datetime.now(datetime.UTC)
     host = machine()  # now, for the load average before we add to it
     # Pull (or find) the model first, so that the cold starts time the server and not a download.
@@ -124,6 +126,7 @@ def run(config: BenchConfig, log: Log = nop) -> dict[str, Any]:
             prepared.n_ctx,
             prepared.chat_format,
             prepared.chat_template,
+            seed=config.seed,
         )
 
         log("warming up")

@@ -62,6 +62,7 @@ class BenchConfig:
     tool_max_tokens: int = 128
     prompt_lines: int = 40  # about 1,000 tokens of prompt with the Gemma tokenizer
     warmup_start: bool = True  # one unmeasured start first, so the model file is in the page cache
+    seed: str | None = None  # the prompts' starts, the same for every server (None: new each run)
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:

@@ -24,8 +24,9 @@ from llmkit.bench.workloads import (
     JSON_PROMPT,
     TOOL_PROMPT,
     TOOL_REQUEST,
+    Nonces,
     long_prompt,
-    nonce,
+    new_seed,
 )
 from llmkit.client import Answer, ToolCall
 from llmkit.engine import Delta, Engine, Usage
@@ -50,7 +51,9 @@ class InProcess:
         n_ctx: int,
         chat_format: str | None,
         chat_template_text: str | None = None,  # --chat-template-file's
+        seed: str | None = None,  # the prompts' starts, as the servers' of the run (Nonces)
     ) -> None:
+        self.nonce = Nonces(seed or new_seed())
         # As build_app loads it: this Llama only tokenizes and renders prompts.
         self.llama = llama_cpp.Llama(
             model_path=str(path),
@@ -143,23 +146,27 @@ class InProcess:
         )
 
     def warm_up(self) -> None:
-        self.ask(f"{nonce()} Say hello.", 8)
+        self.ask(f"{self.nonce('warm-up')} Say hello.", 8)
 
     def measure(self, into: Measured, config: BenchConfig, log: Log) -> None:
         log(f"  {IN_PROCESS}: generation ({config.max_tokens} tokens)")
-        answer = self.ask(f"{nonce()} {GENERATION_PROMPT}", config.max_tokens)
+        answer = self.ask(f"{self.nonce('generation')} {GENERATION_PROMPT}", config.max_tokens)
         into.add("ttft_s", answer.seconds_to_first_token)
         into.add("tokens_per_s", answer.tokens_per_second)
         into.add("tokens", answer.completion_tokens)
         log(f"  {IN_PROCESS}: prompt")
-        answer = self.ask(f"{nonce()} {long_prompt(config.prompt_lines)}", 1)
+        answer = self.ask(f"{self.nonce('prompt')} {long_prompt(config.prompt_lines)}", 1)
         into.add("prompt_ttft_s", answer.seconds_to_first_token)
         into.add("prompt_tokens", answer.prompt_tokens)
         log(f"  {IN_PROCESS}: JSON mode")
-        answer = self.ask(f"{nonce()} {JSON_PROMPT}", config.json_max_tokens, json_mode=True)
+        answer = self.ask(
+            f"{self.nonce('JSON mode')} {JSON_PROMPT}", config.json_max_tokens, json_mode=True
+        )
         into.add("json_tokens_per_s", answer.tokens_per_second)
         into.add("json_tokens", answer.completion_tokens)
         log(f"  {IN_PROCESS}: tool call")
         into.tool_requests += 1
-        answer = self.ask(f"{nonce()} {TOOL_PROMPT}", config.tool_max_tokens, **TOOL_REQUEST)
+        answer = self.ask(
+            f"{self.nonce('tool call')} {TOOL_PROMPT}", config.tool_max_tokens, **TOOL_REQUEST
+        )
         into.add_call(answer)

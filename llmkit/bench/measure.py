@@ -18,9 +18,10 @@ from llmkit.bench.workloads import (
     TOOL_PROMPT,
     TOOL_REQUEST,
     TURNS,
+    Nonces,
     call_problem,
     long_prompt,
-    nonce,
+    new_seed,
     turn_question,
 )
 from llmkit.client import Answer, ChatSession, resolve_api_key
@@ -149,6 +150,7 @@ class Remote:
         import openai
 
         self.config = config
+        self.nonce = Nonces(config.seed or new_seed())
         self.client = openai.OpenAI(
             base_url=url, api_key=resolve_api_key(), timeout=600.0, max_retries=0
         )
@@ -177,7 +179,7 @@ class Remote:
         return answer, chunks
 
     def warm_up(self) -> None:
-        self.ask(f"{nonce()} Say hello.", 8)
+        self.ask(f"{self.nonce('warm-up')} Say hello.", 8)
 
     def measure(self, into: Measured, log: Log) -> None:
         """One repeat of every client-side figure; a part the server fails is noted, not fatal."""
@@ -204,7 +206,9 @@ class Remote:
                 log(f"  {into.name}: {title} failed: {exc}")
 
     def generation(self, into: Measured) -> None:
-        answer, chunks = self.ask(f"{nonce()} {GENERATION_PROMPT}", self.config.max_tokens)
+        answer, chunks = self.ask(
+            f"{self.nonce('generation')} {GENERATION_PROMPT}", self.config.max_tokens
+        )
         into.add("ttft_s", answer.seconds_to_first_token)
         into.add("tokens_per_s", answer.tokens_per_second)
         into.add("tokens", answer.completion_tokens)
@@ -212,22 +216,23 @@ class Remote:
 
     def prompt(self, into: Measured) -> None:
         # One token is enough: the time to it is the time to read the prompt.
-        answer, _ = self.ask(f"{nonce()} {long_prompt(self.config.prompt_lines)}", 1)
+        answer, _ = self.ask(f"{self.nonce('prompt')} {long_prompt(self.config.prompt_lines)}", 1)
         into.add("prompt_ttft_s", answer.seconds_to_first_token)
         into.add("prompt_tokens", answer.prompt_tokens)  # None from a server that sends no usage
 
     def conversation(self, into: Measured) -> None:
         """A conversation growing by a question and an answer a turn: is its history recomputed?"""
         chat = self.session(self.config.turn_tokens)
+        start = self.nonce("conversation")
         for turn in range(TURNS):
-            chat.ask(turn_question(turn))
+            chat.ask(turn_question(turn, start))
         into.add("turn1_ttft_s", chat.answers[0].seconds_to_first_token)
         into.add("turn10_ttft_s", chat.answers[-1].seconds_to_first_token)
         into.add("turn10_prompt_tokens", chat.answers[-1].prompt_tokens)
 
     def json_mode(self, into: Measured) -> None:
         answer, _ = self.ask(
-            f"{nonce()} {JSON_PROMPT}", self.config.json_max_tokens, json_mode=True
+            f"{self.nonce('JSON mode')} {JSON_PROMPT}", self.config.json_max_tokens, json_mode=True
         )
         into.add("json_tokens_per_s", answer.tokens_per_second)
         into.add("json_tokens", answer.completion_tokens)
@@ -236,7 +241,7 @@ class Remote:
         """One forced call (as JSON mode is measured); a server that refuses tools is a problem."""
         into.tool_requests += 1
         answer, _ = self.ask(
-            f"{nonce()} {TOOL_PROMPT}", self.config.tool_max_tokens, **TOOL_REQUEST
+            f"{self.nonce('tool call')} {TOOL_PROMPT}", self.config.tool_max_tokens, **TOOL_REQUEST
         )
         into.add_call(answer)
 
@@ -248,12 +253,15 @@ class Remote:
         results: list[tuple[float, float, Answer | None, str | None]] = [(0, 0, None, None)]
         results *= clients
 
+        starts = [self.nonce(f"{clients} clients") for _ in range(clients)]
+
         def one(i: int) -> None:
+            start = starts[i]
             barrier.wait()
             began = time.perf_counter()
             answer, problem = None, None
             try:
-                answer, _ = self.ask(f"{nonce()} {GENERATION_PROMPT}", max_tokens)
+                answer, _ = self.ask(f"{start} {GENERATION_PROMPT}", max_tokens)
             except Exception as exc:  # noqa: BLE001 - a broken stream is a result here, not an end
                 problem = str(exc) or type(exc).__name__
             results[i] = (began, time.perf_counter(), answer, problem)

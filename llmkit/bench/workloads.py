@@ -3,8 +3,11 @@ a fresh start."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import uuid
+import secrets
+import threading
+from collections import Counter
 from typing import Any
 
 from llmkit.client import ToolCall
@@ -85,9 +88,30 @@ TOPICS = (
 )
 
 
-def nonce() -> str:
-    """A fresh start for a prompt, so that no server answers it from its prompt cache."""
-    return f"[{uuid.uuid4().hex[:8]}]"
+def new_seed() -> str:
+    """A run's seed for Nonces: new each run, so that a peer left running has none cached."""
+    return secrets.token_hex(4)
+
+
+class Nonces:
+    """Fresh starts for one server's prompts, so that no server answers one from its prompt cache,
+    and the same for every server of a run: the k-th prompt of a workload is the same text on each.
+
+    At temperature 0 a start decides what a base model writes (counting, or repeating the prompt,
+    which n-gram drafts copy at several times the speed), so servers given different starts would
+    be measured on different texts."""
+
+    def __init__(self, seed: str) -> None:
+        self.seed = seed
+        self._drawn: Counter[str] = Counter()
+        self._lock = threading.Lock()  # concurrent clients draw together
+
+    def __call__(self, workload: str) -> str:
+        with self._lock:
+            k = self._drawn[workload]
+            self._drawn[workload] += 1
+        digest = hashlib.sha256(f"{self.seed}:{workload}:{k}".encode()).hexdigest()
+        return f"[{digest[:8]}]"
 
 
 def long_prompt(lines: int) -> str:
@@ -104,9 +128,9 @@ def long_prompt(lines: int) -> str:
     return "Here is a traveller's log.\n" + "\n".join(log) + "\n" + question
 
 
-def turn_question(turn: int) -> str:
-    """The question of one turn (from 0) of the conversation; the first starts fresh."""
-    first = nonce() + " " if turn == 0 else ""
+def turn_question(turn: int, start: str) -> str:
+    """The question of one turn (from 0) of the conversation; the first begins with `start`."""
+    first = start + " " if turn == 0 else ""
     return f"{first}Question {turn + 1}: tell me one thing about {TOPICS[turn % len(TOPICS)]}."
 
 
