@@ -339,6 +339,14 @@ def start_balancer(
     return proc, f"http://127.0.0.1:{port}/v1", sock
 
 
+def _wait_rejoined(sock: str, name: str, timeout: float = 20) -> None:
+    """Until the balancer's health checks show the replica `name` UP again."""
+    deadline = time.monotonic() + timeout
+    while next(r for r in _replicas_up(sock) if r.name == name).status != "UP":
+        assert time.monotonic() < deadline, f"the restarted replica {name} did not rejoin"
+        time.sleep(0.2)
+
+
 def _replicas_up(sock: str) -> list[balancer.ReplicaState]:
     try:
         return balancer.status(Path(sock)).replicas or [
@@ -460,6 +468,7 @@ def test_replicas_stopped_or_killed_under_load_lose_no_request(
         assert terminated["stream"] + terminated["plain"] == 0, terminated
         replicas.start(1)
         replicas.wait_ready(1)
+        _wait_rejoined(sock, replicas.address(1))  # not before HAProxy's checks see it UP
 
         # SIGKILL: what it had not started answering goes elsewhere; its streams are cut.
         killed = load(url, lambda: replicas.procs[2].kill())
@@ -471,10 +480,7 @@ def test_replicas_stopped_or_killed_under_load_lose_no_request(
         before = {r.name: r.total for r in balancer.status(Path(sock)).replicas}
         replicas.start(2)
         replicas.wait_ready(2)
-        deadline = time.monotonic() + 20
-        while next(r for r in _replicas_up(sock) if r.name == replicas.address(2)).status != "UP":
-            assert time.monotonic() < deadline, "the restarted replica did not rejoin"
-            time.sleep(0.2)
+        _wait_rejoined(sock, replicas.address(2))
         rejoined = load(url)
         assert rejoined["stream"] + rejoined["plain"] == 0, rejoined
         after = {r.name: r.total for r in balancer.status(Path(sock)).replicas}

@@ -206,11 +206,16 @@ def test_rejected_drafts_leave_a_consistent_cache_for_a_follow_up_that_reuses_th
 ) -> None:
     import llama_cpp
 
-    # Repeated fragments with different continuations: drafts are made and some are wrong.
-    prompt = tokens(gemma, "The cat sat on the mat. The cat sat on the hat. The cat ran to the")
+    # A repeated sentence is drafted again, and " mat", which every draft of it holds, is banned:
+    # the drafts are rejected there whatever this CPU's rounding makes of the rest.
+    prompt = tokens(
+        gemma, "The cat sat on the mat. The cat sat on the mat. The cat sat on the mat. The cat sat"
+    )
+    (mat,) = gemma.tokenize(b" mat", add_bos=False, special=False)
     fast, plain = engine(gemma), engine(gemma, speculation=False)
     try:
-        first, _, _ = run(fast, prompt, max_tokens=48)
+        first, _, _ = run(fast, prompt, max_tokens=48, logit_bias={mat: -100.0})
+        assert mat not in [p.token for p in first]
         assert fast.tokens_drafted > fast.tokens_draft_accepted  # some drafts were rejected
         # The cache holds exactly the slot's tokens: no rejected draft's cell is left behind.
         slot = fast._slots[0]
@@ -349,8 +354,9 @@ def test_tokens_a_schema_forces_are_decoded_together_unsampled_and_the_output_st
             assert finish == "stop" and list(json.loads(text)) == list(keys)
             assert list(json.loads(expected)) == list(keys)
         assert fast.tokens_forced > 30  # the keys, quotes and punctuation, three times
-        assert fast.tokens_drafted == 0  # no n-gram drafts here: only forced tokens
-        # Forced tokens share a step: fewer decodes than tokens (plain decodes one a token).
+        # Forced tokens share a step: fewer decodes than tokens (plain decodes one a token). An
+        # n-gram draft may join them where a sampled value repeats the prompt (on some CPUs it
+        # does); the bound holds either way, as each accepted draft only saves a step more.
         assert fast.decode_calls < fast.tokens_generated - fast.tokens_forced + 10
         assert plain.decode_calls >= plain.tokens_generated
     finally:
