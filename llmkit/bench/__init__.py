@@ -78,7 +78,7 @@ def run(config: BenchConfig, log: Log = nop) -> dict[str, Any]:
 
     if config.repeats < 1:
         raise LlmkitError("--repeats must be at least 1")
-    if config.seed is None:  # every server of the run gets the same prompts
+    if not config.seed:  # every server of the run gets the same prompts
         config = replace(config, seed=new_seed())
     begun = datetime.datetime.now(datetime.UTC)
     host = machine()  # now, for the load average before we add to it
