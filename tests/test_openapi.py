@@ -47,8 +47,13 @@ def _schema(server: openai.OpenAI) -> dict[str, Any]:
     return json.loads(body)  # type: ignore[no-any-return]
 
 
+def _request_ref(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    """The route's request body schema: a $ref into the components."""
+    return schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]  # type: ignore[no-any-return]
+
+
 def _body(schema: dict[str, Any], path: str) -> dict[str, Any]:
-    ref = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    ref = _request_ref(schema, path)
     return schema["components"]["schemas"][ref["$ref"].rsplit("/", 1)[1]]  # type: ignore[no-any-return]
 
 
@@ -284,8 +289,7 @@ def test_an_empty_prompt_begins_at_the_models_bos_token(smollm2_server: openai.O
 
 def _valid(schema: dict[str, Any], path: str, body: dict[str, Any]) -> bool:
     """Whether `body` is valid for the route's request schema, its $refs resolved in `schema`."""
-    ref = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    return jsonschema.Draft202012Validator({**schema, **ref}).is_valid(body)
+    return jsonschema.Draft202012Validator({**schema, **_request_ref(schema, path)}).is_valid(body)
 
 
 # (route, the body, whether it is answered): what fuzz.py found with 128-token slots
