@@ -3,7 +3,7 @@
 llmkit renders the haproxy.cfg (pure, testable), has HAProxy itself check it (`haproxy -c`), runs
 HAProxy in the foreground, and reads or changes the replicas' state through HAProxy's stats socket.
 What makes a replica going away cost no request lives on both sides: the replica drains on SIGTERM
-(`/ready` answers 503 while it still serves, see server.py) and HAProxy checks `/ready` every
+(`/ready` answers 503 while it still serves, see llmkit.server) and HAProxy checks `/ready` every
 500 ms and re-dispatches a request that failed before its answer began (`retry-on`).
 
 The Authorization header goes through HAProxy untouched: each replica checks the API key itself.

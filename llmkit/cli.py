@@ -396,7 +396,7 @@ def chat(
     """Chat with a running server (llmkit serve or any OpenAI-compatible one)."""
     if web:
         from llmkit.client import resolve_url
-        from llmkit.webui import check_page
+        from llmkit.server.webui import check_page
 
         print(check_page(resolve_url(url)))
         return

@@ -2,7 +2,7 @@
 
 Which file (resolved in the catalog, pulled unless offline), how many threads, how many slots and
 how long a context (sized to the memory available when not given: `size_slots`), which chat format,
-which API key. The server (`server.py`) and the benchmark both start from a Plan.
+which API key. The server (`llmkit.server.load`) and the benchmark both start from a Plan.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Every phase runs (examples, coverage, fuzzing, stateful), with valid and invalid
 are the ones the server promises: no 5xx, statuses and content types as documented, response
 bodies matching their schema, and the request bodies as documented: schema-valid data accepted
 (positive_data_acceptance), schema-invalid data refused (negative_data_rejection). The request
-schemas are llmkit.params' models, bounds and all, with what JSON Schema can say between fields
+schemas are llmkit.server.bodies' models, bounds and all, with what JSON Schema can say between fields
 (top_logprobs needs logprobs: true, best_of is 1 or n, tool_choice needs tools, ...).
 
 What JSON Schema cannot say is excused, narrowly, from positive_data_acceptance only (a 400 whose

@@ -13,6 +13,16 @@ from typer.testing import Result
 
 from tests.helpers import LlmkitCli, clean_env, run_llmkit
 
+# Every real model reaches a test through one of these: a test that uses one is slow (it loads a
+# model or starts a server), so that `pytest -m "not slow"` starts neither.
+MODEL_FIXTURES = {"gemma_gguf", "smollm2_models_dir"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def llmkit_cli(monkeypatch: pytest.MonkeyPatch) -> LlmkitCli:

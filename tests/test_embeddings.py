@@ -19,7 +19,7 @@ import pytest
 
 from llmkit.embeddings import Embedder, encoded, normalized, piece_tokens
 from llmkit.errors import BadRequest
-from llmkit.params import EmbeddingRequest
+from llmkit.server.bodies import EmbeddingRequest
 from llmkit.settings import ServeSettings
 from tests.helpers import clean_env, post_json, root_url, scrape
 

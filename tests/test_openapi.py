@@ -11,8 +11,9 @@ import jsonschema
 import openai
 import pytest
 
-from llmkit.openapi import decimal_range, with_bounds
-from llmkit.params import MAX_COMPLETION_LOGPROBS, MAX_N, MAX_STOP, TOKEN_ID, invalid
+from llmkit.server.errors import invalid
+from llmkit.server.openapi import decimal_range, with_bounds
+from llmkit.server.schemas import MAX_COMPLETION_LOGPROBS, MAX_N, MAX_STOP, TOKEN_ID
 from tests.test_origins import JSON, error_of, request
 
 

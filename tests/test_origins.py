@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
-from llmkit.origins import Policy
+from llmkit.server.origins import Policy
 from tests.helpers import root_url
 
 LOCAL = Policy.for_server("127.0.0.1", None, None)

@@ -14,7 +14,9 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from llmkit.engine import Delta, Usage
 from llmkit.errors import BadRequest
-from llmkit.responses import Reply, ResponsesRequest, chat_request, tools_for
+from llmkit.server.bodies import ResponsesRequest
+from llmkit.server.response_events import ResponsesShaper
+from llmkit.server.responses import to_chat, tools_for
 from llmkit.tools.family import GENERIC, HERMES
 from tests.helpers import ADD_TOOL, WEATHER_TOOL, chat, get_json, root_url, scrape, valid_tool_call
 
@@ -88,7 +90,7 @@ def test_instructions_come_first_as_a_system_message_and_items_become_messages()
         max_output_tokens=7,
         text={"format": {"type": "json_schema", "name": "n", "schema": COLOR, "strict": True}},
     )
-    chat_body = chat_request(body)
+    chat_body = to_chat(body)
     assert chat_body.messages == [
         {"role": "system", "content": "Be terse."},
         {"role": "user", "content": "Hi, I am Ada."},
@@ -101,9 +103,7 @@ def test_instructions_come_first_as_a_system_message_and_items_become_messages()
         "type": "json_schema",
         "json_schema": {"name": "n", "schema": COLOR, "strict": True},
     }
-    assert chat_request(ResponsesRequest(input="Hi")).messages == [
-        {"role": "user", "content": "Hi"}
-    ]
+    assert to_chat(ResponsesRequest(input="Hi")).messages == [{"role": "user", "content": "Hi"}]
 
 
 @pytest.mark.parametrize(
@@ -131,7 +131,7 @@ def test_what_cannot_be_honoured_is_refused_naming_the_parameter(
     fields: dict[str, Any], param: str
 ) -> None:
     with pytest.raises(BadRequest) as info:
-        tools_for(chat_request(ResponsesRequest(**fields)))
+        tools_for(to_chat(ResponsesRequest(**fields)))
     assert info.value.param == param
 
 
@@ -161,7 +161,7 @@ def test_function_tools_calls_and_their_outputs_become_the_chat_routes() -> None
         tool_choice={"type": "function", "name": "add"},
         parallel_tool_calls=False,
     )
-    chat_body = chat_request(body)
+    chat_body = to_chat(body)
     calls = [
         {
             "id": "call_1",
@@ -187,12 +187,9 @@ def test_function_tools_calls_and_their_outputs_become_the_chat_routes() -> None
     assert tools is not None and (tools.mode, tools.name, tools.parallel) == ("named", "add", False)
     assert [t.name for t in tools.tools] == ["get_weather", "add"]
     # none: the tools are not offered at all, as in chat; an empty list offers nothing.
-    assert (
-        tools_for(chat_request(ResponsesRequest(input="hi", tools=TOOLS, tool_choice="none")))
-        is None
-    )
-    assert tools_for(chat_request(ResponsesRequest(input="hi", tools=[]))) is None
-    only_call = chat_request(ResponsesRequest(input=body.input[2:3]))  # type: ignore[index]
+    assert tools_for(to_chat(ResponsesRequest(input="hi", tools=TOOLS, tool_choice="none"))) is None
+    assert tools_for(to_chat(ResponsesRequest(input="hi", tools=[]))) is None
+    only_call = to_chat(ResponsesRequest(input=body.input[2:3]))  # type: ignore[index]
     assert only_call.messages == [{"role": "assistant", "content": None, "tool_calls": calls[:1]}]
 
 
@@ -249,7 +246,7 @@ def test_bad_tools_and_calls_are_refused_naming_the_parameter(
     fields: dict[str, Any], param: str
 ) -> None:
     with pytest.raises(BadRequest) as info:
-        tools_for(chat_request(ResponsesRequest(**{"input": "hi", **fields})))
+        tools_for(to_chat(ResponsesRequest(**{"input": "hi", **fields})))
     assert info.value.param == param
     if param != "tools[0].function":
         assert ".function" not in str(info.value)  # chat's nested shape never shows
@@ -271,7 +268,9 @@ def sse_events(raw: bytes) -> list[dict[str, Any]]:
     return events
 
 
-def replayed(reply: Reply, text: str, finish: str = "stop", size: int = 3) -> list[dict[str, Any]]:
+def replayed(
+    reply: ResponsesShaper, text: str, finish: str = "stop", size: int = 3
+) -> list[dict[str, Any]]:
     """The stream events of an answer with this text, fed a few characters at a time."""
     pieces = [text[i : i + size] for i in range(0, len(text), size)]
     raw = reply.opening() + b"".join(
@@ -285,10 +284,10 @@ def replayed(reply: Reply, text: str, finish: str = "stop", size: int = 3) -> li
     return events
 
 
-def tool_reply(family: Any, **fields: Any) -> Reply:
+def tool_reply(family: Any, **fields: Any) -> ResponsesShaper:
     body = ResponsesRequest(input=ASK, tools=TOOLS, **fields)
-    chat_body = chat_request(body)
-    return Reply(body, chat_body, "m", tools_for(chat_body), family)
+    chat_body = to_chat(body)
+    return ResponsesShaper(body, chat_body, "m", tools_for(chat_body), family)
 
 
 def test_text_then_calls_stream_as_a_message_then_function_call_items() -> None:
@@ -331,7 +330,7 @@ def test_text_then_calls_stream_as_a_message_then_function_call_items() -> None:
     # Not streamed: the same items (with ids of their own).
     reply = tool_reply(HERMES)
     reply.add(Delta(0, text, "stop"))
-    body = Response.model_validate(reply.body(reply.status, Usage(9, 9)))
+    body = Response.model_validate(reply.body(Usage(9, 9)))
     assert [o.model_dump(exclude={"id", "call_id"}) for o in body.output] == [
         o.model_dump(exclude={"id", "call_id"}) for o in final.output
     ]

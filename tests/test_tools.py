@@ -466,9 +466,9 @@ def test_a_native_template_calls_streams_and_runs_free_until_its_trigger(
 
 
 def _reply(family: Any, request: ToolRequest) -> Any:
-    from llmkit.api import Reply
+    from llmkit.server.chat import ToolCallShaper
 
-    return Reply("chat.completion", "m", [""], True, None, request, family)
+    return ToolCallShaper("m", 1, True, request, family)
 
 
 def test_a_streamed_call_sends_its_name_once_then_only_argument_fragments() -> None:

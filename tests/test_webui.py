@@ -25,7 +25,7 @@ import pytest
 
 import llmkit
 from llmkit.launcher import stop
-from llmkit.webui import (
+from llmkit.server.webui import (
     CONTENT_SECURITY_POLICY,
     Page,
     accepts_gzip,

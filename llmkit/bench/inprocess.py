@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import llama_cpp
-
 from llmkit.bench.config import BenchConfig
 from llmkit.bench.measure import IN_PROCESS, Log, Measured
 from llmkit.bench.workloads import (
@@ -29,13 +27,13 @@ from llmkit.bench.workloads import (
     new_seed,
 )
 from llmkit.client import Answer, ToolCall
-from llmkit.engine import Delta, Engine, Usage
-from llmkit.params import ChatRequest, choices_for, tools_of
+from llmkit.engine import Delta, Usage
 from llmkit.plan import Plan
-from llmkit.server import _TOKENIZER_CTX, chat_template
+from llmkit.server.bodies import ChatRequest
+from llmkit.server.choices import choices_for, tools_of
+from llmkit.server.load import load
 from llmkit.settings import ServeSettings
 from llmkit.tools.parse import parse
-from llmkit.tools.render import tool_family
 
 # How long to wait for each event of an answer: the benchmark's client timeout for a server.
 _EVENT_TIMEOUT = 600.0
@@ -54,42 +52,26 @@ class InProcess:
         seed: str | None = None,  # the prompts' starts, as the servers' of the run (Nonces)
     ) -> None:
         self.nonce = Nonces(seed or new_seed())
-        # As build_app loads it: this Llama only tokenizes and renders prompts.
-        self.llama = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=_TOKENIZER_CTX,
-            n_batch=_TOKENIZER_CTX,
-            n_ubatch=_TOKENIZER_CTX,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_gpu_layers=0,
-            chat_format=chat_format,
-            logits_all=False,
-            verbose=False,
+        # Loaded as `llmkit serve` loads it, with one slot.
+        plan = Plan(
+            path.stem,
+            path,
+            threads,
+            n_ctx,
+            chat_format,
+            chat_template=chat_template_text,
+            parallel=1,
         )
-        try:
-            # The template tools are offered through, as build_app picks it for the same plan.
-            plan = Plan(
-                path.stem, path, threads, n_ctx, chat_format, chat_template=chat_template_text
-            )
-            self.template = chat_template(self.llama, plan)
-            self.engine = Engine(
-                self.llama.model,
-                parallel=1,
-                slot_ctx=n_ctx,
-                threads=threads,
-                max_queue=ServeSettings.max_queue,
-            )
-        except BaseException:
-            self.llama.close()
-            raise
+        self.served = load(plan, max_queue=ServeSettings.max_queue)
+        self.llama, self.template, self.engine = (
+            self.served.llama,
+            self.served.template,
+            self.served.engine,
+        )
 
     def close(self) -> None:
         """Stop the engine and free its context, then the model."""
-        self.engine.close()
-        # A scheduler that did not stop in time still uses the model: leave it to the process exit.
-        if self.engine.ctx is None:
-            self.llama.close()
+        self.served.close()
 
     def ask(self, prompt: str, max_tokens: int, json_mode: bool = False, **fields: Any) -> Answer:
         """One answer as `llmkit serve` would generate it, timed and counted as the clients count.
@@ -131,7 +113,7 @@ class InProcess:
         assert usage is not None, "the engine ended the job without its usage"
         text, calls = "".join(pieces), []
         if tools is not None:
-            parsed = parse(tool_family(self.template), text)
+            parsed = parse(self.served.family, text)
             text = parsed.content
             calls = [ToolCall(c.name, c.arguments) for c in parsed.calls if c.complete]
         return Answer(

@@ -4,7 +4,7 @@ FastAPI documents a 422 validation error on every route with a body; llmkit answ
 in OpenAI's shape, and may answer any route with 401 (API key), 403 (origin or Host), 404, 405,
 415, 500 or 503 (busy, Retry-After). Client generators and fuzzers read this schema, so it says so.
 
-The request bodies are llmkit.params' models, whose JSON schema carries their bounds; the bounds
+The request bodies are llmkit.server.bodies' models, whose JSON schema carries their bounds; the bounds
 the served model sets (its vocabulary, its embedding size) are marked there and stated here from
 the running server's values, the ones the request is checked against.
 """
@@ -83,7 +83,7 @@ def decimal_range(top: int) -> str:
 
 
 def with_bounds(schema: dict[str, Any], bounds: dict[str, int]) -> dict[str, Any]:
-    """`schema` with every value marked by a key of `bounds` (llmkit.params.TOKEN_ID, ...) at most
+    """`schema` with every value marked by a key of `bounds` (llmkit.server.schemas.TOKEN_ID, ...) at most
     that bound: a number's maximum, a token id written as an object key's pattern."""
     out = copy.deepcopy(schema)
 

@@ -1,0 +1,180 @@
+"""`llmkit serve`: the HTTP layer. `run` plans, loads the model, builds the app and serves it with
+uvicorn until a signal, then drains and stops cleanly.
+
+The package, one job a module: `load` (the one model loader), `app` (the route table), `errors`
+(the one error mapping), `bodies` and `schemas` (request bodies), `choices` (a body into the
+engine's choices), `respond` (one request's life), a shaper per wire API (`chat`,
+`response_events`), `responses` (the Responses API into chat), `info` (the routes that generate
+nothing), and `openapi`, `origins`, `metrics`, `webui`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from llmkit.errors import LlmkitError
+from llmkit.net import is_loopback, url_host
+from llmkit.plan import Plan, plan
+from llmkit.settings import ServeSettings
+
+
+def base_url(config: ServeSettings) -> str:
+    """The /v1 URL a client on this machine uses to reach the server."""
+    return f"http://{url_host(config.host)}:{config.port}/v1"
+
+
+def page_url(config: ServeSettings) -> str | None:
+    """The web chat's address on this machine; None with --no-ui."""
+    return None if config.no_ui else f"http://{url_host(config.host)}:{config.port}/"
+
+
+def banner(config: ServeSettings, prepared: Plan) -> str:
+    url = base_url(config)
+    lines = [
+        f"llmkit serving {prepared.name}",
+        f"  url          {url}",
+        f"  web chat     {page_url(config) or 'off (--no-ui)'}",
+        f"  model file   {prepared.path}",
+        f"  threads      {prepared.threads}",
+        f"  context      {prepared.n_ctx} tokens per request (KV cache {prepared.kv_type})",
+        f"  parallel     {prepared.parallel} slots (batched decoding)",
+        f"  sized        {prepared.sizing}",
+        f"  speculation  {_speculation(config)}",
+        f"  embeddings   {prepared.embedding_path or 'the served model'}"
+        f", inputs of {prepared.embedding_ctx or prepared.n_ctx} tokens at most",
+        f"  chat format  {prepared.chat_format or ('from --chat-template-file' if prepared.chat_template else 'from the model (GGUF chat template)')}",
+        f"  queue        {config.max_queue} waiting at most; grace {config.grace:g} s on shutdown",
+        f"  api key      {'required' if prepared.api_key else 'none'}",
+    ]
+    return "\n".join(lines)
+
+
+def _speculation(config: ServeSettings) -> str:
+    if config.no_speculation:
+        return "off"
+    if config.draft_from_recent:
+        return "n-gram drafts (prompt lookup, and recent requests)"
+    return "n-gram drafts (prompt lookup)"
+
+
+def run(config: ServeSettings) -> None:
+    """Serve until SIGTERM or Ctrl-C; in-flight requests get `grace` seconds to finish.
+
+    SIGTERM first drains: /ready answers 503 while requests are still served for `drain_seconds`,
+    then the listener closes. Ctrl-C (or a second signal) closes it at once.
+    """
+    import uvicorn
+
+    from llmkit.notify import notify
+
+    if not is_loopback(config.host) and not (config.api_key or config.api_key_file):
+        print(
+            f"warning: serving on {config.host} without an API key: anyone who can reach this "
+            "port can use the model (set --api-key or --api-key-file)",
+            file=sys.stderr,
+            flush=True,
+        )
+    prepared = plan(config, log=lambda m: print(m, file=sys.stderr, flush=True))
+    from llmkit.server.app import build_app
+    from llmkit.server.load import load, quiet_llama_logs
+    from llmkit.server.metrics import Metrics
+    from llmkit.server.registry import Registry
+
+    if not config.verbose:
+        quiet_llama_logs()  # before the model loads and the engine makes its context
+    print(banner(config, prepared), flush=True)
+    metrics = Metrics()
+    served = load(
+        prepared,
+        max_queue=config.max_queue,
+        speculation=not config.no_speculation,
+        draft_from_recent=config.draft_from_recent,
+        observer=metrics,
+        verbose=config.verbose,
+    )
+    metrics.watch(served.engine, served.embedder)
+    registry = Registry([served])
+    app = build_app(config, registry, prepared.api_key, metrics)
+
+    class Server(uvicorn.Server):
+        stop_started = False  # the listener is closing and the grace period has begun
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(f"ready: {prepared.name} on {base_url(config)}", flush=True)
+                notify("READY=1")
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if registry.draining:  # a second signal: stop draining, close the listener now
+                self.stop_listening(sig)
+                return
+            registry.draining = True  # /ready answers 503 from now on
+            notify("STOPPING=1")
+            drain = config.drain_seconds if sig == signal.SIGTERM else 0.0
+            if drain <= 0:  # Ctrl-C is a person at the terminal: no balancer to wait for
+                self.stop_listening(sig)
+                return
+            print(
+                f"draining: /ready answers 503; still serving new requests for {drain:g} s",
+                flush=True,
+            )
+            # A balancer only learns of the drain at its next health checks: requests it sends
+            # meanwhile must still be served, or they fail (the listener closed at once loses them).
+            timer = threading.Timer(drain, self.stop_listening, args=(sig,))
+            timer.daemon = True
+            timer.start()
+
+        def stop_listening(self, sig: int) -> None:
+            if not self.stop_started:
+                self.stop_started = True
+                print(
+                    f"shutting down: finishing accepted requests (at most {config.grace:g} s)",
+                    flush=True,
+                )
+                # After the grace period, stop what still runs, so that each unfinished response
+                # ends with an error event instead of being cut by uvicorn's task cancellation.
+                timer = threading.Timer(config.grace, registry.stop_generating)
+                timer.daemon = True
+                timer.start()
+            super().handle_exit(sig, None)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises the signal after shutdown, which turns a clean stop into exit 143
+            # (SIGTERM) or a KeyboardInterrupt; a service manager wants exit 0.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {
+                s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    uv_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="info",
+        access_log=True,
+        timeout_graceful_shutdown=math.ceil(config.grace) + 3,
+        timeout_keep_alive=5,
+    )
+    server = Server(uv_config)
+    try:
+        server.run()
+    finally:
+        registry.close(timeout=5.0)
+    if not server.started:
+        raise LlmkitError(f"could not listen on {config.host}:{config.port} (is the port in use?)")
+    print("stopped", flush=True)
