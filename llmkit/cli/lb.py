@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from llmkit import settings
 from llmkit.cli.console import out, ran_or_print
-from llmkit.cli.options import (
-    Affinity,
-    Json,
-    LbHost,
-    LbPort,
-    LbSocket,
-    Replicas,
-    Slots,
-    TlsCert,
-)
+from llmkit.cli.options import BalancerOptions, Json, LbSocket, balancer_options
 
 lb_app = typer.Typer(
     help="Stock HAProxy in front of llmkit serve replicas: config, run, status, drain.",
@@ -30,62 +20,40 @@ lb_service_app = typer.Typer(help="The balancer as a systemd service.", no_args_
 lb_app.add_typer(lb_service_app, name="service")
 
 
-def _balancer(
-    replica: list[str],
-    host: str,
-    port: int,
-    slots: int,
-    affinity: bool,
-    tls_cert: Path | None,
-    socket: Path | None,
-):  # type: ignore[no-untyped-def]
+def _balancer(options: BalancerOptions, socket: Path | None):  # type: ignore[no-untyped-def]
     from llmkit import balancer
 
     return balancer.Balancer(
-        tuple(balancer.parse_replica(r) for r in replica),
-        host=host,
-        port=port,
-        slots=slots,
-        affinity=affinity,
-        tls_cert=tls_cert.resolve() if tls_cert else None,
+        tuple(balancer.parse_replica(r) for r in options.replica),
+        host=options.host,
+        port=options.port,
+        slots=options.slots,
+        affinity=options.affinity,
+        tls_cert=options.tls_cert.resolve() if options.tls_cert else None,
         socket=socket,
     )
 
 
 @lb_app.command("config")
-def lb_config(
-    replica: Replicas,
-    host: LbHost = "0.0.0.0",
-    port: LbPort = 8080,
-    slots: Slots = settings.DEFAULT_PARALLEL,
-    affinity: Affinity = True,
-    tls_cert: TlsCert = None,
-    socket: LbSocket = None,
-) -> None:
+@balancer_options
+def lb_config(socket: LbSocket = None, **options: Any) -> None:
     """Print a haproxy.cfg for these replicas, once `haproxy -c` accepts it.
 
     The Authorization header goes through untouched: each replica checks its own --api-key.
     """
     from llmkit import balancer
 
-    config = _balancer(replica, host, port, slots, affinity, tls_cert, socket)
+    config = _balancer(BalancerOptions(**options), socket)
     print(balancer.checked(config), end="")
 
 
 @lb_app.command("run")
-def lb_run(
-    replica: Replicas,
-    host: LbHost = "0.0.0.0",
-    port: LbPort = 8080,
-    slots: Slots = settings.DEFAULT_PARALLEL,
-    affinity: Affinity = True,
-    tls_cert: TlsCert = None,
-    socket: LbSocket = None,
-) -> None:
+@balancer_options
+def lb_run(socket: LbSocket = None, **options: Any) -> None:
     """Run HAProxy in the foreground with that config (SIGTERM stops it)."""
     from llmkit import balancer
 
-    balancer.run(_balancer(replica, host, port, slots, affinity, tls_cert, socket))
+    balancer.run(_balancer(BalancerOptions(**options), socket))
 
 
 @lb_app.command("status")
@@ -143,18 +111,12 @@ def lb_ready(
 
 
 @lb_service_app.command("install")
-def lb_service_install(
-    replica: Replicas,
-    host: LbHost = "0.0.0.0",
-    port: LbPort = 8080,
-    slots: Slots = settings.DEFAULT_PARALLEL,
-    affinity: Affinity = True,
-    tls_cert: TlsCert = None,
-) -> None:
+@balancer_options
+def lb_service_install(**options: Any) -> None:
     """Write /etc/llmkit/lb.cfg and a hardened llmkit-lb.service running HAProxy on it; start it."""
     from llmkit import lb_service
 
-    lb = _balancer(replica, host, port, slots, affinity, tls_cert, None)
+    lb = _balancer(BalancerOptions(**options), None)
     done = lb_service.install(lb)
     out.print(f"config    {done.config}\nunit      {done.unit}", highlight=False, soft_wrap=True)
     ran_or_print(done.not_run, done.commands, "llmkit-lb is running; `llmkit lb status` shows it")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from llmkit import settings
 from llmkit.settings import SERVE_TYPES, ServeSettings
 
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
@@ -33,50 +35,37 @@ def option(name: str, **changes: Any) -> Any:
     return typer.Option(*s.flags, **declared)
 
 
+def _with_options(command: Callable[..., None], options: list[inspect.Parameter]) -> None:
+    """Make a command taking **options show these options first, then its own parameters."""
+    own = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(command, eval_str=True).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    command.__signature__ = inspect.Signature([*options, *own])  # type: ignore[attr-defined]
+
+
+def _keyword(field: dataclasses.Field[Any], annotation: Any) -> inspect.Parameter:
+    """A command's parameter for a dataclass field: its name, its default (if any), an option."""
+    default = inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
+    return inspect.Parameter(
+        field.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
 def serve_options(command: Callable[..., None]) -> Callable[..., None]:
     """Give a command taking **options one typer option per ServeSettings field."""
-    command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    _with_options(
+        command,
         [
-            inspect.Parameter(
-                field.name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=field.default,
-                annotation=Annotated[SERVE_TYPES[field.name], option(field.name)],
-            )
+            _keyword(field, Annotated[SERVE_TYPES[field.name], option(field.name)])
             for field in dataclasses.fields(ServeSettings)
-        ]
+        ],
     )
     return command
 
 
-# The balancer's options (llmkit lb ...).
-Replicas = Annotated[
-    list[str],
-    typer.Option(
-        "--replica", "-r", metavar="HOST:PORT", help="An llmkit serve replica (repeat it)."
-    ),
-]
-LbHost = Annotated[str, typer.Option("--host", help="Address the balancer listens on.")]
-LbPort = Annotated[int, typer.Option("--port", min=1, max=65535, help="Its port.")]
-Slots = Annotated[
-    int,
-    typer.Option(
-        "--slots", min=1, help="Requests sent to one replica at once (its --parallel); more wait."
-    ),
-]
-Affinity = Annotated[
-    bool,
-    typer.Option(
-        "--affinity/--leastconn",
-        help="One conversation to one replica (its prompt cache), bounded load; or least loaded.",
-    ),
-]
-TlsCert = Annotated[
-    Path | None,
-    typer.Option(
-        "--tls-cert", help="Serve HTTPS with this PEM (certificate and key).", exists=True
-    ),
-]
+# `llmkit lb ...`: where HAProxy answers, and what a balancer is made from.
 LbSocket = Annotated[
     Path | None,
     typer.Option(
@@ -86,3 +75,50 @@ LbSocket = Annotated[
         help="HAProxy's stats socket (default: /run/llmkit-lb/admin.sock as root).",
     ),
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class BalancerOptions:
+    """What `llmkit lb config`, `lb run` and `lb service install` make a balancer from."""
+
+    replica: Annotated[
+        list[str],
+        typer.Option(
+            "--replica", "-r", metavar="HOST:PORT", help="An llmkit serve replica (repeat it)."
+        ),
+    ]
+    host: Annotated[str, typer.Option("--host", help="Address the balancer listens on.")] = (
+        "0.0.0.0"
+    )
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Its port.")] = 8080
+    slots: Annotated[
+        int,
+        typer.Option(
+            "--slots",
+            min=1,
+            help="Requests sent to one replica at once (its --parallel); more wait.",
+        ),
+    ] = settings.DEFAULT_PARALLEL
+    affinity: Annotated[
+        bool,
+        typer.Option(
+            "--affinity/--leastconn",
+            help="One conversation to one replica (its prompt cache), bounded load; or least loaded.",
+        ),
+    ] = True
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert", help="Serve HTTPS with this PEM (certificate and key).", exists=True
+        ),
+    ] = None
+
+
+def balancer_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command taking **options one typer option per BalancerOptions field."""
+    types = typing.get_type_hints(BalancerOptions, include_extras=True)
+    _with_options(
+        command,
+        [_keyword(field, types[field.name]) for field in dataclasses.fields(BalancerOptions)],
+    )
+    return command
