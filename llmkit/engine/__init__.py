@@ -1,13 +1,26 @@
-"""The generation engine (moved to llmkit.engine.scheduler; split up in the next commits)."""
+"""The generation engine: N sequence slots in one llama.cpp context, decoded together (continuous batching).
 
-from llmkit.engine.scheduler import (
-    DEFAULT_N_BATCH,
+One long-lived scheduler thread owns the context. Each step it admits waiting sequences into free
+slots, then makes ONE llama_decode holding the next token of every generating sequence plus prompt
+chunks of newly admitted ones, samples each sequence from its own row of logits and hands the text
+to each job's channel in one call a step. A finished sequence frees its slot at once; the next step fills it.
+
+Nothing here knows HTTP or asyncio. `submit` queues a Job from any thread; its events (Deltas, then
+the Usage) go through a Channel: by default a plain thread-safe queue that `Job.events()` reads
+(scripts, tests, the benchmark); the server passes a channel that hands them to its event loop.
+So /health answers while the model works. A slot keeps the tokens it last held, and a new sequence
+goes to the slot sharing the longest prefix with its prompt: a growing chat recomputes only its
+new tokens.
+
+`jobs` holds what goes in and comes out (choices, jobs, events, errors), `scheduler` the Engine.
+"""
+
+from llmkit.engine.jobs import (
     END,
     CacheFull,
     Channel,
     Choice,
     Delta,
-    Engine,
     EngineError,
     Job,
     Observer,
@@ -16,11 +29,9 @@ from llmkit.engine.scheduler import (
     QueueFull,
     ShuttingDown,
     Usage,
-    _Slot,
-    common_prefix,
     opened,
-    slot_for,
 )
+from llmkit.engine.scheduler import DEFAULT_N_BATCH, Engine, _Slot, common_prefix, slot_for
 
 __all__ = [
     "DEFAULT_N_BATCH",

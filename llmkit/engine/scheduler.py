@@ -1,36 +1,41 @@
-"""The generation engine: N sequence slots in one llama.cpp context, decoded together (continuous batching).
+"""The scheduler: N sequence slots in one llama.cpp context, decoded together (continuous batching).
 
 One long-lived scheduler thread owns the context. Each step it admits waiting sequences into free
 slots, then makes ONE llama_decode holding the next token of every generating sequence plus prompt
 chunks of newly admitted ones, samples each sequence from its own row of logits and hands the text
 to each job's channel in one call a step. A finished sequence frees its slot at once; the next step fills it.
-
-Nothing here knows HTTP or asyncio. `submit` queues a Job from any thread; its events (Deltas, then
-the Usage) go through a Channel: by default a plain thread-safe queue that `Job.events()` reads
-(scripts, tests, the benchmark); the server passes a channel that hands them to its event loop.
-So /health answers while the model works. A slot keeps the tokens it last held, and a new sequence
-goes to the slot sharing the longest prefix with its prompt: a growing chat recomputes only its
-new tokens.
+Which slot a sequence goes to, and what of its prompt it reuses, is the plan of `slots`.
 """
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import logging
-import queue
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import llama_cpp
 import numpy as np
 
 from llmkit import logprobs
+from llmkit.engine.jobs import (
+    END,
+    CacheFull,
+    Channel,
+    Choice,
+    Delta,
+    EngineError,
+    Job,
+    Observer,
+    PromptTooLong,
+    QueueChannel,
+    QueueFull,
+    ShuttingDown,
+)
 from llmkit.logprobs import TokenLogprob
-from llmkit.sampling import Sampler, SamplingParams
+from llmkit.sampling import Sampler
 from llmkit.speculation import CROWDED_MATCH, MIN_DRAFT, MIN_MATCH, Drafter, DraftLength, Recall
 from llmkit.textstream import TextStream
 
@@ -41,131 +46,6 @@ _KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 _SHARE_MIN_TOKENS = 16
 
 log = logging.getLogger("llmkit")
-
-
-class QueueFull(Exception):
-    """More requests are waiting than the server accepts."""
-
-
-class ShuttingDown(Exception):
-    """The server stopped taking new work."""
-
-
-class CacheFull(Exception):
-    """llama.cpp found no room in the KV cache for this request's tokens."""
-
-
-class PromptTooLong(ValueError):
-    """A prompt that does not fit one slot's context."""
-
-
-class EngineError(RuntimeError):
-    """The engine could not run this job (a bug or a resource llama.cpp refused)."""
-
-
-@dataclass
-class Choice:
-    """One choice to generate: a prompt (token ids), how to sample it, where its text goes."""
-
-    prompt: list[int]
-    params: SamplingParams
-    index: int = 0
-    counts_prompt: bool = True  # the first choice of its prompt: its prompt counts toward usage
-
-
-@dataclass
-class Delta:
-    """New text for one choice; `finish_reason` set on the last delta of that choice."""
-
-    index: int
-    text: str
-    finish_reason: str | None = None
-    logprobs: list[TokenLogprob] | None = None  # the tokens since the last delta, when asked
-    prompt_logprobs: list[TokenLogprob] | None = None  # on the first delta, when asked
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens reused from a slot's cache, not recomputed
-
-
-class Observer(Protocol):
-    """Where the engine reports timings (the /metrics module); called from the scheduler thread."""
-
-    def first_token(self, seconds: float) -> None: ...
-    def next_token(self, seconds: float) -> None: ...
-
-
-END = object()  # the last item in a job's inbox
-
-
-class Channel(Protocol):
-    """How a job's events reach its reader. `deliver` runs on the scheduler thread, once a step,
-    with every item of that step for the jobs on this channel (in order)."""
-
-    def inbox(self) -> Any: ...
-    def deliver(self, items: list[tuple[Job, Any]]) -> None: ...
-
-
-class QueueChannel:
-    """The default channel: each job's events go into a thread-safe queue that `Job.events` reads."""
-
-    def inbox(self) -> queue.SimpleQueue[Any]:
-        return queue.SimpleQueue()
-
-    def deliver(self, items: list[tuple[Job, Any]]) -> None:
-        for job, item in items:
-            job.inbox.put(item)
-
-
-def opened(item: Any) -> Delta | Usage | None:
-    """An item read from a job's inbox: None at its end; raises what failed the job."""
-    if item is END:
-        return None
-    if isinstance(item, BaseException):
-        raise item
-    return item  # type: ignore[no-any-return]
-
-
-@dataclass(eq=False)
-class Job:
-    """One request: its choices, and the events the scheduler sends back through its channel."""
-
-    choices: list[Choice]
-    channel: Channel
-    inbox: Any = None
-    usage: Usage = field(default_factory=Usage)
-    submitted: float = field(default_factory=time.perf_counter)
-    cancelled: bool = False
-    _unstarted: collections.deque[Choice] = field(default_factory=collections.deque)
-    _running: int = 0
-    _failed: bool = False
-    _ended: bool = False
-
-    def __post_init__(self) -> None:
-        if self.inbox is None:
-            self.inbox = self.channel.inbox()
-        self._unstarted.extend(self.choices)
-
-    def cancel(self) -> None:
-        """Stop generating; the job's slots are free within a step (safe from any thread)."""
-        self.cancelled = True
-
-    def events(self, timeout: float | None = None) -> Iterator[Delta | Usage]:
-        """Deltas as they come, then the usage; raises what failed the job (QueueChannel jobs).
-
-        `timeout` bounds the wait for each event (TimeoutError past it)."""
-        while True:
-            try:
-                item = self.inbox.get(timeout=timeout)
-            except queue.Empty:
-                raise TimeoutError(f"no event from the engine in {timeout:g} s") from None
-            event = opened(item)
-            if event is None:
-                return
-            yield event
 
 
 class _Outbox:
@@ -314,7 +194,7 @@ class Engine:
     def waiting(self) -> int:
         """Jobs none of whose choices has a slot yet."""
         with self._cv:
-            return sum(1 for job in self._jobs if job._running == 0)
+            return sum(1 for job in self._jobs if job.running == 0)
 
     @property
     def active(self) -> int:
@@ -411,12 +291,12 @@ class Engine:
 
     def _fail(self, job: Job, error: Exception, out: _Outbox) -> None:
         """End one job with an error: its running choices are released, the rest never start."""
-        if job._ended:
+        if job.ended:
             return
-        job._failed = True
+        job.failed = True
         out.put(job, error)
         with self._cv:
-            job._unstarted.clear()
+            job.unstarted.clear()
             if job in self._jobs:
                 self._jobs.remove(job)
         self._reap_cancelled(out)
@@ -424,8 +304,8 @@ class Engine:
 
     def _end(self, job: Job, out: _Outbox) -> None:
         """Send the job's END once nothing of it runs any more (at most once)."""
-        if not job._ended and job._running == 0:
-            job._ended = True
+        if not job.ended and job.running == 0:
+            job.ended = True
             out.put(job, END)
 
     def _step(self, out: _Outbox) -> None:
@@ -617,7 +497,7 @@ class Engine:
         job = r.job
         out.put(job, self._delta(r, text + r.text.flush(), reason))
         self._release(slot)
-        if not job._unstarted and job._running == 0 and not job._ended:
+        if not job.unstarted and job.running == 0 and not job.ended:
             out.put(job, job.usage)
             self._end(job, out)
 
@@ -630,7 +510,7 @@ class Engine:
             self.recall.remember(r.drafter)
         slot.running = None
         slot.last_used = time.perf_counter()
-        r.job._running -= 1
+        r.job.running -= 1
 
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for (cached)."""
@@ -649,16 +529,16 @@ class Engine:
         stopped = []
         for slot in self._slots:
             r = slot.running
-            if r is not None and (r.job.cancelled or r.job._failed):
+            if r is not None and (r.job.cancelled or r.job.failed):
                 self._release(slot)
                 stopped.append(r.job)
         with self._cv:
-            for job in [j for j in self._jobs if j.cancelled or j._failed]:
+            for job in [j for j in self._jobs if j.cancelled or j.failed]:
                 self._jobs.remove(job)
-                job._unstarted.clear()
+                job.unstarted.clear()
                 stopped.append(job)
         for job in stopped:
-            if not job._unstarted:
+            if not job.unstarted:
                 self._end(job, out)
 
     def _admit(self, out: _Outbox) -> None:
@@ -673,18 +553,18 @@ class Engine:
         starts = self._admitting
         with self._cv:
             for job in list(self._jobs):
-                while job._unstarted and len(starts) < len(free):
-                    choice = job._unstarted[0]
+                while job.unstarted and len(starts) < len(free):
+                    choice = job.unstarted[0]
                     if self._waits_for_sibling(job, choice, starts):
                         break
-                    starts.append((job, job._unstarted.popleft()))
-                if not job._unstarted:
+                    starts.append((job, job.unstarted.popleft()))
+                if not job.unstarted:
                     self._jobs.remove(job)
                 if len(starts) == len(free):
                     break
         try:
             for job, choice in starts:
-                if job._failed:  # an earlier choice of it could not start
+                if job.failed:  # an earlier choice of it could not start
                     continue
                 try:
                     self._start(job, choice, free)
@@ -747,7 +627,7 @@ class Engine:
             prompt_logprobs=[TokenLogprob(prompt[0], None)] if params.prompt_logprobs else None,
             drafter=Drafter(prompt) if self.speculation and params.speculation else None,
         )
-        job._running += 1
+        job.running += 1
 
     def _decode_failed(
         self, status: int, chunks: list[tuple[_Running, _Slot, list[int]]], out: _Outbox
