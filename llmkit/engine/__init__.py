@@ -12,7 +12,8 @@ So /health answers while the model works. A slot keeps the tokens it last held, 
 goes to the slot sharing the longest prefix with its prompt: a growing chat recomputes only its
 new tokens.
 
-`jobs` holds what goes in and comes out (choices, jobs, events, errors), `scheduler` the Engine.
+`jobs` holds what goes in and comes out (choices, jobs, events, errors), `slots` the slot-reuse
+plan (pure, testable without a model), `scheduler` the Engine that runs them.
 """
 
 from llmkit.engine.jobs import (
@@ -31,7 +32,7 @@ from llmkit.engine.jobs import (
     Usage,
     opened,
 )
-from llmkit.engine.scheduler import DEFAULT_N_BATCH, Engine, _Slot, common_prefix, slot_for
+from llmkit.engine.scheduler import DEFAULT_N_BATCH, Engine
 
 __all__ = [
     "DEFAULT_N_BATCH",
@@ -49,8 +50,5 @@ __all__ = [
     "QueueFull",
     "ShuttingDown",
     "Usage",
-    "_Slot",
-    "common_prefix",
     "opened",
-    "slot_for",
 ]

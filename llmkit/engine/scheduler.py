@@ -34,6 +34,7 @@ from llmkit.engine.jobs import (
     QueueFull,
     ShuttingDown,
 )
+from llmkit.engine.slots import plan_slot
 from llmkit.logprobs import TokenLogprob
 from llmkit.sampling import Sampler
 from llmkit.speculation import CROWDED_MATCH, MIN_DRAFT, MIN_MATCH, Drafter, DraftLength, Recall
@@ -92,28 +93,6 @@ class _Slot:
     cached: list[int] = field(default_factory=list)  # the tokens it holds in the KV cache
     running: _Running | None = None
     last_used: float = 0.0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def slot_for(free: list[_Slot], prompt: list[int], limit: int) -> _Slot:
-    """The free slot a prompt goes to: the one whose cache holds all of it (the same request again,
-    which then computes as it did before) or that it continues (a chat's next turn reuses at least
-    half of what the slot holds), else the one whose cache matters least (empty, then the least
-    recently used). A prefix it merely shares with a slot (a system prompt) is copied from there
-    instead, so that one request's cache is not overwritten by every request that shares a few
-    tokens with it."""
-    best = max(free, key=lambda s: (min(common_prefix(s.cached, prompt), limit), -s.last_used))
-    reuse = min(common_prefix(best.cached, prompt), limit)
-    if best.cached and (reuse == limit or 2 * reuse >= len(best.cached)):
-        return best
-    return min(free, key=lambda s: (len(s.cached) > 0, s.last_used))
 
 
 _DEFAULT_CHANNEL = QueueChannel()
@@ -587,28 +566,23 @@ class Engine:
         return any(j is job and c.prompt == choice.prompt for j, c in starting)
 
     def _start(self, job: Job, choice: Choice, free: list[_Slot]) -> None:
-        """Put one choice in the free slot that holds the longest prefix of its prompt."""
+        """Put one choice in a free slot as `plan_slot` says: the one that holds the longest prefix
+        of its prompt, which may be copied there from another slot."""
         params = choice.params
         sampler = Sampler(params, self.vocab, self.eog)
         prompt = choice.prompt
-        limit = len(prompt) - 1  # the last prompt token is always decoded, for its logits
-        target = slot_for(free, prompt, limit)
-        free.remove(target)
         # Prompt logprobs need the logits of every prompt position: nothing is reused then.
-        limit = 0 if params.prompt_logprobs else limit
-        reuse = min(common_prefix(target.cached, prompt), limit)
-        donor, donor_reuse = None, reuse
-        for slot in self._slots:
-            if slot is not target:
-                k = min(common_prefix(slot.cached, prompt), limit)
-                if k > donor_reuse:
-                    donor, donor_reuse = slot, k
+        limit = 0 if params.prompt_logprobs else None
+        plan = plan_slot(self._slots, [self._slots.index(s) for s in free], prompt, limit)
+        target = self._slots[plan.slot]
+        free.remove(target)
+        reuse = plan.reuse
         mem = self.memory
-        if donor is not None:
+        if plan.donor is not None:
+            donor = self._slots[plan.donor]
             llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
-            llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, target.seq_id, 0, donor_reuse)
-            target.cached = donor.cached[:donor_reuse]
-            reuse = donor_reuse
+            llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, target.seq_id, 0, reuse)
+            target.cached = donor.cached[:reuse]
         elif not llama_cpp.llama_memory_seq_rm(mem, target.seq_id, reuse, -1):
             llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
             reuse = 0
