@@ -12,8 +12,9 @@ So /health answers while the model works. A slot keeps the tokens it last held, 
 goes to the slot sharing the longest prefix with its prompt: a growing chat recomputes only its
 new tokens.
 
-`jobs` holds what goes in and comes out (choices, jobs, events, errors), `slots` the slot-reuse
-plan (pure, testable without a model), `scheduler` the Engine that runs them.
+`jobs` holds what goes in and comes out (choices, jobs, events, errors); `slots` the slot-reuse
+plan (pure, testable without a model); `scheduler` the Engine, with its records of each slot and
+of the choice running in it in `sequences`.
 """
 
 from llmkit.engine.jobs import (

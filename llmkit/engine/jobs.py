@@ -95,6 +95,25 @@ class QueueChannel:
             job.inbox.put(item)
 
 
+class Outbox:
+    """What one step sends, grouped by channel, so each channel is called once a step."""
+
+    def __init__(self) -> None:
+        self.items: dict[Channel, list[tuple[Job, Any]]] = {}
+
+    def put(self, job: Job, item: Any) -> None:
+        self.items.setdefault(job.channel, []).append((job, item))
+
+    def send(self) -> None:
+        for channel, items in self.items.items():
+            try:
+                channel.deliver(items)
+            except RuntimeError:  # e.g. its event loop is closed: nobody is listening any more
+                for job, _ in items:
+                    job.cancel()
+        self.items = {}
+
+
 def opened(item: Any) -> Delta | Usage | None:
     """An item read from a job's inbox: None at its end; raises what failed the job."""
     if item is END:

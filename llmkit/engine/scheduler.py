@@ -13,7 +13,6 @@ import ctypes
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
@@ -29,15 +28,17 @@ from llmkit.engine.jobs import (
     EngineError,
     Job,
     Observer,
+    Outbox,
     PromptTooLong,
     QueueChannel,
     QueueFull,
     ShuttingDown,
 )
+from llmkit.engine.sequences import Running, Slot
 from llmkit.engine.slots import plan_slot
 from llmkit.logprobs import TokenLogprob
 from llmkit.sampling import Sampler
-from llmkit.speculation import CROWDED_MATCH, MIN_DRAFT, MIN_MATCH, Drafter, DraftLength, Recall
+from llmkit.speculation import CROWDED_MATCH, MIN_DRAFT, MIN_MATCH, Drafter, Recall
 from llmkit.textstream import TextStream
 
 DEFAULT_N_BATCH = 512
@@ -47,54 +48,6 @@ _KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 _SHARE_MIN_TOKENS = 16
 
 log = logging.getLogger("llmkit")
-
-
-class _Outbox:
-    """What one step sends, grouped by channel, so each channel is called once a step."""
-
-    def __init__(self) -> None:
-        self.items: dict[Channel, list[tuple[Job, Any]]] = {}
-
-    def put(self, job: Job, item: Any) -> None:
-        self.items.setdefault(job.channel, []).append((job, item))
-
-    def send(self) -> None:
-        for channel, items in self.items.items():
-            try:
-                channel.deliver(items)
-            except RuntimeError:  # e.g. its event loop is closed: nobody is listening any more
-                for job, _ in items:
-                    job.cancel()
-        self.items = {}
-
-
-@dataclass(eq=False)
-class _Running:
-    job: Job
-    choice: Choice
-    sampler: Sampler
-    text: TextStream
-    todo: list[int]  # prompt tokens not yet decoded; empty once generating
-    next_token: int = -1  # the sampled token to decode next
-    generated: int = 0
-    last_time: float = 0.0
-    row: int = -1  # this step's logits row, or -1
-    logprobs: list[TokenLogprob] | None = None  # not yet sent, when the request asks for them
-    prompt_logprobs: list[TokenLogprob] | None = None
-    prompt_rows: int = -1  # with prompt logprobs: the first row of this step's prompt chunk
-    drafter: Drafter | None = None  # its prompt and output, for n-gram drafts; None: no speculation
-    draft_length: DraftLength = field(default_factory=DraftLength)
-    forced: int = 0  # of this step's drafts, how many its grammar forces (accepted unsampled)
-
-
-@dataclass(eq=False)
-class _Slot:
-    seq_id: int
-    cached: list[int] = field(default_factory=list)  # the tokens it holds in the KV cache
-    running: _Running | None = None
-    last_used: float = 0.0
-
-
 _DEFAULT_CHANNEL = QueueChannel()
 
 
@@ -150,7 +103,7 @@ class Engine:
         self._eog = set(self.eog)
         self._pieces: dict[int, bytes] = {}
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        self._slots = [_Slot(seq_id=i) for i in range(parallel)]
+        self._slots = [Slot(seq_id=i) for i in range(parallel)]
         self._jobs: list[Job] = []  # with choices still to start, in arrival order
         self._admitting: list[tuple[Job, Choice]] = []  # taken from the queue, being started
         self._closing = False
@@ -242,11 +195,11 @@ class Engine:
                     while not self._closing and not self._jobs and self.active == 0:
                         self._cv.wait()
                     if self._closing and self.active == 0:
-                        out = _Outbox()
+                        out = Outbox()
                         self._reap_cancelled(out)  # every queued job was cancelled by close
                         out.send()
                         return
-                out = _Outbox()
+                out = Outbox()
                 try:
                     self._step(out)
                 except Exception as exc:  # noqa: BLE001 - a bug must not stop the server
@@ -256,7 +209,7 @@ class Engine:
         finally:
             llama_cpp.llama_batch_free(self._batch)
 
-    def _fail_everything(self, exc: Exception, out: _Outbox) -> None:
+    def _fail_everything(self, exc: Exception, out: Outbox) -> None:
         """Fail every job in hand, and clear the cache, whose state is no longer known."""
         error = EngineError(f"the engine failed: {exc}")
         jobs = [s.running.job for s in self._slots if s.running] + [j for j, _ in self._admitting]
@@ -268,7 +221,7 @@ class Engine:
         for slot in self._slots:
             slot.cached.clear()
 
-    def _fail(self, job: Job, error: Exception, out: _Outbox) -> None:
+    def _fail(self, job: Job, error: Exception, out: Outbox) -> None:
         """End one job with an error: its running choices are released, the rest never start."""
         if job.ended:
             return
@@ -281,20 +234,20 @@ class Engine:
         self._reap_cancelled(out)
         self._end(job, out)
 
-    def _end(self, job: Job, out: _Outbox) -> None:
+    def _end(self, job: Job, out: Outbox) -> None:
         """Send the job's END once nothing of it runs any more (at most once)."""
         if not job.ended and job.running == 0:
             job.ended = True
             out.put(job, END)
 
-    def _step(self, out: _Outbox) -> None:
+    def _step(self, out: Outbox) -> None:
         self._reap_cancelled(out)
         self._admit(out)
         running = [(s.running, s) for s in self._slots if s.running is not None]
         if not running:
             return
         batch, n = self._batch, 0
-        chunks: list[tuple[_Running, _Slot, list[int]]] = []
+        chunks: list[tuple[Running, Slot, list[int]]] = []
         # Generating sequences first (one token each, plus their drafts), then prompt chunks in the
         # room left.
         for r, _ in running:
@@ -356,7 +309,7 @@ class Engine:
             if r.row >= 0:
                 self._sample(r, slot, now, out)
 
-    def _draft(self, r: _Running, slot: _Slot, crowded: bool, budget: int) -> list[int]:
+    def _draft(self, r: Running, slot: Slot, crowded: bool, budget: int) -> list[int]:
         """This step's draft for a generating sequence, within the batch, its context and max_tokens.
 
         Where its grammar allows only one continuation (a schema's keys, quotes, punctuation), the
@@ -381,7 +334,7 @@ class Engine:
             draft = draft[: matcher.validate_tokens(draft)]
         return draft if len(draft) >= MIN_DRAFT else []
 
-    def _verify(self, r: _Running, slot: _Slot, chunk: list[int], now: float, out: _Outbox) -> None:
+    def _verify(self, r: Running, slot: Slot, chunk: list[int], now: float, out: Outbox) -> None:
         """Take a generating sequence's forced tokens, then sample row by row while its drafts
         agree; drop the rest's cells."""
         start = len(slot.cached)
@@ -413,7 +366,7 @@ class Engine:
     def _logits(self, row: int) -> Any:
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, row), (self.n_vocab,))
 
-    def _prompt_logprobs(self, r: _Running, chunk: list[int]) -> None:
+    def _prompt_logprobs(self, r: Running, chunk: list[int]) -> None:
         """Each prompt token's logprob, from the row of the token before it."""
         assert r.prompt_logprobs is not None
         following = chunk[1:] + r.todo[len(chunk) : len(chunk) + 1]
@@ -422,7 +375,7 @@ class Engine:
             r.prompt_logprobs.append(logprobs.at(self._logits(r.prompt_rows + j), token, top))
 
     def _sample(
-        self, r: _Running, slot: _Slot, now: float, out: _Outbox, forced: int | None = None
+        self, r: Running, slot: Slot, now: float, out: Outbox, forced: int | None = None
     ) -> int:
         """Sample the sequence's next token from its row (or take the one its grammar forces); the
         sequence may finish (and free its slot)."""
@@ -462,7 +415,7 @@ class Engine:
                 out.put(r.job, self._delta(r, text))
         return token
 
-    def _delta(self, r: _Running, text: str, reason: str | None = None) -> Delta:
+    def _delta(self, r: Running, text: str, reason: str | None = None) -> Delta:
         """The next delta of a choice, with the logprobs gathered since the last one."""
         delta = Delta(r.choice.index, text, reason, r.logprobs, r.prompt_logprobs)
         if r.logprobs is not None:
@@ -470,7 +423,7 @@ class Engine:
         r.prompt_logprobs = None
         return delta
 
-    def _finish(self, slot: _Slot, reason: str, text: str, out: _Outbox) -> None:
+    def _finish(self, slot: Slot, reason: str, text: str, out: Outbox) -> None:
         r = slot.running
         assert r is not None
         job = r.job
@@ -480,7 +433,7 @@ class Engine:
             out.put(job, job.usage)
             self._end(job, out)
 
-    def _release(self, slot: _Slot) -> None:
+    def _release(self, slot: Slot) -> None:
         """Free the slot; its cache stays for reuse."""
         r = slot.running
         assert r is not None
@@ -503,7 +456,7 @@ class Engine:
             piece = self._pieces[token] = buf.raw[:n]
         return piece
 
-    def _reap_cancelled(self, out: _Outbox) -> None:
+    def _reap_cancelled(self, out: Outbox) -> None:
         """Release the slots of cancelled and failed jobs, drop them from the queue, end them."""
         stopped = []
         for slot in self._slots:
@@ -520,7 +473,7 @@ class Engine:
             if not job.unstarted:
                 self._end(job, out)
 
-    def _admit(self, out: _Outbox) -> None:
+    def _admit(self, out: Outbox) -> None:
         """Start waiting choices in the free slots, in queue order.
 
         The queue is read under the lock; samplers (a grammar may take a while to parse) are built
@@ -565,7 +518,7 @@ class Engine:
                 return True
         return any(j is job and c.prompt == choice.prompt for j, c in starting)
 
-    def _start(self, job: Job, choice: Choice, free: list[_Slot]) -> None:
+    def _start(self, job: Job, choice: Choice, free: list[Slot]) -> None:
         """Put one choice in a free slot as `plan_slot` says: the one that holds the longest prefix
         of its prompt, which may be copied there from another slot."""
         params = choice.params
@@ -591,7 +544,7 @@ class Engine:
             job.usage.prompt_tokens += len(prompt)
             job.usage.cached_tokens += reuse
         self.prompt_tokens_cached += reuse
-        target.running = _Running(
+        target.running = Running(
             job=job,
             choice=choice,
             sampler=sampler,
@@ -604,7 +557,7 @@ class Engine:
         job.running += 1
 
     def _decode_failed(
-        self, status: int, chunks: list[tuple[_Running, _Slot, list[int]]], out: _Outbox
+        self, status: int, chunks: list[tuple[Running, Slot, list[int]]], out: Outbox
     ) -> None:
         """No room in the KV cache (1) or an error: fail one job and let the others go on."""
         # Roll back whatever part of the batch llama.cpp may have placed.
