@@ -136,8 +136,9 @@ class Sampler:
         # chain; it is removed once the sequence is long enough.
         banned = eog if params.min_tokens > 0 else []
         self._ban_eog = bool(banned)
-        self.chain = make_chain(
-            make_logits_processors(params, self.n_vocab, banned) + make_sampler(params, self.n_vocab)
+        processors = make_logits_processors(params, self.n_vocab, banned)
+        self.chain: llama_cpp.llama_sampler_p | None = make_chain(
+            processors + make_sampler(params, self.n_vocab)
         )
         # Greedy (with penalties, if any): an argmax over the logits row in numpy (~0.1 ms) instead
         # of the chain, which first copies all 262k candidates and runs the penalties over every
