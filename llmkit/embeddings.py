@@ -26,6 +26,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from llmkit.engine.jobs import QueueFull, ShuttingDown
 from llmkit.errors import BadRequest
 
 MAX_INPUTS = 2048  # as the OpenAI API
@@ -39,14 +40,6 @@ POOLINGS = {
     llama_cpp.LLAMA_POOLING_TYPE_CLS: "cls",
     llama_cpp.LLAMA_POOLING_TYPE_LAST: "last",
 }
-
-
-class QueueFull(Exception):
-    """More embedding requests are waiting than the server accepts."""
-
-
-class ShuttingDown(Exception):
-    """The embedder no longer takes work."""
 
 
 def piece_tokens(n_vocab: int) -> int:

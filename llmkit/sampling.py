@@ -5,6 +5,9 @@ llguidance matcher (grammar state). The grammar is kept out of the chain: the ch
 first and the matcher only checks that one token; only when it is rejected is the mask of allowed
 tokens computed (tens of microseconds with llguidance) and the pick made again among them, as
 llama.cpp's own server does. Only the token finally chosen enters the chain's history.
+
+The chain is composed of small builders' pieces: `make_logits_processors` (bans, biases,
+penalties), then `make_sampler` (greedy, mirostat, or truncation, temperature and a seeded draw).
 """
 
 from __future__ import annotations
@@ -47,6 +50,81 @@ class SamplingParams:
     speculation: bool = True  # n-gram drafts for this sequence (when the engine speculates)
 
 
+def make_logit_bias(n_vocab: int, biases: dict[int, float]) -> llama_cpp.llama_sampler_p:
+    """A sampler adding a bias to some tokens' logits (-inf bans them)."""
+    array = (llama_cpp.llama_logit_bias * len(biases))()
+    for i, (token, bias) in enumerate(biases.items()):
+        array[i].token, array[i].bias = token, bias  # type: ignore[assignment]
+    return llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), array)
+
+
+def make_logits_processors(
+    params: SamplingParams, n_vocab: int, banned: list[int]
+) -> list[llama_cpp.llama_sampler_p]:
+    """The samplers that change the logits before the pick, in chain order: the ban on `banned`
+    (the end-of-generation tokens until min_tokens are out; it must stay first, where
+    `Sampler.tokens_generated` removes it), the request's logit bias, the penalties."""
+    processors = []
+    if banned:
+        processors.append(make_logit_bias(n_vocab, {t: float("-inf") for t in banned}))
+    if params.logit_bias:
+        processors.append(make_logit_bias(n_vocab, params.logit_bias))
+    if (
+        params.repeat_penalty != 1.0
+        or params.frequency_penalty != 0.0
+        or params.presence_penalty != 0.0
+    ):
+        processors.append(
+            llama_cpp.llama_sampler_init_penalties(
+                n_vocab,
+                PENALTY_LAST_N,
+                params.repeat_penalty,
+                params.frequency_penalty,
+                params.presence_penalty,
+            )
+        )
+    return processors
+
+
+def make_truncation(params: SamplingParams) -> list[llama_cpp.llama_sampler_p]:
+    """The samplers that narrow the candidates: top-k, typical, top-p, min-p, when set."""
+    pieces = []
+    if params.top_k > 0:
+        pieces.append(llama_cpp.llama_sampler_init_top_k(params.top_k))
+    if params.typical_p < 1.0:
+        pieces.append(llama_cpp.llama_sampler_init_typical(params.typical_p, 1))
+    if params.top_p < 1.0:
+        pieces.append(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+    if params.min_p > 0.0:
+        pieces.append(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+    return pieces
+
+
+def make_sampler(params: SamplingParams, n_vocab: int) -> list[llama_cpp.llama_sampler_p]:
+    """The samplers that pick the token, in chain order: greedy at temperature 0, else mirostat
+    (1 or 2) or the truncation, temperature and a seeded draw."""
+    seed = params.seed % 2**32
+    if params.temperature == 0:
+        return [llama_cpp.llama_sampler_init_greedy()]
+    temp = llama_cpp.llama_sampler_init_temp(params.temperature)
+    if params.mirostat_mode == 1:
+        tau, eta = params.mirostat_tau, params.mirostat_eta
+        return [temp, llama_cpp.llama_sampler_init_mirostat(n_vocab, seed, tau, eta, 100)]
+    if params.mirostat_mode == 2:
+        tau, eta = params.mirostat_tau, params.mirostat_eta
+        return [temp, llama_cpp.llama_sampler_init_mirostat_v2(seed, tau, eta)]
+    # llama_cpp's own order (Llama._init_sampler), so results match what it would sample.
+    return [*make_truncation(params), temp, llama_cpp.llama_sampler_init_dist(seed)]
+
+
+def make_chain(pieces: list[llama_cpp.llama_sampler_p]) -> llama_cpp.llama_sampler_p:
+    """A llama.cpp sampler chain of these pieces, in order (the chain owns them)."""
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    for piece in pieces:
+        llama_cpp.llama_sampler_chain_add(chain, piece)
+    return chain
+
+
 class Sampler:
     """Picks one sequence's tokens from the logits of its row in the last decode."""
 
@@ -54,65 +132,21 @@ class Sampler:
         self, params: SamplingParams, vocab: llama_cpp.llama_vocab_p, eog: list[int]
     ) -> None:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
-        self.chain = llama_cpp.llama_sampler_chain_init(
-            llama_cpp.llama_sampler_chain_default_params()
-        )
         # Until min_tokens are out, end-of-generation tokens are banned by a bias at the head of the
         # chain; it is removed once the sequence is long enough.
-        self._ban_eog = params.min_tokens > 0 and bool(eog)
-        if self._ban_eog:
-            self._add(self._bias({t: float("-inf") for t in eog}))
-        if params.logit_bias:
-            self._add(self._bias(params.logit_bias))
-        if (
-            params.repeat_penalty != 1.0
-            or params.frequency_penalty != 0.0
-            or params.presence_penalty != 0.0
-        ):
-            self._add(
-                llama_cpp.llama_sampler_init_penalties(
-                    self.n_vocab,
-                    PENALTY_LAST_N,
-                    params.repeat_penalty,
-                    params.frequency_penalty,
-                    params.presence_penalty,
-                )
-            )
-        seed = params.seed % 2**32
+        banned = eog if params.min_tokens > 0 else []
+        self._ban_eog = bool(banned)
+        processors = make_logits_processors(params, self.n_vocab, banned)
+        self.chain: llama_cpp.llama_sampler_p | None = make_chain(
+            processors + make_sampler(params, self.n_vocab)
+        )
         # Greedy (with penalties, if any): an argmax over the logits row in numpy (~0.1 ms) instead
         # of the chain, which first copies all 262k candidates and runs the penalties over every
         # one of them (~1.2 ms and more a sequence: 14% of an 8-sequence step).
         self._argmax = params.temperature == 0 and not params.logit_bias and not self._ban_eog
         self._penalties = (params.repeat_penalty, params.frequency_penalty, params.presence_penalty)
         self._recent: collections.deque[int] = collections.deque(maxlen=PENALTY_LAST_N)
-        if params.temperature == 0:
-            self._add(llama_cpp.llama_sampler_init_greedy())
-        elif params.mirostat_mode == 1:
-            self._add(llama_cpp.llama_sampler_init_temp(params.temperature))
-            self._add(
-                llama_cpp.llama_sampler_init_mirostat(
-                    self.n_vocab, seed, params.mirostat_tau, params.mirostat_eta, 100
-                )
-            )
-        elif params.mirostat_mode == 2:
-            self._add(llama_cpp.llama_sampler_init_temp(params.temperature))
-            self._add(
-                llama_cpp.llama_sampler_init_mirostat_v2(
-                    seed, params.mirostat_tau, params.mirostat_eta
-                )
-            )
-        else:
-            # llama_cpp's own order (Llama._init_sampler), so results match what it would sample.
-            if params.top_k > 0:
-                self._add(llama_cpp.llama_sampler_init_top_k(params.top_k))
-            if params.typical_p < 1.0:
-                self._add(llama_cpp.llama_sampler_init_typical(params.typical_p, 1))
-            if params.top_p < 1.0:
-                self._add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
-            if params.min_p > 0.0:
-                self._add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
-            self._add(llama_cpp.llama_sampler_init_temp(params.temperature))
-            self._add(llama_cpp.llama_sampler_init_dist(seed))
+        self._full: np.ndarray | None = None
         self.matcher = None
         if params.grammar is not None:
             try:
@@ -120,16 +154,6 @@ class Sampler:
             except BaseException:
                 self.close()
                 raise
-        self._full: np.ndarray | None = None
-
-    def _add(self, sampler: llama_cpp.llama_sampler_p) -> None:
-        llama_cpp.llama_sampler_chain_add(self.chain, sampler)
-
-    def _bias(self, biases: dict[int, float]) -> llama_cpp.llama_sampler_p:
-        array = (llama_cpp.llama_logit_bias * len(biases))()
-        for i, (token, bias) in enumerate(biases.items()):
-            array[i].token, array[i].bias = token, bias  # type: ignore[assignment]
-        return llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(biases), array)
 
     def sample(self, ctx: llama_cpp.llama_context_p, row: int) -> int:
         """The next token from the logits at `row` of the last decode; accepted into the state."""

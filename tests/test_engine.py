@@ -23,8 +23,6 @@ from llmkit.engine import (
     QueueChannel,
     QueueFull,
     Usage,
-    _Slot,
-    slot_for,
 )
 from llmkit.grammar import grammar_for, schema_grammar
 from llmkit.sampling import Sampler, SamplingParams
@@ -167,23 +165,6 @@ def test_a_repeated_prompt_recomputes_only_its_last_token(gemma: llama_cpp.Llama
     assert second[2].cached_tokens == len(prompt) - 1  # the last token is decoded for its logits
     assert e.prompt_tokens_computed == len(prompt) + 1
     assert e.prompt_tokens_cached == len(prompt) - 1
-
-
-def test_a_prompt_goes_to_the_slot_it_continues_else_to_the_one_whose_cache_matters_least() -> None:
-    system = [1, 2, 3]
-    chat = _Slot(0, [*system, 10, 11, 12, 13], last_used=5.0)
-    other = _Slot(1, [*system, 20, 21, 22, 23], last_used=1.0)
-    empty = _Slot(2)
-    next_turn = [*system, 10, 11, 12, 13, 14, 15]
-    assert slot_for([chat, other, empty], next_turn, len(next_turn) - 1) is chat
-    answered = _Slot(3, [*system, 40, 41, 42, *range(100, 120)])  # a short prompt, a long answer
-    again = [*system, 40, 41, 42]
-    assert slot_for([answered, empty], again, len(again) - 1) is answered  # the same request
-    # Sharing only the system prompt: an empty slot, then the least recently used one (the
-    # shared prefix is copied from the slot that holds it).
-    new = [*system, 30, 31, 32, 33]
-    assert slot_for([chat, other, empty], new, len(new) - 1) is empty
-    assert slot_for([chat, other], new, len(new) - 1) is other
 
 
 def test_requests_sharing_a_system_prompt_keep_each_others_caches(gemma: llama_cpp.Llama) -> None:

@@ -1,37 +1,44 @@
-"""The generation engine: N sequence slots in one llama.cpp context, decoded together (continuous batching).
+"""The scheduler: N sequence slots in one llama.cpp context, decoded together (continuous batching).
 
 One long-lived scheduler thread owns the context. Each step it admits waiting sequences into free
 slots, then makes ONE llama_decode holding the next token of every generating sequence plus prompt
 chunks of newly admitted ones, samples each sequence from its own row of logits and hands the text
 to each job's channel in one call a step. A finished sequence frees its slot at once; the next step fills it.
-
-Nothing here knows HTTP or asyncio. `submit` queues a Job from any thread; its events (Deltas, then
-the Usage) go through a Channel: by default a plain thread-safe queue that `Job.events()` reads
-(scripts, tests, the benchmark); the server passes a channel that hands them to its event loop.
-So /health answers while the model works. A slot keeps the tokens it last held, and a new sequence
-goes to the slot sharing the longest prefix with its prompt: a growing chat recomputes only its
-new tokens.
+Which slot a sequence goes to, and what of its prompt it reuses, is the plan of `slots`.
 """
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import logging
-import queue
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import llama_cpp
 import numpy as np
 
 from llmkit import logprobs
+from llmkit.engine.jobs import (
+    END,
+    CacheFull,
+    Channel,
+    Choice,
+    Delta,
+    EngineError,
+    Job,
+    Observer,
+    Outbox,
+    PromptTooLong,
+    QueueChannel,
+    QueueFull,
+    ShuttingDown,
+)
+from llmkit.engine.sequences import Running, Slot
+from llmkit.engine.slots import plan_slot
 from llmkit.logprobs import TokenLogprob
-from llmkit.sampling import Sampler, SamplingParams
-from llmkit.speculation import CROWDED_MATCH, MIN_DRAFT, MIN_MATCH, Drafter, DraftLength, Recall
+from llmkit.sampling import Sampler
+from llmkit.speculation import CROWDED_MATCH, MIN_DRAFT, MIN_MATCH, Drafter, Recall
 from llmkit.textstream import TextStream
 
 DEFAULT_N_BATCH = 512
@@ -41,201 +48,6 @@ _KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
 _SHARE_MIN_TOKENS = 16
 
 log = logging.getLogger("llmkit")
-
-
-class QueueFull(Exception):
-    """More requests are waiting than the server accepts."""
-
-
-class ShuttingDown(Exception):
-    """The server stopped taking new work."""
-
-
-class CacheFull(Exception):
-    """llama.cpp found no room in the KV cache for this request's tokens."""
-
-
-class PromptTooLong(ValueError):
-    """A prompt that does not fit one slot's context."""
-
-
-class EngineError(RuntimeError):
-    """The engine could not run this job (a bug or a resource llama.cpp refused)."""
-
-
-@dataclass
-class Choice:
-    """One choice to generate: a prompt (token ids), how to sample it, where its text goes."""
-
-    prompt: list[int]
-    params: SamplingParams
-    index: int = 0
-    counts_prompt: bool = True  # the first choice of its prompt: its prompt counts toward usage
-
-
-@dataclass
-class Delta:
-    """New text for one choice; `finish_reason` set on the last delta of that choice."""
-
-    index: int
-    text: str
-    finish_reason: str | None = None
-    logprobs: list[TokenLogprob] | None = None  # the tokens since the last delta, when asked
-    prompt_logprobs: list[TokenLogprob] | None = None  # on the first delta, when asked
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens reused from a slot's cache, not recomputed
-
-
-class Observer(Protocol):
-    """Where the engine reports timings (the /metrics module); called from the scheduler thread."""
-
-    def first_token(self, seconds: float) -> None: ...
-    def next_token(self, seconds: float) -> None: ...
-
-
-END = object()  # the last item in a job's inbox
-
-
-class Channel(Protocol):
-    """How a job's events reach its reader. `deliver` runs on the scheduler thread, once a step,
-    with every item of that step for the jobs on this channel (in order)."""
-
-    def inbox(self) -> Any: ...
-    def deliver(self, items: list[tuple[Job, Any]]) -> None: ...
-
-
-class QueueChannel:
-    """The default channel: each job's events go into a thread-safe queue that `Job.events` reads."""
-
-    def inbox(self) -> queue.SimpleQueue[Any]:
-        return queue.SimpleQueue()
-
-    def deliver(self, items: list[tuple[Job, Any]]) -> None:
-        for job, item in items:
-            job.inbox.put(item)
-
-
-def opened(item: Any) -> Delta | Usage | None:
-    """An item read from a job's inbox: None at its end; raises what failed the job."""
-    if item is END:
-        return None
-    if isinstance(item, BaseException):
-        raise item
-    return item  # type: ignore[no-any-return]
-
-
-@dataclass(eq=False)
-class Job:
-    """One request: its choices, and the events the scheduler sends back through its channel."""
-
-    choices: list[Choice]
-    channel: Channel
-    inbox: Any = None
-    usage: Usage = field(default_factory=Usage)
-    submitted: float = field(default_factory=time.perf_counter)
-    cancelled: bool = False
-    _unstarted: collections.deque[Choice] = field(default_factory=collections.deque)
-    _running: int = 0
-    _failed: bool = False
-    _ended: bool = False
-
-    def __post_init__(self) -> None:
-        if self.inbox is None:
-            self.inbox = self.channel.inbox()
-        self._unstarted.extend(self.choices)
-
-    def cancel(self) -> None:
-        """Stop generating; the job's slots are free within a step (safe from any thread)."""
-        self.cancelled = True
-
-    def events(self, timeout: float | None = None) -> Iterator[Delta | Usage]:
-        """Deltas as they come, then the usage; raises what failed the job (QueueChannel jobs).
-
-        `timeout` bounds the wait for each event (TimeoutError past it)."""
-        while True:
-            try:
-                item = self.inbox.get(timeout=timeout)
-            except queue.Empty:
-                raise TimeoutError(f"no event from the engine in {timeout:g} s") from None
-            event = opened(item)
-            if event is None:
-                return
-            yield event
-
-
-class _Outbox:
-    """What one step sends, grouped by channel, so each channel is called once a step."""
-
-    def __init__(self) -> None:
-        self.items: dict[Channel, list[tuple[Job, Any]]] = {}
-
-    def put(self, job: Job, item: Any) -> None:
-        self.items.setdefault(job.channel, []).append((job, item))
-
-    def send(self) -> None:
-        for channel, items in self.items.items():
-            try:
-                channel.deliver(items)
-            except RuntimeError:  # e.g. its event loop is closed: nobody is listening any more
-                for job, _ in items:
-                    job.cancel()
-        self.items = {}
-
-
-@dataclass(eq=False)
-class _Running:
-    job: Job
-    choice: Choice
-    sampler: Sampler
-    text: TextStream
-    todo: list[int]  # prompt tokens not yet decoded; empty once generating
-    next_token: int = -1  # the sampled token to decode next
-    generated: int = 0
-    last_time: float = 0.0
-    row: int = -1  # this step's logits row, or -1
-    logprobs: list[TokenLogprob] | None = None  # not yet sent, when the request asks for them
-    prompt_logprobs: list[TokenLogprob] | None = None
-    prompt_rows: int = -1  # with prompt logprobs: the first row of this step's prompt chunk
-    drafter: Drafter | None = None  # its prompt and output, for n-gram drafts; None: no speculation
-    draft_length: DraftLength = field(default_factory=DraftLength)
-    forced: int = 0  # of this step's drafts, how many its grammar forces (accepted unsampled)
-
-
-@dataclass(eq=False)
-class _Slot:
-    seq_id: int
-    cached: list[int] = field(default_factory=list)  # the tokens it holds in the KV cache
-    running: _Running | None = None
-    last_used: float = 0.0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def slot_for(free: list[_Slot], prompt: list[int], limit: int) -> _Slot:
-    """The free slot a prompt goes to: the one whose cache holds all of it (the same request again,
-    which then computes as it did before) or that it continues (a chat's next turn reuses at least
-    half of what the slot holds), else the one whose cache matters least (empty, then the least
-    recently used). A prefix it merely shares with a slot (a system prompt) is copied from there
-    instead, so that one request's cache is not overwritten by every request that shares a few
-    tokens with it."""
-    best = max(free, key=lambda s: (min(common_prefix(s.cached, prompt), limit), -s.last_used))
-    reuse = min(common_prefix(best.cached, prompt), limit)
-    if best.cached and (reuse == limit or 2 * reuse >= len(best.cached)):
-        return best
-    return min(free, key=lambda s: (len(s.cached) > 0, s.last_used))
-
-
 _DEFAULT_CHANNEL = QueueChannel()
 
 
@@ -291,7 +103,7 @@ class Engine:
         self._eog = set(self.eog)
         self._pieces: dict[int, bytes] = {}
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-        self._slots = [_Slot(seq_id=i) for i in range(parallel)]
+        self._slots = [Slot(seq_id=i) for i in range(parallel)]
         self._jobs: list[Job] = []  # with choices still to start, in arrival order
         self._admitting: list[tuple[Job, Choice]] = []  # taken from the queue, being started
         self._closing = False
@@ -314,7 +126,7 @@ class Engine:
     def waiting(self) -> int:
         """Jobs none of whose choices has a slot yet."""
         with self._cv:
-            return sum(1 for job in self._jobs if job._running == 0)
+            return sum(1 for job in self._jobs if job.running == 0)
 
     @property
     def active(self) -> int:
@@ -383,11 +195,11 @@ class Engine:
                     while not self._closing and not self._jobs and self.active == 0:
                         self._cv.wait()
                     if self._closing and self.active == 0:
-                        out = _Outbox()
+                        out = Outbox()
                         self._reap_cancelled(out)  # every queued job was cancelled by close
                         out.send()
                         return
-                out = _Outbox()
+                out = Outbox()
                 try:
                     self._step(out)
                 except Exception as exc:  # noqa: BLE001 - a bug must not stop the server
@@ -397,7 +209,7 @@ class Engine:
         finally:
             llama_cpp.llama_batch_free(self._batch)
 
-    def _fail_everything(self, exc: Exception, out: _Outbox) -> None:
+    def _fail_everything(self, exc: Exception, out: Outbox) -> None:
         """Fail every job in hand, and clear the cache, whose state is no longer known."""
         error = EngineError(f"the engine failed: {exc}")
         jobs = [s.running.job for s in self._slots if s.running] + [j for j, _ in self._admitting]
@@ -409,33 +221,33 @@ class Engine:
         for slot in self._slots:
             slot.cached.clear()
 
-    def _fail(self, job: Job, error: Exception, out: _Outbox) -> None:
+    def _fail(self, job: Job, error: Exception, out: Outbox) -> None:
         """End one job with an error: its running choices are released, the rest never start."""
-        if job._ended:
+        if job.ended:
             return
-        job._failed = True
+        job.failed = True
         out.put(job, error)
         with self._cv:
-            job._unstarted.clear()
+            job.unstarted.clear()
             if job in self._jobs:
                 self._jobs.remove(job)
         self._reap_cancelled(out)
         self._end(job, out)
 
-    def _end(self, job: Job, out: _Outbox) -> None:
+    def _end(self, job: Job, out: Outbox) -> None:
         """Send the job's END once nothing of it runs any more (at most once)."""
-        if not job._ended and job._running == 0:
-            job._ended = True
+        if not job.ended and job.running == 0:
+            job.ended = True
             out.put(job, END)
 
-    def _step(self, out: _Outbox) -> None:
+    def _step(self, out: Outbox) -> None:
         self._reap_cancelled(out)
         self._admit(out)
         running = [(s.running, s) for s in self._slots if s.running is not None]
         if not running:
             return
         batch, n = self._batch, 0
-        chunks: list[tuple[_Running, _Slot, list[int]]] = []
+        chunks: list[tuple[Running, Slot, list[int]]] = []
         # Generating sequences first (one token each, plus their drafts), then prompt chunks in the
         # room left.
         for r, _ in running:
@@ -497,7 +309,7 @@ class Engine:
             if r.row >= 0:
                 self._sample(r, slot, now, out)
 
-    def _draft(self, r: _Running, slot: _Slot, crowded: bool, budget: int) -> list[int]:
+    def _draft(self, r: Running, slot: Slot, crowded: bool, budget: int) -> list[int]:
         """This step's draft for a generating sequence, within the batch, its context and max_tokens.
 
         Where its grammar allows only one continuation (a schema's keys, quotes, punctuation), the
@@ -522,7 +334,7 @@ class Engine:
             draft = draft[: matcher.validate_tokens(draft)]
         return draft if len(draft) >= MIN_DRAFT else []
 
-    def _verify(self, r: _Running, slot: _Slot, chunk: list[int], now: float, out: _Outbox) -> None:
+    def _verify(self, r: Running, slot: Slot, chunk: list[int], now: float, out: Outbox) -> None:
         """Take a generating sequence's forced tokens, then sample row by row while its drafts
         agree; drop the rest's cells."""
         start = len(slot.cached)
@@ -554,7 +366,7 @@ class Engine:
     def _logits(self, row: int) -> Any:
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, row), (self.n_vocab,))
 
-    def _prompt_logprobs(self, r: _Running, chunk: list[int]) -> None:
+    def _prompt_logprobs(self, r: Running, chunk: list[int]) -> None:
         """Each prompt token's logprob, from the row of the token before it."""
         assert r.prompt_logprobs is not None
         following = chunk[1:] + r.todo[len(chunk) : len(chunk) + 1]
@@ -563,7 +375,7 @@ class Engine:
             r.prompt_logprobs.append(logprobs.at(self._logits(r.prompt_rows + j), token, top))
 
     def _sample(
-        self, r: _Running, slot: _Slot, now: float, out: _Outbox, forced: int | None = None
+        self, r: Running, slot: Slot, now: float, out: Outbox, forced: int | None = None
     ) -> int:
         """Sample the sequence's next token from its row (or take the one its grammar forces); the
         sequence may finish (and free its slot)."""
@@ -603,7 +415,7 @@ class Engine:
                 out.put(r.job, self._delta(r, text))
         return token
 
-    def _delta(self, r: _Running, text: str, reason: str | None = None) -> Delta:
+    def _delta(self, r: Running, text: str, reason: str | None = None) -> Delta:
         """The next delta of a choice, with the logprobs gathered since the last one."""
         delta = Delta(r.choice.index, text, reason, r.logprobs, r.prompt_logprobs)
         if r.logprobs is not None:
@@ -611,17 +423,17 @@ class Engine:
         r.prompt_logprobs = None
         return delta
 
-    def _finish(self, slot: _Slot, reason: str, text: str, out: _Outbox) -> None:
+    def _finish(self, slot: Slot, reason: str, text: str, out: Outbox) -> None:
         r = slot.running
         assert r is not None
         job = r.job
         out.put(job, self._delta(r, text + r.text.flush(), reason))
         self._release(slot)
-        if not job._unstarted and job._running == 0 and not job._ended:
+        if not job.unstarted and job.running == 0 and not job.ended:
             out.put(job, job.usage)
             self._end(job, out)
 
-    def _release(self, slot: _Slot) -> None:
+    def _release(self, slot: Slot) -> None:
         """Free the slot; its cache stays for reuse."""
         r = slot.running
         assert r is not None
@@ -630,7 +442,7 @@ class Engine:
             self.recall.remember(r.drafter)
         slot.running = None
         slot.last_used = time.perf_counter()
-        r.job._running -= 1
+        r.job.running -= 1
 
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for (cached)."""
@@ -644,24 +456,24 @@ class Engine:
             piece = self._pieces[token] = buf.raw[:n]
         return piece
 
-    def _reap_cancelled(self, out: _Outbox) -> None:
+    def _reap_cancelled(self, out: Outbox) -> None:
         """Release the slots of cancelled and failed jobs, drop them from the queue, end them."""
         stopped = []
         for slot in self._slots:
             r = slot.running
-            if r is not None and (r.job.cancelled or r.job._failed):
+            if r is not None and (r.job.cancelled or r.job.failed):
                 self._release(slot)
                 stopped.append(r.job)
         with self._cv:
-            for job in [j for j in self._jobs if j.cancelled or j._failed]:
+            for job in [j for j in self._jobs if j.cancelled or j.failed]:
                 self._jobs.remove(job)
-                job._unstarted.clear()
+                job.unstarted.clear()
                 stopped.append(job)
         for job in stopped:
-            if not job._unstarted:
+            if not job.unstarted:
                 self._end(job, out)
 
-    def _admit(self, out: _Outbox) -> None:
+    def _admit(self, out: Outbox) -> None:
         """Start waiting choices in the free slots, in queue order.
 
         The queue is read under the lock; samplers (a grammar may take a while to parse) are built
@@ -673,18 +485,18 @@ class Engine:
         starts = self._admitting
         with self._cv:
             for job in list(self._jobs):
-                while job._unstarted and len(starts) < len(free):
-                    choice = job._unstarted[0]
+                while job.unstarted and len(starts) < len(free):
+                    choice = job.unstarted[0]
                     if self._waits_for_sibling(job, choice, starts):
                         break
-                    starts.append((job, job._unstarted.popleft()))
-                if not job._unstarted:
+                    starts.append((job, job.unstarted.popleft()))
+                if not job.unstarted:
                     self._jobs.remove(job)
                 if len(starts) == len(free):
                     break
         try:
             for job, choice in starts:
-                if job._failed:  # an earlier choice of it could not start
+                if job.failed:  # an earlier choice of it could not start
                     continue
                 try:
                     self._start(job, choice, free)
@@ -706,29 +518,24 @@ class Engine:
                 return True
         return any(j is job and c.prompt == choice.prompt for j, c in starting)
 
-    def _start(self, job: Job, choice: Choice, free: list[_Slot]) -> None:
-        """Put one choice in the free slot that holds the longest prefix of its prompt."""
+    def _start(self, job: Job, choice: Choice, free: list[Slot]) -> None:
+        """Put one choice in a free slot as `plan_slot` says: the one that holds the longest prefix
+        of its prompt, which may be copied there from another slot."""
         params = choice.params
         sampler = Sampler(params, self.vocab, self.eog)
         prompt = choice.prompt
-        limit = len(prompt) - 1  # the last prompt token is always decoded, for its logits
-        target = slot_for(free, prompt, limit)
-        free.remove(target)
         # Prompt logprobs need the logits of every prompt position: nothing is reused then.
-        limit = 0 if params.prompt_logprobs else limit
-        reuse = min(common_prefix(target.cached, prompt), limit)
-        donor, donor_reuse = None, reuse
-        for slot in self._slots:
-            if slot is not target:
-                k = min(common_prefix(slot.cached, prompt), limit)
-                if k > donor_reuse:
-                    donor, donor_reuse = slot, k
+        limit = 0 if params.prompt_logprobs else None
+        plan = plan_slot(self._slots, [self._slots.index(s) for s in free], prompt, limit)
+        target = self._slots[plan.slot]
+        free.remove(target)
+        reuse = plan.reuse
         mem = self.memory
-        if donor is not None:
+        if plan.donor is not None:
+            donor = self._slots[plan.donor]
             llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
-            llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, target.seq_id, 0, donor_reuse)
-            target.cached = donor.cached[:donor_reuse]
-            reuse = donor_reuse
+            llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, target.seq_id, 0, reuse)
+            target.cached = donor.cached[:reuse]
         elif not llama_cpp.llama_memory_seq_rm(mem, target.seq_id, reuse, -1):
             llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
             reuse = 0
@@ -737,7 +544,7 @@ class Engine:
             job.usage.prompt_tokens += len(prompt)
             job.usage.cached_tokens += reuse
         self.prompt_tokens_cached += reuse
-        target.running = _Running(
+        target.running = Running(
             job=job,
             choice=choice,
             sampler=sampler,
@@ -747,10 +554,10 @@ class Engine:
             prompt_logprobs=[TokenLogprob(prompt[0], None)] if params.prompt_logprobs else None,
             drafter=Drafter(prompt) if self.speculation and params.speculation else None,
         )
-        job._running += 1
+        job.running += 1
 
     def _decode_failed(
-        self, status: int, chunks: list[tuple[_Running, _Slot, list[int]]], out: _Outbox
+        self, status: int, chunks: list[tuple[Running, Slot, list[int]]], out: Outbox
     ) -> None:
         """No room in the KV cache (1) or an error: fail one job and let the others go on."""
         # Roll back whatever part of the batch llama.cpp may have placed.

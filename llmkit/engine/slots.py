@@ -1,0 +1,88 @@
+"""The slot-reuse plan: which slot a new sequence goes to, and how much of its prompt is cached.
+
+A slot keeps the tokens it last held in the KV cache after its sequence ends. A new sequence goes to
+the free slot whose cache it continues (a chat's next turn, the same request again), else to the one
+whose cache matters least. A longer prefix held by another slot, busy or free (a shared system
+prompt, a sibling choice's prompt), is copied from there rather than taking that slot. Pure: it
+reads plain data (each slot's cached tokens and when it was last used) and returns the plan, which
+the scheduler carries out with llama.cpp's memory calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Cached(Protocol):
+    """What the plan reads of a slot."""
+
+    @property
+    def cached(self) -> Sequence[int]:
+        """The tokens the slot holds in the KV cache."""
+        ...
+
+    @property
+    def last_used(self) -> float:
+        """When its last sequence ended (0 if never)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """Where a prompt goes and what of it is not computed again."""
+
+    slot: int  # the free slot it goes to (an index into the slots)
+    reuse: int  # its first `reuse` tokens are taken from a cache
+    donor: int | None = None  # the slot they are copied from; None: `slot`'s own cache
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two sequences share."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def slot_for(slots: Sequence[Cached], free: Sequence[int], prompt: Sequence[int]) -> int:
+    """The free slot a prompt goes to: the one whose cache holds all of it (the same request again,
+    which then computes as it did before) or that it continues (a chat's next turn reuses at least
+    half of what the slot holds), else the one whose cache matters least (empty, then the least
+    recently used). A prefix it merely shares with a slot (a system prompt) is copied from there
+    instead, so that one request's cache is not overwritten by every request that shares a few
+    tokens with it."""
+    limit = len(prompt) - 1  # the last prompt token is always decoded, for its logits
+
+    def reuse(i: int) -> int:
+        return min(common_prefix(slots[i].cached, prompt), limit)
+
+    best = max(free, key=lambda i: (reuse(i), -slots[i].last_used))
+    if slots[best].cached and (reuse(best) == limit or 2 * reuse(best) >= len(slots[best].cached)):
+        return best
+    return min(free, key=lambda i: (len(slots[i].cached) > 0, slots[i].last_used))
+
+
+def plan_slot(
+    slots: Sequence[Cached], free: Sequence[int], prompt: Sequence[int], limit: int | None = None
+) -> SlotPlan:
+    """The plan for a prompt: its slot (one of `free`, indices into `slots`), and the longest
+    cached prefix of it, from that slot's cache or copied from another slot's.
+
+    At most `limit` tokens are reused: by default all but the last, which is always decoded for
+    its logits; 0 when the logits of every prompt position are needed (prompt logprobs). The slot is
+    chosen the same way whatever the limit, so that a prompt overwrites its own earlier cache
+    rather than another's."""
+    target = slot_for(slots, free, prompt)
+    if limit is None:
+        limit = len(prompt) - 1
+    reuse = min(common_prefix(slots[target].cached, prompt), limit)
+    donor = None
+    for i, slot in enumerate(slots):
+        if i != target:
+            k = min(common_prefix(slot.cached, prompt), limit)
+            if k > reuse:
+                donor, reuse = i, k
+    return SlotPlan(target, reuse, donor)
