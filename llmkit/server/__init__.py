@@ -21,6 +21,7 @@ from typing import Any
 from llmkit.errors import LlmkitError
 from llmkit.net import is_loopback, url_host
 from llmkit.plan import Plan, plan
+from llmkit.server import webui
 from llmkit.settings import ServeSettings
 
 
@@ -29,17 +30,12 @@ def base_url(config: ServeSettings) -> str:
     return f"http://{url_host(config.host)}:{config.port}/v1"
 
 
-def page_url(config: ServeSettings) -> str | None:
-    """The web chat's address on this machine; None with --no-ui."""
-    return None if config.no_ui else f"http://{url_host(config.host)}:{config.port}/"
-
-
 def banner(config: ServeSettings, prepared: Plan) -> str:
     url = base_url(config)
     lines = [
         f"llmkit serving {prepared.name}",
         f"  url          {url}",
-        f"  web chat     {page_url(config) or 'off (--no-ui)'}",
+        f"  web chat     {'off (--no-ui)' if config.no_ui else webui.page_url(url)}",
         f"  model file   {prepared.path}",
         f"  threads      {prepared.threads}",
         f"  context      {prepared.n_ctx} tokens per request (KV cache {prepared.kv_type})",

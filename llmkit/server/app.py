@@ -81,7 +81,7 @@ def build_app(
         from llmkit.server import webui
 
         webui.add_routes(app, webui.Page.packaged())  # no API key: the page asks for it
-    errors.install(app)
+    errors.install_handlers(app)
     _state_bounds(app, registry.default)
     app.add_middleware(RequestCounter, metrics=metrics)
     policy = Policy.for_server(config.host, config.allow_origin, config.allow_host)

@@ -1,7 +1,7 @@
 """Errors as the OpenAI API answers them: one body shape, and one table from what went wrong to
 the status and code a client sees.
 
-Routes raise; the app's handlers (installed once, by `install`) answer. A 503 always carries
+Routes raise; the app's handlers (installed once, by `install_handlers`) answer. A 503 always carries
 `Retry-After`, so that clients and balancers back off instead of hammering a busy server.
 """
 
@@ -89,7 +89,7 @@ def invalid(errors: Sequence[Any]) -> tuple[str, str | None]:
     return (f"{where}: {message}" if where else message), where or None
 
 
-def install(app: FastAPI) -> None:
+def install_handlers(app: FastAPI) -> None:
     """Answer every exception a route raises as an OpenAI error: the one mapping of the server."""
 
     @app.exception_handler(RequestValidationError)
