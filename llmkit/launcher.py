@@ -77,8 +77,8 @@ def serve(
     port = port or free_port(host)
     # A program's own child server has no balancer in front to wait for on stop.
     options.setdefault("drain_seconds", 0)
-    if api_key is not None:
-        options["api_key"] = api_key
+    # The key goes by the environment: on the command line, `ps` would show it to everyone.
+    key_env = {} if api_key is None else {ServeSettings.env_name("api_key"): api_key}
     args = serve_args(model, host, port, options)
     log = Path(tempfile.mkstemp(prefix="llmkit-serve-", suffix=".log")[1])
     with log.open("wb") as out:
@@ -87,7 +87,7 @@ def serve(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {}), **key_env},
         )
     base = f"http://{url_host(host)}:{port}"
     try:

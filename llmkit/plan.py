@@ -15,7 +15,7 @@ from pathlib import Path
 from llmkit import settings
 from llmkit.errors import LlmkitError, NotEnoughSpace
 from llmkit.settings import ServeSettings
-from llmkit.sizes import human_size
+from llmkit.sizes import human_size, parse_size
 
 # The shortest context worth serving by default (a chat with a page of history); a model trained on
 # less gets its own.
@@ -40,6 +40,7 @@ class Plan:
     sizing: str = ""  # why these slots and this context, for the banner and /health
     embedding_path: Path | None = None  # --embedding-model's file; None: the served model embeds
     embedding_ctx: int = 0  # the longest input /v1/embeddings takes; 0: n_ctx
+    max_body: int = 4 * 1024 * 1024  # --max-body, in bytes
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,10 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
             f"with llmkit[tiny]) or set {ServeSettings.env_name('model')}"
         )
     # Before any download: a missing key file should not wait for a 4 GB pull to be noticed.
+    try:
+        max_body = parse_size(config.max_body)
+    except ValueError as exc:
+        raise LlmkitError(f"--max-body: {exc}") from None
     api_key = config.api_key
     if config.api_key_file is not None:
         api_key = settings.read_api_key_file(config.api_key_file)
@@ -223,6 +228,7 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
         sizing=sizing.reason,
         embedding_path=embedding_path,
         embedding_ctx=embedding_ctx if embedding_path else sizing.n_ctx,
+        max_body=max_body,
     )
 
 

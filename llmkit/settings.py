@@ -8,6 +8,7 @@ env file and the benchmark are all made from those declarations.
 from __future__ import annotations
 
 import os
+import sys
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -125,7 +126,10 @@ class ServeSettings:
         flags=("--draft-from-recent",),
     )
     max_queue: int = _setting(
-        16, "LLMKIT_MAX_QUEUE", "Requests that may wait; beyond that 503 + Retry-After.", min=0
+        64,
+        "LLMKIT_MAX_QUEUE",
+        "Choices (prompts × n) that may wait for a slot; beyond that 503 + Retry-After.",
+        min=0,
     )
     grace: float = _setting(
         5.0, "LLMKIT_GRACE", "Seconds in-flight requests get to finish on shutdown.", min=0
@@ -136,6 +140,25 @@ class ServeSettings:
         "On SIGTERM, seconds /ready answers 503 while requests are still accepted (for a "
         "balancer's health checks to notice), before the listener closes and --grace begins.",
         min=0,
+    )
+    max_body: str = _setting(
+        "4MiB",
+        "LLMKIT_MAX_BODY",
+        "The largest request body accepted (a size: 4MiB, 512KB); larger is a 413.",
+        metavar="SIZE",
+    )
+    request_timeout: float = _setting(
+        30.0,
+        "LLMKIT_REQUEST_TIMEOUT",
+        "Seconds a client has to send a whole request (its head and body) once it starts or "
+        "connects; a connection that sends nothing, or too slowly, is closed.",
+        min=1,
+    )
+    max_connections: int = _setting(
+        4096,
+        "LLMKIT_MAX_CONNECTIONS",
+        "Open connections (and requests in flight) at most; beyond that a request is a 503.",
+        min=16,
     )
     allow_origin: list[str] | None = _setting(
         None,
@@ -279,4 +302,11 @@ def read_api_key_file(path: Path) -> str:
         raise LlmkitError(f"cannot read the API key file: {exc}") from None
     if not key:
         raise LlmkitError(f"the API key file {path} is empty")
+    if path.stat().st_mode & 0o077:
+        print(
+            f"warning: the API key file {path} can be read by other users of this machine "
+            f"(chmod 600 {path})",
+            file=sys.stderr,
+            flush=True,
+        )
     return key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -59,7 +60,11 @@ def test_on_loopback_only_loopback_host_names_are_served() -> None:
         assert not LOCAL.host_allowed(host), host
     proxied = Policy.for_server("127.0.0.1", None, ["llm.internal"])
     assert proxied.host_allowed("llm.internal:443")
-    assert Policy.for_server("0.0.0.0", None, None).host_allowed("anything.example")
+    # Beyond loopback: any address and the machine's name, but no other name (DNS rebinding).
+    lan = Policy.for_server("0.0.0.0", None, ["llm.team.example"])
+    for host in ("192.168.1.20:8000", "[fe80::1]:8000", socket.gethostname(), "llm.team.example"):
+        assert lan.host_allowed(host), host
+    assert not lan.host_allowed("rebind.attacker.example:8000")
 
 
 def request(

@@ -124,9 +124,10 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        """Jobs none of whose choices has a slot yet."""
+        """Choices that wait for a slot: the queue is counted in what it costs, not in requests
+        (a request with n: 16 is sixteen sequences to run)."""
         with self._cv:
-            return sum(1 for job in self._jobs if job.running == 0)
+            return sum(len(job.unstarted) for job in self._jobs)
 
     @property
     def active(self) -> int:
@@ -138,12 +139,21 @@ class Engine:
         return not self._closing and self._thread.is_alive()
 
     @property
+    def capacity(self) -> int:
+        """The most choices one request may have: what the slots and the queue hold together."""
+        return self.max_queue + self.parallel
+
+    @property
     def queue_full(self) -> bool:
-        """A request submitted now would be refused: a free slot takes one at once, so only jobs
-        beyond the free slots count against --max-queue."""
+        """A one-choice request submitted now would be refused."""
+        return self._refuses(1)
+
+    def _refuses(self, choices: int) -> bool:
+        # A free slot takes a choice at once: only choices beyond the free slots count against
+        # --max-queue.
         with self._cv:
             free = sum(1 for slot in self._slots if slot.running is None)
-            return self.waiting >= self.max_queue + free
+            return self.waiting + choices > self.max_queue + free
 
     @property
     def busy(self) -> bool:
@@ -164,8 +174,8 @@ class Engine:
         with self._cv:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
-            if self.queue_full:
-                raise QueueFull(f"{self.waiting} requests are already waiting")
+            if self._refuses(len(choices)):
+                raise QueueFull(f"{self.waiting} choices are already waiting for a slot")
             self._jobs.append(job)
             self._cv.notify()
         return job
@@ -474,7 +484,9 @@ class Engine:
                 self._end(job, out)
 
     def _admit(self, out: Outbox) -> None:
-        """Start waiting choices in the free slots, in queue order.
+        """Start waiting choices in the free slots, fairly: each free slot goes to the queued
+        request that holds the fewest slots (the first in the queue among equals), so that a
+        request with many choices takes at most its share while others wait.
 
         The queue is read under the lock; samplers (a grammar may take a while to parse) are built
         outside it, so that submit, /health and the metrics never wait on them. A choice that
@@ -484,16 +496,17 @@ class Engine:
             return
         starts = self._admitting
         with self._cv:
-            for job in list(self._jobs):
-                while job.unstarted and len(starts) < len(free):
-                    choice = job.unstarted[0]
-                    if self._waits_for_sibling(job, choice, starts):
-                        break
-                    starts.append((job, job.unstarted.popleft()))
-                if not job.unstarted:
-                    self._jobs.remove(job)
-                if len(starts) == len(free):
+            blocked: list[Job] = []  # their next choice waits for a sibling's prompt
+            while len(starts) < len(free):
+                job = self._fairest(starts, blocked)
+                if job is None:
                     break
+                if self._waits_for_sibling(job, job.unstarted[0], starts):
+                    blocked.append(job)
+                    continue
+                starts.append((job, job.unstarted.popleft()))
+            for job in [j for j in self._jobs if not j.unstarted]:
+                self._jobs.remove(job)
         try:
             for job, choice in starts:
                 if job.failed:  # an earlier choice of it could not start
@@ -505,6 +518,18 @@ class Engine:
                     self._fail(job, EngineError(f"could not start this request: {exc}"), out)
         finally:
             starts.clear()
+
+    def _fairest(self, starting: list[tuple[Job, Choice]], blocked: list[Job]) -> Job | None:
+        """The queued job with a choice to start that holds the fewest slots, the first in the
+        queue among equals; None when no job can start one."""
+        best, fewest = None, 0
+        for job in self._jobs:
+            if not job.unstarted or any(job is b for b in blocked):
+                continue
+            held = job.running + sum(1 for j, _ in starting if j is job)
+            if best is None or held < fewest:
+                best, fewest = job, held
+        return best
 
     def _waits_for_sibling(
         self, job: Job, choice: Choice, starting: list[tuple[Job, Choice]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import resource
 import signal
 import sys
 import threading
@@ -23,6 +24,7 @@ from llmkit.net import is_loopback, url_host
 from llmkit.plan import Plan, plan
 from llmkit.server import webui
 from llmkit.settings import ServeSettings
+from llmkit.sizes import human_size
 
 
 def base_url(config: ServeSettings) -> str:
@@ -45,7 +47,9 @@ def banner(config: ServeSettings, prepared: Plan) -> str:
         f"  embeddings   {prepared.embedding_path or 'the served model'}"
         f", inputs of {prepared.embedding_ctx or prepared.n_ctx} tokens at most",
         f"  chat format  {prepared.chat_format or ('from --chat-template-file' if prepared.chat_template else 'from the model (GGUF chat template)')}",
-        f"  queue        {config.max_queue} waiting at most; grace {config.grace:g} s on shutdown",
+        f"  queue        {config.max_queue} choices waiting at most; grace {config.grace:g} s on shutdown",
+        f"  limits       bodies of {human_size(prepared.max_body)} at most, {config.request_timeout:g} s "
+        f"to send a request, {config.max_connections} connections",
         f"  api key      {'required' if prepared.api_key else 'none'}",
     ]
     return "\n".join(lines)
@@ -57,6 +61,29 @@ def _speculation(config: ServeSettings) -> str:
     if config.draft_from_recent:
         return "n-gram drafts (prompt lookup, and recent requests)"
     return "n-gram drafts (prompt lookup)"
+
+
+def raise_open_files_limit(connections: int) -> None:
+    """Raise the soft limit on open files to the hard one (as Go does for Ollama): systemd's
+    default soft limit, 1024, is reached by a few hundred clients; warn when even the hard limit
+    is below what --max-connections needs."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    needed = connections + _FILES_BESIDES_CONNECTIONS
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        print(
+            f"warning: at most {soft} open files (ulimit -n), fewer than --max-connections "
+            f"{connections} needs ({needed}): raise LimitNOFILE or lower --max-connections",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+# The model file, llama.cpp's and Python's own files, the log: a margin over the sockets.
+_FILES_BESIDES_CONNECTIONS = 64
 
 
 def run(config: ServeSettings) -> None:
@@ -77,7 +104,9 @@ def run(config: ServeSettings) -> None:
             flush=True,
         )
     prepared = plan(config, log=lambda m: print(m, file=sys.stderr, flush=True))
+    raise_open_files_limit(config.max_connections)
     from llmkit.server.app import build_app
+    from llmkit.server.deadlines import deadline_protocol
     from llmkit.server.load import load, quiet_llama_logs
     from llmkit.server.metrics import Metrics
     from llmkit.server.registry import Registry
@@ -96,7 +125,7 @@ def run(config: ServeSettings) -> None:
     )
     metrics.watch(served.engine, served.embedder)
     registry = Registry([served])
-    app = build_app(config, registry, prepared.api_key, metrics)
+    app = build_app(config, registry, prepared.api_key, metrics, prepared.max_body)
 
     class Server(uvicorn.Server):
         stop_started = False  # the listener is closing and the grace period has begun
@@ -165,6 +194,8 @@ def run(config: ServeSettings) -> None:
         access_log=True,
         timeout_graceful_shutdown=math.ceil(config.grace) + 3,
         timeout_keep_alive=5,
+        http=deadline_protocol(config.request_timeout),
+        limit_concurrency=config.max_connections,
     )
     server = Server(uv_config)
     try:

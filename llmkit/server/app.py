@@ -1,19 +1,24 @@
 """The FastAPI app: the whole route table in one list, the middleware, the one error mapping.
 
 Middleware, outermost first: the origin and Host guard (before anything else runs), the request
-counter of /metrics, then FastAPI's routing with llmkit's error table (llmkit.server.errors).
+counter of /metrics, the API key (llmkit.server.gate: before any body byte is read), then
+FastAPI's routing with llmkit's error table (llmkit.server.errors). A body is bounded in bytes
+(413), and a large one is parsed off the event loop.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 
 from llmkit import __version__
 from llmkit.server import chat, errors, info, responses
+from llmkit.server.gate import Gate
 from llmkit.server.load import Served
 from llmkit.server.metrics import Metrics, RequestCounter
 from llmkit.server.openapi import with_bounds, with_openai_errors
@@ -22,60 +27,70 @@ from llmkit.server.registry import Registry
 from llmkit.server.schemas import EMBEDDING_SIZE, EMBEDDING_TOKEN_ID, TOKEN_ID
 from llmkit.settings import ServeSettings
 
-# (path, methods, endpoint, whether the API key is needed, whether /openapi.json documents it)
-Route = tuple[str, list[str], Callable[..., Any], bool, bool]
+# (path, methods, endpoint, whether /openapi.json documents it). Which need the API key is the
+# gate's rule (llmkit.server.gate.keyed): all but /health, /ready, the page and the schema.
+Route = tuple[str, list[str], Callable[..., Any], bool]
 ROUTES: list[Route] = [
-    ("/health", ["GET"], info.health, False, True),
-    ("/ready", ["GET"], info.ready, False, True),
-    ("/v1/models", ["GET"], info.models, True, True),
-    ("/v1/models/{model_id:path}", ["GET"], info.model, True, True),
-    ("/v1/chat/completions", ["POST"], chat.chat, True, True),
-    ("/v1/completions", ["POST"], chat.completions, True, True),
-    ("/v1/embeddings", ["POST"], info.embeddings, True, True),
-    ("/v1/responses", ["POST"], responses.create, True, True),
+    ("/health", ["GET"], info.health, True),
+    ("/ready", ["GET"], info.ready, True),
+    ("/v1/models", ["GET"], info.models, True),
+    ("/v1/models/{model_id:path}", ["GET"], info.model, True),
+    ("/v1/chat/completions", ["POST"], chat.chat, True),
+    ("/v1/completions", ["POST"], chat.completions, True),
+    ("/v1/embeddings", ["POST"], info.embeddings, True),
+    ("/v1/responses", ["POST"], responses.create, True),
     # A clear 404 where a stored response is asked for (retrieve, delete, cancel, input_items).
-    ("/v1/responses/{response_id}", ["GET", "DELETE"], responses.stored, True, True),
-    ("/v1/responses/{response_id}/{part:path}", ["GET", "POST"], responses.stored_part, True, True),
+    ("/v1/responses/{response_id}", ["GET", "DELETE"], responses.stored, True),
+    ("/v1/responses/{response_id}/{part:path}", ["GET", "POST"], responses.stored_part, True),
     # llama_cpp.server's tokenizer extras, with the token ids checked.
-    ("/extras/tokenize", ["POST"], info.tokenize, True, True),
-    ("/extras/tokenize/count", ["POST"], info.count_tokens, True, True),
-    ("/extras/detokenize", ["POST"], info.detokenize, True, True),
-    ("/metrics", ["GET"], info.metrics, True, False),  # Prometheus text, not an OpenAI route
+    ("/extras/tokenize", ["POST"], info.tokenize, True),
+    ("/extras/tokenize/count", ["POST"], info.count_tokens, True),
+    ("/extras/detokenize", ["POST"], info.detokenize, True),
+    ("/metrics", ["GET"], info.metrics, False),  # Prometheus text, not an OpenAI route
 ]
+# A body this long or longer is parsed on a worker thread: parsing takes the event loop about
+# 10 ms a megabyte, and every stream and health check waits meanwhile.
+PARSE_ON_LOOP_BELOW = 64 * 1024
 
 
-class KeyCheck:
-    """The API key, as `Authorization: Bearer KEY`; every route but /health, /ready and the page."""
+class _OffLoopJson(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            if len(body) < PARSE_ON_LOOP_BELOW:
+                self._json = json.loads(body)
+            else:
+                self._json = await run_in_threadpool(json.loads, body)
+        return self._json
 
-    def __init__(self, api_key: str | None) -> None:
-        self.api_key = api_key
 
-    async def __call__(self, request: Request) -> None:
-        if self.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self.api_key):
-            raise errors.Unauthorized()
+class OffLoopRoute(APIRoute):
+    """A route whose JSON body, when large, is parsed on a worker thread."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(_OffLoopJson(request.scope, request.receive))
+
+        return route
 
 
 def build_app(
-    config: ServeSettings, registry: Registry, api_key: str | None, metrics: Metrics
+    config: ServeSettings,
+    registry: Registry,
+    api_key: str | None,
+    metrics: Metrics,
+    max_body: int,
 ) -> FastAPI:
     """The app that serves `registry`'s models as `config` says."""
-    app = FastAPI(title="llmkit", version=__version__)
+    # No /docs: Swagger UI comes from a CDN, onto the origin where the web chat keeps the key.
+    app = FastAPI(title="llmkit", version=__version__, docs_url=None, redoc_url=None)
     app.state.registry = registry
     app.state.metrics = metrics
-    router = APIRouter()
-    key = [Depends(KeyCheck(api_key))]
-    for path, methods, endpoint, needs_key, documented in ROUTES:
-        router.add_api_route(
-            path,
-            endpoint,
-            methods=methods,
-            dependencies=key if needs_key else None,
-            include_in_schema=documented,
-        )
+    router = APIRouter(route_class=OffLoopRoute)
+    for path, methods, endpoint, documented in ROUTES:
+        router.add_api_route(path, endpoint, methods=methods, include_in_schema=documented)
     app.include_router(router)
     if not config.no_ui:
         from llmkit.server import webui
@@ -83,6 +98,7 @@ def build_app(
         webui.add_routes(app, webui.Page.packaged())  # no API key: the page asks for it
     errors.install_handlers(app)
     _state_bounds(app, registry.default)
+    app.add_middleware(Gate, api_key=api_key, max_body=max_body)
     app.add_middleware(RequestCounter, metrics=metrics)
     policy = Policy.for_server(config.host, config.allow_origin, config.allow_host)
     app.add_middleware(OriginGuard, policy=policy)  # outermost: before anything else runs

@@ -29,6 +29,7 @@ from llmkit.server.schemas import (
     MAX_BIAS,
     MAX_COMPLETION_LOGPROBS,
     MAX_N,
+    MAX_PROMPTS,
     MAX_STOP,
     MESSAGE_SCHEMA,
     RESPONSE_FORMAT_SCHEMA,
@@ -132,7 +133,13 @@ class ChatRequest(_Common, CreateChatCompletionRequest):  # type: ignore[misc]
 class CompletionRequest(_Common, CreateCompletionRequest):  # type: ignore[misc]
     model_config = ConfigDict(json_schema_extra={"anyOf": BEST_OF_SCHEMA})  # type: ignore[dict-item]
 
-    prompt: str | list[str] | list[TokenId] | list[TokenIds] = ""  # type: ignore[assignment]
+    # Several prompts, each × n: a bounded list (the engine bounds prompts × n by its capacity).
+    prompt: (
+        str
+        | Annotated[list[str], Field(max_length=MAX_PROMPTS)]
+        | list[TokenId]
+        | Annotated[list[TokenIds], Field(max_length=MAX_PROMPTS)]
+    ) = ""  # type: ignore[assignment]
     # Alternatives per token, as the OpenAI API's legacy completions (at most 5).
     logprobs: int | None = Field(default=None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     # n choices, each its own: best_of may only say the same (1 or n; BEST_OF_SCHEMA, and in code).

@@ -24,10 +24,6 @@ from llmkit.errors import BadRequest
 RETRY_AFTER_SECONDS = 2
 
 
-class Unauthorized(Exception):
-    """No API key, or the wrong one."""
-
-
 class Unfinished(Exception):
     """A job ended without finishing every choice: the server is shutting down."""
 
@@ -106,14 +102,6 @@ def install_handlers(app: FastAPI) -> None:
     async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
         return openai_error(400, str(exc), param=exc.param)
 
-    @app.exception_handler(Unauthorized)
-    async def unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
-        return openai_error(
-            401,
-            "invalid or missing API key (send Authorization: Bearer KEY)",
-            code="invalid_api_key",
-        )
-
     for exception, (code, message) in _BUSY.items():
 
         async def not_now(_: Request, exc: Exception, code: str = code, form: str = message) -> Any:
@@ -123,6 +111,8 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)  # starlette's: unknown routes and methods too
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 413:  # a body past --max-body (llmkit.server.gate)
+            return openai_error(413, str(exc.detail), code="request_too_large")
         return openai_error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -50,7 +50,7 @@ def not_ready(registry: Registry) -> tuple[str, str] | None:
     if not engine.accepting:
         return "engine_stopped", "the model's scheduler has stopped"
     if engine.queue_full:
-        return "queue_full", f"{engine.waiting} requests are already waiting"
+        return "queue_full", f"{engine.waiting} choices are already waiting for a slot"
     return None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ class Served:
     engine: Engine
     template: ChatTemplate  # what tools are offered through
     embedder: Embedder
+    warming: threading.Thread | None = None  # llguidance's tokenizer, built in the background
     family: Family = field(init=False)  # how its template calls tools
 
     def __post_init__(self) -> None:
@@ -53,6 +55,8 @@ class Served:
         """Stop the engine and the embedder, then free the model once nothing uses it."""
         self.engine.close(timeout=timeout)
         self.embedder.close()
+        if self.warming is not None:  # it reads the model's vocabulary
+            self.warming.join()
         # A scheduler that did not stop in time still uses the model: leave it to the process exit.
         if self.engine.ctx is None:
             self.llama.close()
@@ -98,7 +102,7 @@ def load(
     except BaseException:
         llama.close()
         raise
-    grammar.warm_up(engine.vocab, engine.eog)  # llguidance's tokenizer, before any JSON request
+    warming = grammar.warm_up(engine.vocab, engine.eog)  # before any JSON request needs it
     # Its context (and --embedding-model's weights) only once a request asks for embeddings;
     # half the threads, so that generation keeps cores of its own while vectors are computed.
     embedder = Embedder(
@@ -107,7 +111,7 @@ def load(
         threads=max(1, plan.threads // 2),
         max_queue=max_queue,
     )
-    return Served(plan.name, plan, llama, engine, template, embedder)
+    return Served(plan.name, plan, llama, engine, template, embedder, warming)
 
 
 def chat_template(llama: llama_cpp.Llama, plan: Plan) -> ChatTemplate:

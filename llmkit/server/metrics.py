@@ -79,7 +79,9 @@ class _EngineCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         e = self.engine
-        yield GaugeMetricFamily("llmkit_queue_depth", "Requests waiting for a slot", e.waiting)
+        yield GaugeMetricFamily(
+            "llmkit_queue_depth", "Choices (prompts × n) waiting for a slot", e.waiting
+        )
         yield GaugeMetricFamily("llmkit_slots_active", "Sequence slots generating", e.active)
         yield GaugeMetricFamily("llmkit_slots_total", "Sequence slots (--parallel)", e.parallel)
         yield CounterMetricFamily(

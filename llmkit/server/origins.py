@@ -8,9 +8,10 @@ credentials. Here, as Ollama does after the same class of report:
   machine (`http(s)://localhost`, `127.0.0.1`, `[::1]`, any port), on the server's own origin (the
   web chat), or on an origin allowed with `--allow-origin` (`*` allows all); any other is refused
   with a 403, preflights included, and gets no CORS headers;
-- a server listening on loopback answers only requests whose `Host` is a loopback name or address
-  (or one allowed with `--allow-host`, for a reverse proxy): a DNS-rebinding page, whose requests
-  name its own domain, is refused there too.
+- a server answers only requests whose `Host` names it: on loopback, a loopback name or address;
+  listening beyond loopback (`--host 0.0.0.0`), also any IP address and the machine's own name;
+  and a name allowed with `--allow-host` (a reverse proxy's, the team's DNS name). A DNS-rebinding
+  page, whose requests name its own domain, is refused: rebinding needs a name, never an address.
 
 Programs (the openai SDK, curl) send no `Origin` and are not affected. `/health` and `/ready` stay
 open to any Host, for load balancers and probes.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +44,14 @@ def _loopback_name(host: str) -> bool:
         return False
 
 
+def _address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _host_of(authority: str) -> str:
     """The host part of a Host header value (`[::1]:8000` → `::1`, `a.example:80` → `a.example`)."""
     authority = authority.strip().lower()
@@ -56,16 +66,20 @@ class Policy:
 
     origins: frozenset[str] = frozenset()  # allowed besides the local ones; "*" is all
     hosts: frozenset[str] = frozenset()  # Host names allowed besides loopback's
-    check_host: bool = True  # on when listening on loopback
+    addresses: bool = False  # any IP address as the Host: on when listening beyond loopback
 
     @classmethod
     def for_server(
         cls, listen: str, origins: Iterable[str] | None, hosts: Iterable[str] | None
     ) -> Policy:
+        names = {h.lower() for h in hosts or ()}
+        beyond_loopback = not is_loopback(listen)
+        if beyond_loopback:  # the names this machine answers to on its network
+            names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
         return cls(
             origins=frozenset(o.rstrip("/").lower() for o in origins or ()),
-            hosts=frozenset(h.lower() for h in hosts or ()),
-            check_host=is_loopback(listen),
+            hosts=frozenset(names),
+            addresses=beyond_loopback,
         )
 
     def origin_allowed(self, origin: str, host: str | None) -> bool:
@@ -82,12 +96,10 @@ class Policy:
 
     def host_allowed(self, host: str | None) -> bool:
         """Is this Host header one the server answers to?"""
-        if not self.check_host:
-            return True
         if not host:
             return False
         name = _host_of(host)
-        return _loopback_name(name) or name in self.hosts
+        return _loopback_name(name) or name in self.hosts or (self.addresses and _address(name))
 
 
 class OriginGuard:
@@ -106,8 +118,8 @@ class OriginGuard:
         if scope["path"] not in OPEN_PATHS and not self.policy.host_allowed(host):
             await _refuse(
                 send,
-                f"requests for host {host!r} are not served here (this server listens on "
-                "loopback; start it with --allow-host NAME to serve a proxy's name)",
+                f"requests for host {host!r} are not served here (start the server with "
+                "--allow-host NAME to serve that name)",
                 "host_not_allowed",
             )
             return

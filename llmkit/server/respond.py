@@ -88,6 +88,12 @@ async def respond(
 
     Raises what the engine refuses with (QueueFull, ShuttingDown, CacheFull before the first
     event, Unfinished): the app's error table answers them."""
+    if len(choices) > engine.capacity:
+        raise BadRequest(
+            f"this request has {len(choices)} choices (prompts × n); this server takes at most "
+            f"{engine.capacity} in one request",
+            param="n",
+        )
     try:
         job = engine.submit(choices, LoopChannel(asyncio.get_running_loop()))
     except PromptTooLong as exc:

@@ -10,6 +10,7 @@ from typing import Any
 from llmkit.embeddings import MAX_INPUTS
 
 MAX_N = 16
+MAX_PROMPTS = 64  # a completion request's prompts
 MAX_STOP = 16
 MAX_COMPLETION_LOGPROBS = 5
 MAX_BIAS = 100.0  # the OpenAI API's range for a logit_bias value

@@ -1,0 +1,234 @@
+"""A server a team shares: no client without the key can hurt it, no greedy client starves the
+others. Each check runs against a real `llmkit serve --api-key K` on SmolLM2, started under the
+systemd default soft limit of 1024 open files, with raw sockets where a client misbehaves."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import resource
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+import llmkit
+from tests.helpers import chat, clean_env, get_json, root_url
+
+KEY = "team-key-0123"
+TIMEOUT = 3  # --request-timeout: seconds for a request to arrive whole
+
+
+@pytest.fixture(scope="module")
+def shared(smollm2_models_dir: Path) -> Iterator[openai.OpenAI]:
+    """`llmkit serve --api-key` on SmolLM2, 2 slots, started with a soft limit of 1024 files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))  # the child inherits it
+    try:
+        server = llmkit.serve(
+            "smollm2-135m-instruct",
+            api_key=KEY,
+            threads=2,
+            ctx=1024,
+            parallel=2,
+            request_timeout=TIMEOUT,
+            offline=True,
+            env=clean_env(LLMKIT_MODELS_DIR=str(smollm2_models_dir)),
+        )
+        client = server.__enter__()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        yield client
+    finally:
+        server.__exit__(None, None, None)
+
+
+def _address(client: openai.OpenAI) -> tuple[str, int]:
+    host, port = root_url(client).removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def _connect(client: openai.OpenAI) -> socket.socket:
+    sock = socket.create_connection(_address(client), timeout=10)
+    return sock
+
+
+def _head(path: str, length: int, key: str | None, extra: str = "") -> bytes:
+    auth = f"Authorization: Bearer {key}\r\n" if key is not None else ""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n{extra}\r\n"
+    ).encode()
+
+
+def _response(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of one response read off a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = re.search(rb"(?i)content-length: *(\d+)", head)
+    while length and len(body) < int(length.group(1)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return status, json.loads(body) if body else {}
+
+
+def _closed(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes the connection within `within` seconds (what it sent before
+    closing is read and dropped)."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return True
+
+
+def test_a_wrong_key_is_a_401_before_any_body_byte_is_read(shared: openai.OpenAI) -> None:
+    # The head announces 50 MB and no body follows: the answer must not wait for it.
+    with _connect(shared) as sock:
+        sock.sendall(_head("/v1/chat/completions", 50_000_000, "wrong"))
+        start = time.monotonic()
+        status, body = _response(sock)
+    assert status == 401 and time.monotonic() - start < 2
+    assert body["error"]["code"] == "invalid_api_key"
+    # A malformed body with the wrong key is a 401 too, not a 400 that read it.
+    with _connect(shared) as sock:
+        sock.sendall(_head("/v1/chat/completions", 9, None) + b"{not json")
+        assert _response(sock)[0] == 401
+
+
+def test_a_non_ascii_bearer_token_is_a_401_not_a_500(shared: openai.OpenAI) -> None:
+    with _connect(shared) as sock:
+        sock.sendall(_head("/v1/models", 0, "clé-ü").replace(b"POST", b"GET", 1))
+        status, body = _response(sock)
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+
+
+def test_a_body_over_the_limit_is_a_413_whether_announced_or_chunked(
+    shared: openai.OpenAI,
+) -> None:
+    with _connect(shared) as sock:  # announced: refused before it is sent
+        sock.sendall(_head("/v1/chat/completions", 5 * 1024 * 1024, KEY))
+        status, body = _response(sock)
+    assert status == 413 and body["error"]["code"] == "request_too_large"
+    assert "--max-body" in body["error"]["message"]
+    with _connect(shared) as sock:  # chunked: counted as it comes
+        head = _head("/v1/chat/completions", 0, KEY).replace(
+            b"Content-Length: 0\r\n", b"Transfer-Encoding: chunked\r\n"
+        )
+        sock.sendall(head)
+        chunk = b'{"messages": [' + b" " * 65000
+        status = 0
+        with contextlib.suppress(ConnectionError):
+            for _ in range(80):  # 5.2 MB at most: bounded
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        status, body = _response(sock)
+    assert status == 413
+    # The server goes on serving.
+    assert chat(shared, "Say hi.", max_tokens=4).choices[0].finish_reason in ("stop", "length")
+
+
+def test_health_answers_while_1100_idle_connections_are_open(shared: openai.OpenAI) -> None:
+    pid = shared.llmkit_process.pid  # type: ignore[attr-defined]
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    soft, hard = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits).groups()  # type: ignore[union-attr]
+    assert soft == hard  # raised from 1024 at start
+    own_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (own_hard, own_hard))  # this client's sockets
+    idle = []
+    try:
+        for _ in range(1100):
+            idle.append(_connect(shared))
+        start = time.monotonic()
+        status, body = get_json(root_url(shared) + "/health", timeout=5)
+        assert status == 200 and body["status"] == "ok" and time.monotonic() - start < 2
+        # Past the deadline the server has closed them: they hold no socket of its for good.
+        time.sleep(TIMEOUT + 1)
+        assert all(_closed(sock, 5) for sock in idle[:20])
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_request_that_never_finishes_arriving_is_cut_at_the_deadline(
+    shared: openai.OpenAI,
+) -> None:
+    with _connect(shared) as sock:  # a head that never ends
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        start = time.monotonic()
+        assert _closed(sock, TIMEOUT + 5) and time.monotonic() - start < TIMEOUT + 3
+    with _connect(shared) as sock:  # a body that never ends
+        sock.sendall(_head("/v1/chat/completions", 100, KEY) + b'{"messages": ')
+        start = time.monotonic()
+        assert _closed(sock, TIMEOUT + 5) and time.monotonic() - start < TIMEOUT + 3
+    assert get_json(root_url(shared) + "/health")[0] == 200
+
+
+def test_a_request_with_many_choices_takes_its_share_of_the_slots(shared: openai.OpenAI) -> None:
+    """64 prompts (of 2 slots): a small chat sent after it is served in seconds, not after it."""
+    done: dict[str, float] = {}
+
+    def greedy() -> None:
+        shared.completions.create(
+            model="m",
+            prompt=[f"Count from {i} upwards:" for i in range(64)],
+            max_tokens=32,
+            temperature=0,
+            extra_body={"min_tokens": 32},
+        )
+        done["greedy"] = time.monotonic()
+
+    worker = threading.Thread(target=greedy)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while get_json(root_url(shared) + "/health")[1]["waiting"] < 32:  # in choices
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        start = time.monotonic()
+        answer = chat(shared, "Say hi.", max_tokens=8, temperature=0)
+        done["small"] = time.monotonic()
+    finally:
+        worker.join(600)
+    assert answer.choices[0].message.content
+    assert done["small"] < done["greedy"]
+    assert done["small"] - start < (done["greedy"] - start) / 4
+
+
+def test_choices_beyond_what_the_server_holds_are_a_400(shared: openai.OpenAI) -> None:
+    quick = shared.with_options(max_retries=0)
+    with pytest.raises(openai.BadRequestError) as too_many:  # 65 prompts: over the schema's bound
+        quick.completions.create(model="m", prompt=["a"] * 65, max_tokens=1)
+    assert too_many.value.body["param"].startswith("prompt")  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as product:  # 64 × 16: over the capacity
+        quick.completions.create(model="m", prompt=["a"] * 64, n=16, max_tokens=1)
+    assert "choices" in product.value.message and product.value.body["param"] == "n"  # type: ignore[index]
+    _, schema = get_json(root_url(shared) + "/openapi.json", timeout=5)  # /openapi.json is open
+    prompt = schema["components"]["schemas"]["CompletionRequest"]["properties"]["prompt"]
+    bounds = [b.get("maxItems") for b in prompt["anyOf"] if b.get("type") == "array"]
+    assert 64 in bounds
+
+
+def test_the_key_is_never_on_the_servers_command_line(shared: openai.OpenAI) -> None:
+    pid = shared.llmkit_process.pid  # type: ignore[attr-defined]
+    assert KEY.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert os.path.exists(f"/proc/{pid}")
