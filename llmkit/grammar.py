@@ -141,9 +141,17 @@ class GrammarError(ValueError):
     """llguidance could not build a matcher for this grammar."""
 
 
+# Stricter than llguidance's defaults (step_lexer_fuel 200,000, step_max_items 50,000): one mask
+# is computed on the scheduler thread, which every sequence waits on; a grammar that needs more
+# per token fails its own request (the matcher's error state) instead of stalling the others.
+LIMITS = llguidance.LLParserLimits(
+    step_lexer_fuel=100_000, step_max_items=20_000, verbose_errors=False
+)
+
+
 def matcher(vocab: llama_cpp.llama_vocab_p, eog: list[int], grammar: str) -> llguidance.LLMatcher:
     """A fresh matcher (one sequence's grammar state) for a grammar from `grammar_for`."""
-    found = llguidance.LLMatcher(tokenizer(vocab, eog), grammar, log_level=0)
+    found = llguidance.LLMatcher(tokenizer(vocab, eog), grammar, log_level=0, limits=LIMITS)
     if found.is_error():
         raise GrammarError(f"the grammar cannot be enforced: {found.get_error()}")
     return found

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -22,6 +24,9 @@ import numpy as np
 from llmkit import grammar
 
 PENALTY_LAST_N = 64
+# The time one choice's grammar may take on the scheduler thread (masks, in all; --grammar-seconds),
+# which every sequence waits on: an ambiguous grammar fails its own request, not the others'.
+GRAMMAR_SECONDS = 5.0
 
 
 @dataclass
@@ -129,7 +134,12 @@ class Sampler:
     """Picks one sequence's tokens from the logits of its row in the last decode."""
 
     def __init__(
-        self, params: SamplingParams, vocab: llama_cpp.llama_vocab_p, eog: list[int]
+        self,
+        params: SamplingParams,
+        vocab: llama_cpp.llama_vocab_p,
+        eog: list[int],
+        matcher: Any = None,  # the grammar's, built beforehand (grammar.matcher)
+        grammar_seconds: float | None = None,  # its time budget; None: GRAMMAR_SECONDS
     ) -> None:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         # Until min_tokens are out, end-of-generation tokens are banned by a bias at the head of the
@@ -147,8 +157,10 @@ class Sampler:
         self._penalties = (params.repeat_penalty, params.frequency_penalty, params.presence_penalty)
         self._recent: collections.deque[int] = collections.deque(maxlen=PENALTY_LAST_N)
         self._full: np.ndarray | None = None
-        self.matcher = None
-        if params.grammar is not None:
+        self.matcher = matcher
+        self.grammar_seconds = 0.0  # spent in the matcher, up to the budget
+        self.grammar_budget = GRAMMAR_SECONDS if grammar_seconds is None else grammar_seconds
+        if params.grammar is not None and matcher is None:
             try:
                 self.matcher = grammar.matcher(vocab, eog, params.grammar)
             except BaseException:
@@ -163,17 +175,38 @@ class Sampler:
             token = self._greedy(ctx, row)
         else:
             token = self._pick(ctx, row, None)
+            started = time.perf_counter()
             if not self.matcher.try_consume_tokens([token]):
-                token = self._pick(ctx, row, self._allowed())
+                allowed = self._allowed()
+                self.grammar_seconds += time.perf_counter() - started
+                token = self._pick(ctx, row, allowed)
+                started = time.perf_counter()
                 self.matcher.consume_token(token)
+            self.grammar_seconds += time.perf_counter() - started
         self._accepted(token)
         return token
 
     def accept(self, token: int) -> None:
-        """Take a token the grammar forces, without sampling: into the grammar and the history."""
-        if self.matcher is not None and not self.matcher.consume_token(token):
-            raise grammar.GrammarError(f"the grammar refused its own forced token {token}")
+        """Take a token the grammar forces, without sampling: into the grammar and the history.
+        A token it refuses puts it in its error state (see `failure`)."""
+        if self.matcher is not None:
+            self.matcher.consume_token(token)
         self._accepted(token)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the grammar cannot go on (its error state, or its time budget spent); None while
+        it can. llguidance's matcher reports an error as stopped too: never read it as done."""
+        if self.matcher is None:
+            return None
+        if self.matcher.is_error():
+            return f"the grammar cannot be followed: {self.matcher.get_error()}"
+        if self.grammar_seconds > self.grammar_budget:
+            return (
+                f"the grammar took more than {self.grammar_budget:g} s of the server's time to "
+                "follow; simplify it"
+            )
+        return None
 
     def _accepted(self, token: int) -> None:
         if self._argmax:
@@ -183,7 +216,9 @@ class Sampler:
     @property
     def done(self) -> bool:
         """The grammar is complete and allows nothing more."""
-        return self.matcher is not None and self.matcher.is_stopped()
+        return (
+            self.matcher is not None and self.matcher.is_stopped() and not self.matcher.is_error()
+        )
 
     def _pick(self, ctx: llama_cpp.llama_context_p, row: int, allowed: np.ndarray | None) -> int:
         """The chain's pick (without accepting it), among the allowed tokens if given."""

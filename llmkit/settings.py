@@ -160,6 +160,12 @@ class ServeSettings:
         "Open connections (and requests in flight) at most; beyond that a request is a 503.",
         min=16,
     )
+    grammar_seconds: float = _setting(
+        5.0,
+        "LLMKIT_GRAMMAR_SECONDS",
+        "Seconds of the scheduler's time one choice's grammar (a schema, tools, GBNF) may take in "
+        "all; past that its request fails alone (every stream waits while a mask is computed).",
+    )
     allow_origin: list[str] | None = _setting(
         None,
         "LLMKIT_ALLOW_ORIGINS",

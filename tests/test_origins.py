@@ -167,15 +167,16 @@ def test_every_error_is_an_openai_error_object(
 
 
 @pytest.mark.slow
-def test_the_openapi_schema_and_docs_are_served(llmkit_server: openai.OpenAI) -> None:
+def test_the_openapi_schema_is_served_and_no_cdn_docs_page(llmkit_server: openai.OpenAI) -> None:
     status, _, body = request(llmkit_server, "GET", "/openapi.json", {})
     assert status == 200
     schema = json.loads(body)
     assert {"/v1/chat/completions", "/v1/completions", "/health"} <= set(schema["paths"])
     chat = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
     assert "application/json" in chat
+    # Swagger UI's page loads its code from a CDN onto the origin where the web chat keeps the key.
     status, _, body = request(llmkit_server, "GET", "/docs", {})
-    assert status == 200 and b"openapi.json" in body
+    assert status == 404
 
 
 @pytest.mark.slow

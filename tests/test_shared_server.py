@@ -24,6 +24,8 @@ from tests.helpers import chat, clean_env, get_json, root_url
 
 KEY = "team-key-0123"
 TIMEOUT = 3  # --request-timeout: seconds for a request to arrive whole
+# A grammar so ambiguous that llguidance's per-mask limits put it in its error state in a few tokens.
+EXPLODING = "root ::= (x | y | z)+\nx ::= [a-z] x? [a-z]?\ny ::= [a-z]+ y?\nz ::= [a-z]? [a-z]? z?"
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +234,38 @@ def test_the_key_is_never_on_the_servers_command_line(shared: openai.OpenAI) -> 
     pid = shared.llmkit_process.pid  # type: ignore[attr-defined]
     assert KEY.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
     assert os.path.exists(f"/proc/{pid}")
+
+
+def test_a_grammar_that_fails_fails_its_own_request_never_a_silent_stop(
+    shared: openai.OpenAI,
+) -> None:
+    quick = shared.with_options(max_retries=0)
+    body = {"grammar": EXPLODING, "min_tokens": 200}
+    with pytest.raises(openai.BadRequestError) as failed:
+        chat(quick, "Write words.", max_tokens=200, extra_body=body)
+    assert failed.value.body["code"] == "grammar_failed"  # type: ignore[index]
+    with pytest.raises(openai.APIError):  # streamed: an error event, not finish_reason "stop"
+        for _ in chat(quick, "Write words.", max_tokens=200, stream=True, extra_body=body):
+            pass
+    # The others are served meanwhile and after.
+    assert chat(shared, "Say hi.", max_tokens=4).choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_grammar_past_its_time_budget_fails_its_own_request(smollm2_models_dir: Path) -> None:
+    # A budget of 0 s: any grammar is past it at its first token, whatever this machine's speed.
+    with llmkit.serve(
+        "smollm2-135m-instruct",
+        threads=2,
+        ctx=512,
+        parallel=2,
+        grammar_seconds=0,
+        offline=True,
+        env=clean_env(LLMKIT_MODELS_DIR=str(smollm2_models_dir)),
+    ) as server:
+        quick = server.with_options(max_retries=0)
+        with pytest.raises(openai.BadRequestError) as slow:
+            chat(quick, "A JSON object:", max_tokens=40, response_format={"type": "json_object"})
+        assert slow.value.body["code"] == "grammar_failed"  # type: ignore[index]
+        assert "simplify it" in slow.value.message
+        answer = chat(quick, "Say hi.", max_tokens=4)  # without a grammar: served
+        assert answer.choices[0].finish_reason in ("stop", "length")

@@ -38,6 +38,11 @@ class EngineError(RuntimeError):
     """The engine could not run this job (a bug or a resource llama.cpp refused)."""
 
 
+class GrammarFailed(EngineError):
+    """A choice's grammar cannot go on: it failed to build, reached an error state, or spent its
+    time budget. The request's constraint cannot be honoured: it fails alone."""
+
+
 @dataclass
 class Choice:
     """One choice to generate: a prompt (token ids), how to sample it, where its text goes."""
@@ -46,6 +51,9 @@ class Choice:
     params: SamplingParams
     index: int = 0
     counts_prompt: bool = True  # the first choice of its prompt: its prompt counts toward usage
+    # Its grammar's matcher, built off the scheduler thread by Engine.prepare (else by the
+    # scheduler when the choice starts).
+    matcher: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from llmkit import logprobs
+from llmkit import grammar, logprobs
 from llmkit.engine.jobs import (
     END,
     CacheFull,
@@ -26,6 +26,7 @@ from llmkit.engine.jobs import (
     Choice,
     Delta,
     EngineError,
+    GrammarFailed,
     Job,
     Observer,
     Outbox,
@@ -37,7 +38,7 @@ from llmkit.engine.jobs import (
 from llmkit.engine.sequences import Running, Slot
 from llmkit.engine.slots import plan_slot
 from llmkit.logprobs import TokenLogprob
-from llmkit.sampling import Sampler
+from llmkit.sampling import GRAMMAR_SECONDS, Sampler
 from llmkit.speculation import CROWDED_MATCH, MIN_DRAFT, MIN_MATCH, Drafter, Recall
 from llmkit.textstream import TextStream
 
@@ -68,8 +69,10 @@ class Engine:
         speculation: bool = True,
         draft_from_recent: bool = False,
         observer: Observer | None = None,
+        grammar_seconds: float = GRAMMAR_SECONDS,
     ) -> None:
         self.parallel = parallel
+        self.grammar_seconds = grammar_seconds  # each choice's grammar's time budget
         self.speculation = speculation
         # The finished sequences that drafted, for drafts across requests (off by default: a
         # request's text would then depend on the earlier ones', through the batch shapes).
@@ -179,6 +182,23 @@ class Engine:
             self._jobs.append(job)
             self._cv.notify()
         return job
+
+    def prepare(self, choices: list[Choice]) -> None:
+        """Build the choices' grammar matchers here, on the caller's thread (the server's worker),
+        not on the scheduler thread that every sequence waits on: once per grammar, copied for
+        the choices that share it. Raises GrammarFailed for a grammar llguidance cannot build."""
+        built: dict[str, Any] = {}
+        for choice in choices:
+            text = choice.params.grammar
+            if text is None or choice.matcher is not None:
+                continue
+            if text in built:
+                choice.matcher = built[text].deep_copy()
+                continue
+            try:
+                choice.matcher = built[text] = grammar.matcher(self.vocab, self.eog, text)
+            except grammar.GrammarError as exc:
+                raise GrammarFailed(str(exc)) from None
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop taking work, cancel what is queued or running, and wait for the scheduler to stop."""
@@ -394,6 +414,10 @@ class Engine:
         else:
             token = forced
             r.sampler.accept(token)
+        failure = r.sampler.failure
+        if failure is not None:  # its request fails alone, never a silent stop
+            self._fail(r.job, GrammarFailed(failure), out)
+            return token
         params = r.choice.params
         if r.logprobs is not None and token not in self._eog:
             r.logprobs.append(logprobs.at(self._logits(r.row), token, params.logprobs or 0))
@@ -513,6 +537,8 @@ class Engine:
                     continue
                 try:
                     self._start(job, choice, free)
+                except grammar.GrammarError as exc:
+                    self._fail(job, GrammarFailed(str(exc)), out)
                 except Exception as exc:  # noqa: BLE001 - fail this job alone
                     log.exception("could not start a choice of a request")
                     self._fail(job, EngineError(f"could not start this request: {exc}"), out)
@@ -547,7 +573,8 @@ class Engine:
         """Put one choice in a free slot as `plan_slot` says: the one that holds the longest prefix
         of its prompt, which may be copied there from another slot."""
         params = choice.params
-        sampler = Sampler(params, self.vocab, self.eog)
+        sampler = Sampler(params, self.vocab, self.eog, choice.matcher, self.grammar_seconds)
+        choice.matcher = None  # the sampler's now
         prompt = choice.prompt
         # Prompt logprobs need the logits of every prompt position: nothing is reused then.
         limit = 0 if params.prompt_logprobs else None

@@ -122,6 +122,7 @@ def run(config: ServeSettings) -> None:
         draft_from_recent=config.draft_from_recent,
         observer=metrics,
         verbose=config.verbose,
+        grammar_seconds=config.grammar_seconds,
     )
     metrics.watch(served.engine, served.embedder)
     registry = Registry([served])

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from llmkit.engine import CacheFull, QueueFull, ShuttingDown
+from llmkit.engine import CacheFull, GrammarFailed, QueueFull, ShuttingDown
 from llmkit.errors import BadRequest
 
 RETRY_AFTER_SECONDS = 2
@@ -101,6 +101,10 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(BadRequest)
     async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
         return openai_error(400, str(exc), param=exc.param)
+
+    @app.exception_handler(GrammarFailed)  # before the first token; later, an error event
+    async def grammar_failed(_: Request, exc: GrammarFailed) -> JSONResponse:
+        return openai_error(400, str(exc), code="grammar_failed")
 
     for exception, (code, message) in _BUSY.items():
 

@@ -21,6 +21,7 @@ from llmkit import grammar
 from llmkit.embeddings import Embedder
 from llmkit.engine import Engine, Observer
 from llmkit.plan import Plan
+from llmkit.sampling import GRAMMAR_SECONDS
 from llmkit.tools.family import Family
 from llmkit.tools.render import ChatTemplate, tool_family
 
@@ -70,6 +71,7 @@ def load(
     draft_from_recent: bool = False,
     observer: Observer | None = None,
     verbose: bool = False,
+    grammar_seconds: float = GRAMMAR_SECONDS,
 ) -> Served:
     """Load the plan's model: its tokenizer, its engine (the slots) and its embedder."""
     llama = llama_cpp.Llama(
@@ -98,6 +100,7 @@ def load(
             speculation=speculation,
             draft_from_recent=draft_from_recent,
             observer=observer,
+            grammar_seconds=grammar_seconds,
         )
     except BaseException:
         llama.close()

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from llmkit.engine import Choice, Delta, Engine, Job, PromptTooLong, Usage, opened
 from llmkit.errors import BadRequest
@@ -94,6 +95,9 @@ async def respond(
             f"{engine.capacity} in one request",
             param="n",
         )
+    # Grammars are built on a worker thread: a large schema takes seconds, which the scheduler
+    # thread (and so every stream) would otherwise wait on.
+    await run_in_threadpool(engine.prepare, choices)
     try:
         job = engine.submit(choices, LoopChannel(asyncio.get_running_loop()))
     except PromptTooLong as exc:
