@@ -166,18 +166,23 @@ defaults
     option dontlognull
     timeout connect 2s
     timeout client 300s
-    # An answer streams its tokens as server-sent events: each one restarts this timer.
-    timeout server 300s
+    # Silence from a replica: a streamed answer's tokens restart the timer, but a non-streamed
+    # answer is silent until it is whole, which on a CPU can take many minutes. A replica bounds
+    # its own work (max_tokens, its context); a dead one is found by the checks, and its
+    # sessions are cut then (on-marked-down below).
+    timeout server 1h
     # Longer than the slots take to free up, shorter than a client's patience.
     timeout queue 30s
     timeout http-request 30s
     # A replica whose /ready is slow is busy, not gone: a gone one refuses at once (L4CON).
     timeout check 5s
     # A request that failed before its answer began goes to another replica: refused or reset
-    # connections, a replica gone before it answered, a 503 (draining or queue full).
+    # connections, a replica gone before it answered, a 503 (draining or queue full). Not a
+    # response timeout: a slow answer is a long request still running there, and re-sending it
+    # would run it again on another replica, five times over.
     retries 5
     option redispatch 1
-    retry-on conn-failure empty-response response-timeout 503
+    retry-on conn-failure empty-response 503
     # Retries need the body kept; the affinity key is read from it.
     option http-buffer-request
     # Streamed tokens are small writes: without this, Nagle and delayed ACKs hold each one back
@@ -186,6 +191,8 @@ defaults
 {errors}
 frontend llmkit
     bind {bind}
+    # HAProxy's metrics name the replicas and their load: for this machine's Prometheus only.
+    http-request deny deny_status 403 if {{ path {b.metrics_path} }} !{{ src 127.0.0.0/8 ::1 }}
     http-request use-service prometheus-exporter if {{ path {b.metrics_path} }}
     default_backend {BACKEND}
 
@@ -194,7 +201,7 @@ backend {BACKEND}
     # /ready answers 503 while a replica drains or its queue is full: no new request goes there.
     option httpchk GET /ready
     http-check expect status 200
-    default-server check inter 500ms fastinter 200ms downinter 1s fall 2 rise 2 maxconn {b.slots}
+    default-server check inter 500ms fastinter 200ms downinter 1s fall 2 rise 2 maxconn {b.slots} on-marked-down shutdown-sessions
 {servers}"""
 
 

@@ -72,6 +72,8 @@ def render_unit(lb: balancer.Balancer, config: Path, haproxy: str) -> str:
         "SuccessExitStatus=143",
         "Restart=on-failure",
         "RestartSec=2s",
+        "# Every client holds a socket to HAProxy and one to a replica (maxconn 4096).",
+        "LimitNOFILE=65536",
     ]
     if lb.tls_cert is not None:
         lines.append(f"LoadCredential=tls.pem:{lb.tls_cert}")

@@ -150,9 +150,9 @@ def render_unit(service: Service, where: Layout, systemd_version: int = 0) -> st
         "[Unit]",
         f"Description=llmkit: OpenAI-compatible LLM server ({service.model})",
         *_network_order(service.serve.host, where.user),
-        "# Back-off: a crashing server is retried a few times, then left failed for inspection.",
-        "StartLimitIntervalSec=10min",
-        "StartLimitBurst=5",
+        "# Never left failed for good: a server killed for memory five times in ten minutes (a",
+        "# burst of requests, not a broken install) must come back; the delay grows instead.",
+        "StartLimitIntervalSec=0",
         "",
         "[Service]",
         "# `llmkit serve` sends READY=1 to $NOTIFY_SOCKET once the model is loaded and the port",
@@ -179,6 +179,10 @@ def render_unit(service: Service, where: Layout, systemd_version: int = 0) -> st
         "TimeoutStartSec=5min",
         "Restart=on-failure",
         *_restart_delay(systemd_version),
+        "# Clients' sockets: llmkit raises its soft limit to this, --max-connections needs it.",
+        "LimitNOFILE=65536",
+        "# Past this, the kernel kills this service, not whatever else the machine runs.",
+        "MemoryMax=90%",
         "",
         *(_user_hardening() if where.user else _system_hardening(service)),
         "",
@@ -203,7 +207,7 @@ def _network_order(host: str, user: bool) -> list[str]:
 def _restart_delay(systemd_version: int) -> list[str]:
     if systemd_version >= _BACKOFF_SINCE:
         return ["RestartSec=2s", "RestartSteps=5", "RestartMaxDelaySec=1min"]
-    return ["RestartSec=5s"]
+    return ["RestartSec=10s"]
 
 
 # The kernel: no tunables, modules, logs, clock, hostname or cgroups; no one else's processes.
@@ -528,18 +532,25 @@ def _hand_over(models_dir: Path) -> None:
 
     systemd chowns /var/lib/llmkit to the dynamic user on the first start, but on later starts it
     only looks at the top directory, so a second model pulled by root would stay root's.
+
+    The service's user controls these folders: a path it swapped for a symbolic link between
+    the walk and the chown must not make root chown what the link points to. So the walk holds
+    each folder open (os.fwalk) and changes owners relative to it, never following a link.
     """
     state = models_dir.parent
     try:
         owner = state.stat()
     except FileNotFoundError:
         return
-    if owner.st_uid == os.geteuid():
+    if owner.st_uid == os.geteuid() or not models_dir.is_dir() or models_dir.is_symlink():
         return
-    for folder, dirs, files in os.walk(models_dir):
-        for name in [folder, *(os.path.join(folder, n) for n in dirs + files)]:
-            if os.lstat(name).st_uid != owner.st_uid:
-                os.lchown(name, owner.st_uid, owner.st_gid)
+    for _, dirs, files, folder in os.fwalk(models_dir, follow_symlinks=False):
+        if os.fstat(folder).st_uid != owner.st_uid:
+            os.fchown(folder, owner.st_uid, owner.st_gid)
+        for name in dirs + files:
+            found = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            if found.st_uid != owner.st_uid:
+                os.chown(name, owner.st_uid, owner.st_gid, dir_fd=folder, follow_symlinks=False)
 
 
 def _unreachable_for_service(service: Service, where: Layout) -> list[Path]:

@@ -76,14 +76,17 @@ def test_the_config_has_what_makes_a_lost_replica_cost_no_request() -> None:
     config = balancer.render(balancer.Balancer(REPLICAS))
     for line in (
         "option httpchk GET /ready",
-        "default-server check inter 500ms fastinter 200ms downinter 1s fall 2 rise 2 maxconn 4",
+        "default-server check inter 500ms fastinter 200ms downinter 1s fall 2 rise 2 maxconn 4"
+        " on-marked-down shutdown-sessions",
         "retries 5",
         "option redispatch 1",
-        "retry-on conn-failure empty-response response-timeout 503",
-        "timeout server 300s",
+        # A slow answer is a long request still running: never re-sent to run again elsewhere.
+        "retry-on conn-failure empty-response 503\n",
+        "timeout server 1h",
         "timeout queue 30s",
         "option http-buffer-request",
         "option http-no-delay",
+        "http-request deny deny_status 403 if { path /lb/metrics } !{ src 127.0.0.0/8 ::1 }",
         "http-request use-service prometheus-exporter if { path /lb/metrics }",
         "balance hash var(txn.lb_key)",
         "hash-type consistent",

@@ -21,7 +21,7 @@ import llmkit
 from llmkit.errors import LlmkitError
 from llmkit.repl import Writer
 from llmkit.settings import ServeSettings
-from tests.helpers import LlmkitCli, clean_env, free_port
+from tests.helpers import LlmkitCli, clean_env, free_port, run_llmkit
 
 REF = "llmkit-test/tiny-GGUF/tiny-270m.Q4_K_M.gguf"
 
@@ -248,3 +248,19 @@ def test_serve_with_an_unreadable_chat_template_file_says_so_before_any_pull(
 
     assert_one_line_error(result, "cannot read the chat template file", "no-such-template.jinja")
     assert list(models_dir.iterdir()) == []  # nothing was downloaded first
+
+
+def test_a_key_on_the_command_line_or_in_a_file_others_can_read_is_warned_about(
+    tmp_path: Path,
+) -> None:
+    # `ps` shows a process's arguments to every user: the warning comes before anything else.
+    shown = run_llmkit("serve", "--api-key", "k3y", "--model", "no-such-model", "--offline")
+    assert shown.returncode == 1 and "--api-key on the command line" in shown.stderr
+    key_file = tmp_path / "key"
+    key_file.write_text("k3y\n")
+    key_file.chmod(0o644)
+    readable = run_llmkit("serve", "--api-key-file", str(key_file), "--model", "no-such-model")
+    assert "can be read by other users" in readable.stderr and "chmod 600" in readable.stderr
+    key_file.chmod(0o600)
+    private = run_llmkit("serve", "--api-key-file", str(key_file), "--model", "no-such-model")
+    assert "warning" not in private.stderr and private.returncode == 1

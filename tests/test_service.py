@@ -140,8 +140,17 @@ def test_system_unit_runs_offline_as_a_notify_service_with_a_dynamic_user(tmp_pa
 def test_restart_backs_off_exponentially_where_systemd_can(tmp_path: Path) -> None:
     old = unit_entries(render_unit(service(), system(tmp_path), systemd_version=252))
     new = unit_entries(render_unit(service(), system(tmp_path), systemd_version=254))
-    assert "RestartSteps" not in old and old["StartLimitBurst"] == ["5"]
+    assert "RestartSteps" not in old and old["RestartSec"] == ["10s"]
     assert new["RestartSteps"] and new["RestartMaxDelaySec"]
+    # Never failed for good: a server killed for memory five times in ten minutes comes back.
+    for entries in (old, new):
+        assert entries["StartLimitIntervalSec"] == ["0"] and "StartLimitBurst" not in entries
+
+
+def test_the_unit_bounds_memory_and_raises_the_open_files_limit(tmp_path: Path) -> None:
+    for where in (system(tmp_path), user(tmp_path)):
+        entries = unit_entries(render_unit(service(), where))
+        assert entries["LimitNOFILE"] == ["65536"] and entries["MemoryMax"] == ["90%"]
 
 
 def test_only_a_loopback_server_is_fenced_to_localhost(tmp_path: Path) -> None:
