@@ -30,6 +30,7 @@ from llmkit.engine.jobs import QueueFull, ShuttingDown
 from llmkit.errors import BadRequest
 
 MAX_INPUTS = 2048  # as the OpenAI API
+MAX_TOKENS = 300_000  # a request's inputs in all, as the OpenAI API: the worker is shared
 # How much memory the logits of one piece may take (a causal model's embedding batch computes
 # them for every token, as llama.cpp always does).
 _PIECE_LOGITS_BYTES = 64 * 1024 * 1024
@@ -123,12 +124,16 @@ class Embedder:
     # The interface callers use -------------------------------------------------------------
 
     def submit(
-        self, inputs: list[str] | list[list[int]], dimensions: int | None = None
+        self,
+        inputs: list[str] | list[list[int]],
+        dimensions: int | None = None,
+        stop: threading.Event | None = None,
     ) -> concurrent.futures.Future[Embedded]:
         """Queue one request's inputs, from any thread; its future holds the vectors.
 
         Raises QueueFull or ShuttingDown at once; the future raises BadRequest for an input
-        this model cannot embed as asked."""
+        this model cannot embed as asked. Setting `stop` (its client has gone) ends the work
+        between two batches, as closing the embedder does."""
         with self._lock:
             if self._closing:
                 raise ShuttingDown("the server is shutting down")
@@ -136,7 +141,7 @@ class Embedder:
                 raise QueueFull(f"{self._pending} embedding requests are already waiting")
             self._pending += 1
         try:
-            return self._worker.submit(self._embed, inputs, dimensions)
+            return self._worker.submit(self._embed, inputs, dimensions, stop or threading.Event())
         except RuntimeError:  # the worker was shut down meanwhile
             with self._lock:
                 self._pending -= 1
@@ -160,7 +165,9 @@ class Embedder:
 
     # The worker thread ----------------------------------------------------------------------
 
-    def _embed(self, inputs: list[str] | list[list[int]], dimensions: int | None) -> Embedded:
+    def _embed(
+        self, inputs: list[str] | list[list[int]], dimensions: int | None, stop: threading.Event
+    ) -> Embedded:
         try:
             self._open()
             if dimensions is not None and not 1 <= dimensions <= self.n_embd:
@@ -170,7 +177,13 @@ class Embedder:
                 )
             items: list[str | list[int]] = list(inputs)
             sequences = [self._checked(i, item) for i, item in enumerate(items)]
-            vectors = self._run(sequences)
+            total = sum(len(s) for s in sequences)
+            if total > MAX_TOKENS:
+                raise BadRequest(
+                    f"the inputs are {total} tokens in all; one request takes at most {MAX_TOKENS}",
+                    param="input",
+                )
+            vectors = self._run(sequences, stop)
             tokens = sum(len(s) for s in sequences)
             self.tokens += tokens
             return Embedded([normalized(v, dimensions) for v in vectors], tokens)
@@ -272,8 +285,9 @@ class Embedder:
             n = llama_cpp.llama_tokenize(self.vocab, raw, len(raw), buf, len(buf), True, True)
         return list(buf[:n])
 
-    def _run(self, inputs: list[list[int]]) -> list[np.ndarray]:
-        """Decode the inputs, several to a batch, and pool each one's vector."""
+    def _run(self, inputs: list[list[int]], stop: threading.Event) -> list[np.ndarray]:
+        """Decode the inputs, several to a batch, and pool each one's vector; between batches,
+        give up if the request's client has gone or the server is stopping."""
         vectors: list[np.ndarray | None] = [None] * len(inputs)
         waiting = deque(range(len(inputs)))
         running: list[_Sequence] = []
@@ -282,6 +296,10 @@ class Embedder:
         batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         try:
             while waiting or running:
+                if stop.is_set() or self._closing:
+                    for s in running:
+                        self._forget(s)
+                    raise ShuttingDown("the request was stopped (its client left, or the server)")
                 n = 0
                 # Whole inputs join only while they fit this batch; pieces while the cache has room.
                 while waiting and free:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -87,13 +88,28 @@ def one_shot(session: ChatSession, question: str, quiet: bool = False) -> None:
         err.print(format_stats(answer), style="dim")
 
 
+# What a model writes must not drive the terminal: escape sequences can recolour, move the
+# cursor, set the window title or rewrite what was shown (carriage returns, backspaces). Only
+# newlines and tabs of the C0 controls are kept; DEL and the C1 controls go too.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Model text without the control characters a terminal would act on."""
+    return _CONTROLS.sub("", text)
+
+
 class Writer:
-    """Streams text to stdout, remembering whether the last line was finished."""
+    """Streams model text to stdout, without control characters, remembering whether the last
+    line was finished."""
 
     def __init__(self) -> None:
         self.at_line_start = True
 
     def write(self, text: str) -> None:
+        text = printable(text)
+        if not text:
+            return
         sys.stdout.write(text)
         sys.stdout.flush()
         self.at_line_start = text.endswith("\n")

@@ -195,6 +195,14 @@ def test_the_answer_writer_ends_an_unfinished_line_once(capsys: pytest.CaptureFi
         assert capsys.readouterr().out == printed, pieces
 
 
+def test_the_answer_writer_drops_what_would_drive_the_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = Writer()
+    out.write("\x1b]0;pwned\x07red: \x1b[31mX\x1b[0m\rover\x08\x9b2J\tend\n")
+    assert capsys.readouterr().out == "]0;pwnedred: [31mX[0mover2J\tend\n"
+
+
 @pytest.mark.slow
 def test_one_shot_puts_the_stats_on_a_line_of_their_own(
     llmkit_cli: LlmkitCli, llmkit_server: openai.OpenAI

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import resource
+import signal
 import socket
 import threading
 import time
@@ -269,3 +270,74 @@ def test_a_grammar_past_its_time_budget_fails_its_own_request(smollm2_models_dir
         assert "simplify it" in slow.value.message
         answer = chat(quick, "Say hi.", max_tokens=4)  # without a grammar: served
         assert answer.choices[0].finish_reason in ("stop", "length")
+
+
+# About 120 tokens each: 2048 of them are ~250k tokens, a minute or more of this CPU's time.
+PARAGRAPH = " ".join(f"word{i} is followed by another word, and then" for i in range(12))
+
+
+def test_embeddings_are_bounded_in_tokens_and_stop_when_their_client_leaves(
+    shared: openai.OpenAI,
+) -> None:
+    quick = shared.with_options(max_retries=0)
+    with pytest.raises(openai.BadRequestError) as too_many:  # ~410k tokens in all
+        quick.embeddings.create(model="m", input=[PARAGRAPH + PARAGRAPH] * 1300)
+    assert "at most 300000" in too_many.value.message
+    # A long request whose client hangs up: its work stops, the next request is not behind it.
+    body = json.dumps({"model": "m", "input": [PARAGRAPH] * 2048}).encode()
+    with _connect(shared) as sock:
+        sock.sendall(_head("/v1/embeddings", len(body), KEY) + body)
+        time.sleep(2)  # it has started
+    start = time.monotonic()
+    small = shared.embeddings.create(model="m", input="hello")
+    assert len(small.data[0].embedding) > 0
+    assert time.monotonic() - start < 20  # not the minute or more the big one takes
+
+
+def test_sigterm_stops_a_long_embeddings_request_within_the_grace(
+    smollm2_models_dir: Path,
+) -> None:
+    with llmkit.serve(
+        "smollm2-135m-instruct",
+        threads=2,
+        ctx=512,
+        grace=2,
+        offline=True,
+        env=clean_env(LLMKIT_MODELS_DIR=str(smollm2_models_dir)),
+    ) as server:
+        outcome: dict[str, Any] = {}
+
+        def embed() -> None:
+            try:
+                server.with_options(max_retries=0).embeddings.create(
+                    model="m", input=[PARAGRAPH] * 2048
+                )
+                outcome["answered"] = True
+            except openai.APIError as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=embed)
+        worker.start()
+        time.sleep(3)  # it has started
+        process = server.llmkit_process  # type: ignore[attr-defined]
+        start = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        stopped = time.monotonic() - start
+        worker.join(60)
+    assert process.returncode == 0 and stopped < 15, stopped
+    assert "answered" not in outcome
+
+
+def test_echo_with_logprobs_is_one_choice(shared: openai.OpenAI) -> None:
+    # Each choice would compute the whole prompt again with every position's logits.
+    quick = shared.with_options(max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        quick.completions.create(
+            model="m", prompt="One two three", max_tokens=1, logprobs=1, echo=True, n=4
+        )
+    assert refused.value.body["param"] == "n"  # type: ignore[index]
+    one = quick.completions.create(
+        model="m", prompt="One two three", max_tokens=1, logprobs=1, echo=True
+    )
+    assert one.choices[0].logprobs is not None

@@ -199,6 +199,13 @@ def choices_for(
         grammar = grammar_for(None, body.grammar)
         top = completion_logprobs(body.logprobs)
         prompt_logprobs = body.echo and top is not None
+        if prompt_logprobs and body.n > 1:
+            # Each choice would compute the whole prompt again, with the logits of every token.
+            raise BadRequest(
+                "echo with logprobs takes n: 1 (the prompt's logprobs are the same in every "
+                "choice; each would compute the whole prompt again)",
+                param="n",
+            )
     user_stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     bias = _logit_bias(body.logit_bias, llama.n_vocab())
     choices = []

@@ -5,6 +5,7 @@ and the metrics. None of them waits on a generation.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 from fastapi import Request, Response
@@ -17,6 +18,7 @@ from llmkit.server.bodies import DetokenizeRequest, EmbeddingRequest, TokenizeRe
 from llmkit.server.errors import busy
 from llmkit.server.load import Served
 from llmkit.server.registry import Registry, registry_of
+from llmkit.server.respond import until_disconnect
 
 
 async def health(request: Request) -> JSONResponse:
@@ -109,9 +111,15 @@ async def embeddings(request: Request, body: EmbeddingRequest) -> Any:
     inputs = body.inputs()
     served = registry_of(request).find(body.model)
     # QueueFull and ShuttingDown are answered by the app's error table.
-    future = served.embedder.submit(inputs, body.dimensions)
-    # On the embedder's own thread: the event loop, and the engine's streams, go on.
-    result = await asyncio.wrap_future(future)
+    stop = threading.Event()
+    future = served.embedder.submit(inputs, body.dimensions, stop)
+    # On the embedder's own thread: the event loop, and the engine's streams, go on. A client
+    # that hangs up stops its work between two batches.
+    try:
+        result = await until_disconnect(request, asyncio.wrap_future(future))
+    except BaseException:
+        stop.set()
+        raise
     data = [
         {"object": "embedding", "index": i, "embedding": encoded(vector, body.encoding_format)}
         for i, vector in enumerate(result.vectors)

@@ -27,9 +27,11 @@ class Registry:
         return self.default
 
     def stop_generating(self) -> None:
-        """Stop every engine: what still runs ends with an error (the grace period is over)."""
+        """Stop every engine and embedder: what still runs ends with an error (the grace period
+        is over)."""
         for served in self.served:
             served.engine.close()
+            served.embedder.close()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop and free every model (once the server no longer serves)."""
