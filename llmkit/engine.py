@@ -82,6 +82,7 @@ class Delta:
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None  # the tokens since the last delta, when asked
     prompt_logprobs: list[TokenLogprob] | None = None  # on the first delta, when asked
+    stop: str | None = None  # on the last delta: the stop sequence that ended it, if one did
 
 
 @dataclass
@@ -615,7 +616,9 @@ class Engine:
         r = slot.running
         assert r is not None
         job = r.job
-        out.put(job, self._delta(r, text + r.text.flush(), reason))
+        delta = self._delta(r, text + r.text.flush(), reason)
+        delta.stop = r.text.matched
+        out.put(job, delta)
         self._release(slot)
         if not job._unstarted and job._running == 0 and not job._ended:
             out.put(job, job.usage)
