@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 
 from llmkit import __version__
-from llmkit.server import chat, errors, info, responses
+from llmkit.server import chat, errors, info, messages, responses
 from llmkit.server.load import Served
 from llmkit.server.metrics import Metrics, RequestCounter
 from llmkit.server.openapi import with_bounds, with_openai_errors
@@ -36,6 +36,9 @@ ROUTES: list[Route] = [
     # A clear 404 where a stored response is asked for (retrieve, delete, cancel, input_items).
     ("/v1/responses/{response_id}", ["GET", "DELETE"], responses.stored, True, True),
     ("/v1/responses/{response_id}/{part:path}", ["GET", "POST"], responses.stored_part, True, True),
+    # Anthropic's Messages API (its errors in Anthropic's shape: llmkit.server.errors).
+    ("/v1/messages", ["POST"], messages.create, True, True),
+    ("/v1/messages/count_tokens", ["POST"], messages.count_tokens, True, True),
     # llama_cpp.server's tokenizer extras, with the token ids checked.
     ("/extras/tokenize", ["POST"], info.tokenize, True, True),
     ("/extras/tokenize/count", ["POST"], info.count_tokens, True, True),
@@ -45,7 +48,8 @@ ROUTES: list[Route] = [
 
 
 class KeyCheck:
-    """The API key, as `Authorization: Bearer KEY`; every route but /health, /ready and the page."""
+    """The API key, as `Authorization: Bearer KEY` (OpenAI's SDKs) or `x-api-key: KEY`
+    (Anthropic's); every route but /health, /ready and the page."""
 
     def __init__(self, api_key: str | None) -> None:
         self.api_key = api_key
@@ -55,8 +59,17 @@ class KeyCheck:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self.api_key):
+        if scheme.lower() == "bearer" and self._matches(token):
+            return
+        if not self._matches(request.headers.get("x-api-key")):
             raise errors.Unauthorized()
+
+    def _matches(self, token: str | None) -> bool:
+        assert self.api_key is not None
+        # As bytes: compare_digest refuses str with non-ASCII characters (a header may have them).
+        return token is not None and secrets.compare_digest(
+            token.strip().encode(), self.api_key.encode()
+        )
 
 
 def build_app(
