@@ -32,6 +32,7 @@ from llmkit.server.schemas import (
     MAX_STOP,
     MESSAGE_SCHEMA,
     MESSAGES_BETWEEN_FIELDS,
+    MESSAGES_CACHE_CONTROL,
     MESSAGES_SCHEMA,
     MESSAGES_SYSTEM_SCHEMA,
     MESSAGES_THINKING,
@@ -319,6 +320,8 @@ class MessagesPrompt(Body):
     ] = None
     tool_choice: Annotated[dict[str, Any] | None, WithJsonSchema(MESSAGES_TOOL_CHOICE)] = None
     thinking: Annotated[dict[str, Any] | None, WithJsonSchema(MESSAGES_THINKING)] = None
+    # Automatic prompt caching: accepted, changes nothing (llmkit reuses cached prefixes anyway).
+    cache_control: Annotated[dict[str, Any] | None, WithJsonSchema(MESSAGES_CACHE_CONTROL)] = None
 
 
 class MessagesRequest(MessagesPrompt):

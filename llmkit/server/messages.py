@@ -272,7 +272,7 @@ def chat_tools(tools: list[Any] | None) -> list[dict[str, Any]] | None:
         kind = tool.get("type")
         if kind not in (None, "custom"):
             raise BadRequest(
-                f"{where} has type {kind!r}: this server calls client tools with an "
+                f"{where}.type is {kind!r}: this server calls client tools with an "
                 "input_schema only (no server tools such as web search or code execution, "
                 "and no Anthropic-defined tools such as bash or the text editor)",
                 f"{where}.type",

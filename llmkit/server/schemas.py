@@ -358,7 +358,7 @@ TEXT_FORMAT_SCHEMA = {
 # What llmkit.server.messages' to_chat takes. A block's other keys must be absent or null: what
 # is not known is refused, not ignored. cache_control is accepted anywhere Anthropic takes it
 # (and changes nothing: llmkit reuses the longest cached prefix of every prompt by itself).
-_CACHE_CONTROL = {"type": ["object", "null"]}
+MESSAGES_CACHE_CONTROL = _CACHE_CONTROL = {"type": ["object", "null"]}
 
 
 def _block(kind: str, required: list[str], **properties: Any) -> dict[str, Any]:
