@@ -1,10 +1,10 @@
-"""POST /v1/messages and /v1/messages/count_tokens: Anthropic's Messages API, translated and
-shaped (no model), then the real servers and the tiny models with the official anthropic SDKs
-(Python, and TypeScript through node)."""
+"""POST /v1/messages and /v1/messages/count_tokens end to end: the real servers and the tiny models
+with the official anthropic SDKs (Python, and TypeScript through node). Without a model: the
+translation and the error shapes in tests/test_messages_translation.py, the shaper's events in
+tests/test_message_events.py."""
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import subprocess
@@ -19,38 +19,21 @@ from typing import Any
 import anthropic
 import openai
 import pytest
-from anthropic.types import Message, RawMessageStreamEvent
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
-from pydantic import TypeAdapter
+from anthropic.types import Message
 
 import llmkit
-from llmkit.engine import Delta, QueueFull, Usage
-from llmkit.errors import BadRequest
-from llmkit.server import errors
-from llmkit.server.bodies import MessagesPrompt, MessagesRequest
-from llmkit.server.message_events import MessageShaper
-from llmkit.server.messages import to_chat, tools_for
-from llmkit.tools.family import GENERIC, HERMES
 from tests.helpers import (
     ADD_TOOL,
+    MESSAGE_EVENTS,
     WEATHER_TOOL,
+    anthropic_tool,
     clean_env,
+    collapsed,
     get_json,
     root_url,
+    sse_events,
     valid_tool_call,
 )
-
-
-def anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
-    """A chat-shaped function tool in Anthropic's shape."""
-    function = tool["function"]
-    return {
-        "name": function["name"],
-        "description": function["description"],
-        "input_schema": function["parameters"],
-    }
-
 
 WEATHER = anthropic_tool(WEATHER_TOOL)
 ADD = anthropic_tool(ADD_TOOL)
@@ -61,402 +44,10 @@ GREEDY = {"extra_body": {"temperature": 0}}
 SHORT: dict[str, Any] = {"model": "claude-sonnet-4-5", "max_tokens": 16, **GREEDY}
 CALLS: dict[str, Any] = {"model": "any", "max_tokens": 60, **GREEDY}
 slow = pytest.mark.slow  # (the tests that take their server by name; the others are marked by it)
-ORDER = [
-    "message_start",
-    "content_block_start",
-    "ping",
-    "content_block_delta",
-    "content_block_stop",
-    "message_delta",
-    "message_stop",
-]
-
-
-def collapsed(types: list[str]) -> list[str]:
-    """Event types with each run of deltas shown once."""
-    return [t for i, t in enumerate(types) if i == 0 or t != types[i - 1]]
 
 
 def user(text: str) -> dict[str, Any]:
     return {"role": "user", "content": text}
-
-
-# -- the translation: a Messages request as the chat request that computes it -------------------
-
-
-def test_system_blocks_text_blocks_calls_and_results_become_chat_messages() -> None:
-    body = MessagesRequest(
-        model="claude-x",
-        max_tokens=7,
-        system=[
-            {"type": "text", "text": "Be terse. ", "cache_control": {"type": "ephemeral"}},
-            {"type": "text", "text": "Use tools."},
-        ],
-        messages=[
-            {"role": "user", "content": [{"type": "text", "text": ASK}]},
-            {
-                "role": "assistant",
-                "content": [
-                    {"type": "text", "text": "Let me see.", "citations": None},
-                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}},
-                    {"type": "tool_use", "id": "toolu_2", "name": "add", "input": {"a": 2}},
-                ],
-            },
-            {
-                "role": "user",
-                "content": [
-                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"},
-                    {
-                        "type": "tool_result",
-                        "tool_use_id": "toolu_2",
-                        "content": [{"type": "text", "text": "b is missing"}],
-                        "is_error": True,
-                    },
-                    {"type": "text", "text": "Go on."},
-                ],
-            },
-        ],
-        stop_sequences=["END"],
-        temperature=0.5,
-        top_k=5,
-        metadata={"user_id": "u1"},
-        tools=[{**WEATHER, "cache_control": {"type": "ephemeral"}}, {**ADD, "type": "custom"}],
-        tool_choice={"type": "tool", "name": "add", "disable_parallel_tool_use": True},
-    )
-    chat = to_chat(body)
-    calls = [
-        {
-            "id": "toolu_1",
-            "type": "function",
-            "function": {"name": "get_weather", "arguments": "{}"},
-        },
-        {"id": "toolu_2", "type": "function", "function": {"name": "add", "arguments": '{"a": 2}'}},
-    ]
-    assert chat.messages == [
-        {"role": "system", "content": "Be terse. Use tools."},
-        {"role": "user", "content": ASK},
-        {"role": "assistant", "content": "Let me see.", "tool_calls": calls},
-        {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
-        {"role": "tool", "tool_call_id": "toolu_2", "content": "Error: b is missing"},
-        {"role": "user", "content": "Go on."},
-    ]
-    assert (chat.max_completion_tokens, chat.stop, chat.temperature, chat.top_k) == (
-        7,
-        ["END"],
-        0.5,
-        5,
-    )
-    # unset, the chat route's defaults (the same sampling on both routes)
-    assert chat.top_p == to_chat(MessagesRequest(max_tokens=1, messages=[user("x")])).top_p == 0.95
-    tools = tools_for(chat)
-    assert tools is not None and (tools.mode, tools.name, tools.parallel) == ("named", "add", False)
-    assert [(t.name, t.parameters) for t in tools.tools] == [
-        (t["name"], t["input_schema"]) for t in TOOLS
-    ]
-    # only calls: no text
-    called = {"role": "assistant", "content": body.messages[1]["content"][1:]}
-    only = to_chat(MessagesPrompt(messages=[called, user("ok")]))
-    assert only.messages[0] == {"role": "assistant", "content": None, "tool_calls": calls}
-
-
-@pytest.mark.parametrize(
-    ("choice", "mode", "parallel"),
-    [
-        ({"type": "auto"}, "auto", True),
-        ({"type": "any"}, "required", True),
-        ({"type": "any", "disable_parallel_tool_use": True}, "required", False),
-        ({"type": "tool", "name": "get_weather"}, "named", True),
-        (None, "auto", True),
-    ],
-)
-def test_tool_choice_becomes_chats_and_the_grammar_enforces_it(
-    choice: dict[str, Any] | None, mode: str, parallel: bool
-) -> None:
-    tools = tools_for(
-        to_chat(MessagesPrompt(messages=[user(ASK)], tools=TOOLS, tool_choice=choice))
-    )
-    assert tools is not None and (tools.mode, tools.parallel) == (mode, parallel)
-    # none: no tool is offered at all (as chat's none), so none can be called
-    none = to_chat(MessagesPrompt(messages=[user(ASK)], tools=TOOLS, tool_choice={"type": "none"}))
-    assert tools_for(none) is None
-
-
-@pytest.mark.parametrize(
-    ("fields", "param"),
-    [
-        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
-        ({"service_tier": "auto"}, "service_tier"),
-        ({"stop": ["x"]}, "stop"),
-        (
-            {
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [{"type": "image", "source": {"type": "url", "url": "x"}}],
-                    }
-                ]
-            },
-            "messages[0].content[0]",
-        ),
-        (
-            {"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
-            "messages[0].content[0]",
-        ),
-        (
-            {
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {
-                                "type": "tool_result",
-                                "tool_use_id": "t",
-                                "content": [{"type": "image", "source": {}}],
-                            }
-                        ],
-                    }
-                ]
-            },
-            "messages[0].content[0].content[0]",
-        ),
-        ({"messages": [user("hi"), {"role": "assistant", "content": "The"}]}, "messages[1]"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
-        (
-            {"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "z": 1}]}]},
-            "messages[0].content[0].z",
-        ),
-        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0].type"),
-        ({"tools": [{"type": "bash_20250124", "name": "bash"}]}, "tools[0].type"),
-        ({"tools": [{"name": "f"}]}, "tools[0].input_schema"),
-        ({"tools": [{"name": "f", "input_schema": {"type": "string"}}]}, "tools[0].input_schema"),
-        ({"tools": [{"input_schema": {"type": "object"}}]}, "tools[0].name"),
-        ({"tools": [ADD, ADD]}, "tools[1]"),
-        ({"tools": TOOLS, "tool_choice": {"type": "tool", "name": "nowhere"}}, "tool_choice"),
-        ({"tools": TOOLS, "tool_choice": {"type": "tool"}}, "tool_choice.name"),
-        ({"tools": TOOLS, "tool_choice": {"type": "required"}}, "tool_choice.type"),
-        ({"tool_choice": {"type": "any"}}, "tool_choice"),
-    ],
-)
-def test_what_cannot_be_honoured_is_refused_naming_the_parameter(
-    fields: dict[str, Any], param: str
-) -> None:
-    with pytest.raises(BadRequest) as info:
-        tools_for(to_chat(MessagesPrompt(**{"messages": [user("hi")], **fields})))
-    assert info.value.param == param
-    assert ".function" not in str(info.value) and "parameters" not in str(info.value)
-
-
-def test_the_schema_admits_what_the_translation_takes_and_not_what_it_refuses() -> None:
-    import jsonschema
-
-    schema = jsonschema.Draft202012Validator(MessagesRequest.model_json_schema())
-    hi = {"max_tokens": 5, "messages": [user("hi")]}
-    taken = {
-        **hi,
-        "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
-        "cache_control": {"type": "ephemeral"},
-        "tools": TOOLS,
-        "tool_choice": {"type": "tool", "name": "add", "disable_parallel_tool_use": True},
-        "thinking": {"type": "disabled"},
-    }
-    assert not list(schema.iter_errors(taken))
-    to_chat(MessagesRequest(**taken))
-    for refused in (
-        {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
-        {"thinking": {"type": "enabled", "budget_tokens": 1024}},
-        {"temperature": 1.5},
-        {"tools": [{"type": "web_search_20250305", "name": "web_search"}]},
-        {"tool_choice": {"type": "any"}},  # with no tools
-        {"service_tier": "auto"},
-        {"max_tokens": None},
-    ):
-        assert not schema.is_valid({**hi, **refused}), refused
-
-
-# -- the shaper: engine deltas as Anthropic's message and events ----------------------------------
-
-
-@functools.cache
-def stream_event() -> TypeAdapter[Any]:
-    return TypeAdapter(RawMessageStreamEvent)
-
-
-def sse_events(raw: bytes) -> list[dict[str, Any]]:
-    """The data of each server-sent event, checked against its `event:` line."""
-    events = []
-    for block in raw.decode().split("\n\n"):
-        if block:
-            kind, data = block.split("\n")
-            events.append(json.loads(data.removeprefix("data: ")))
-            assert kind == f"event: {events[-1]['type']}"
-    return events
-
-
-def replayed(
-    shaper: MessageShaper,
-    text: str,
-    finish: str = "stop",
-    size: int = 3,
-    stop: str | None = None,
-    usage: Usage | None = None,
-) -> list[dict[str, Any]]:
-    """The stream events of an answer with this text, fed a few characters at a time."""
-    pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]
-    last = len(pieces) - 1
-    raw = shaper.opening() + b"".join(
-        shaper.sse(Delta(0, piece, finish if k == last else None, stop=stop if k == last else None))
-        for k, piece in enumerate(pieces)
-    )
-    events = sse_events(raw + shaper.closing(usage or Usage(12, len(pieces), 5)))
-    for event in events:  # each one what the SDK's own event models accept (but ping)
-        if event["type"] != "ping":
-            stream_event().validate_python(event)
-    return events
-
-
-def final_message(events: list[dict[str, Any]]) -> Message:
-    """The message the SDK's stream helper assembles from these events."""
-    from anthropic.lib.streaming._messages import accumulate_event
-
-    snapshot = None
-    buffers: dict[int, bytes] = {}  # the partial input JSON of each tool_use block
-    for event in events:
-        if event["type"] != "ping":
-            snapshot = accumulate_event(
-                event=stream_event().validate_python(event),
-                current_snapshot=snapshot,
-                json_bufs=buffers,
-            )
-    assert snapshot is not None
-    return snapshot
-
-
-def test_a_text_answer_streams_as_one_text_block_and_ends_the_turn() -> None:
-    events = replayed(MessageShaper("m", 12, 100, []), "Hello there, world.")
-    assert collapsed([e["type"] for e in events]) == ORDER
-    start = Message.model_validate(events[0]["message"])
-    assert start.id.startswith("msg_") and start.content == [] and start.usage.input_tokens == 12
-    final = final_message(events)
-    assert final.content[0].type == "text" and final.content[0].text == "Hello there, world."
-    assert (final.stop_reason, final.stop_sequence) == ("end_turn", None)
-    # Anthropic's count: input_tokens are those computed, the cached ones apart; they add up
-    assert (final.usage.input_tokens, final.usage.cache_read_input_tokens) == (7, 5)
-    assert final.usage.cache_creation_input_tokens == 0 and final.usage.output_tokens == 7
-    # not streamed: the same message
-    shaper = MessageShaper("m", 12, 100, [])
-    shaper.add(Delta(0, "Hello there, world.", "stop"))
-    body = Message.model_validate(shaper.body(Usage(12, 7, 5)))
-    assert body.model_dump(exclude={"id"}) == final.model_dump(exclude={"id"})
-
-
-def test_a_stop_sequence_of_the_request_is_named_and_a_templates_is_not() -> None:
-    events = replayed(MessageShaper("m", 9, 100, ["END", "STOP"]), "one two", stop="STOP")
-    assert events[-2]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "STOP"}
-    template = replayed(MessageShaper("m", 9, 100, ["END"]), "one two", stop="<end_of_turn>")
-    assert template[-2]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
-
-
-def test_max_tokens_or_the_context_cut_the_answer() -> None:
-    cut = replayed(MessageShaper("m", 9, 3, []), "one two three", "length", usage=Usage(9, 3))
-    assert cut[-2]["delta"]["stop_reason"] == "max_tokens"
-    full = replayed(MessageShaper("m", 9, 99, []), "one two three", "length", usage=Usage(9, 3))
-    assert full[-2]["delta"]["stop_reason"] == "model_context_window_exceeded"
-
-
-def tool_shaper(family: Any) -> MessageShaper:
-    return MessageShaper("m", 40, 100, [], family)
-
-
-def test_text_then_calls_stream_as_a_text_block_then_tool_use_blocks() -> None:
-    calls = [("add", '{"a": 2, "b": 3}'), ("get_weather", '{"city": "Rome"}')]
-    events = replayed(tool_shaper(HERMES), "Let me see. " + HERMES.text(calls))
-    block = ["content_block_start", "content_block_delta", "content_block_stop"]
-    assert collapsed([e["type"] for e in events]) == [
-        "message_start",
-        "ping",
-        *block * 3,
-        "message_delta",
-        "message_stop",
-    ]
-    starts = [e["content_block"] for e in events if e["type"] == "content_block_start"]
-    assert [b["type"] for b in starts] == ["text", "tool_use", "tool_use"]
-    assert all(b["id"].startswith("toolu_") and b["input"] == {} for b in starts[1:])
-    final = final_message(events)
-    assert final.stop_reason == "tool_use"
-    assert final.content[0].type == "text" and final.content[0].text == "Let me see. "
-    used = [(b.name, b.input) for b in final.content[1:] if b.type == "tool_use"]
-    assert used == [(name, json.loads(arguments)) for name, arguments in calls]
-    assert [b.id for b in final.content[1:]] == [b["id"] for b in starts[1:]]
-    # not streamed: the same blocks (with ids of their own)
-    shaper = tool_shaper(HERMES)
-    shaper.add(Delta(0, "Let me see. " + HERMES.text(calls), "stop"))
-    body = Message.model_validate(shaper.body(Usage(40, 9, 0)))
-    assert [b.model_dump(exclude={"id"}) for b in body.content] == [
-        b.model_dump(exclude={"id"}) for b in final.content
-    ]
-
-
-def test_only_calls_give_no_text_block_and_only_text_gives_no_call() -> None:
-    calls = replayed(tool_shaper(GENERIC), GENERIC.text([("add", '{"a": 1, "b": 2}')]))
-    assert [b.type for b in final_message(calls).content] == ["tool_use"]
-    native = replayed(tool_shaper(HERMES), "\n" + HERMES.text([("add", '{"a": 1, "b": 2}')]))
-    assert [b.type for b in final_message(native).content] == ["tool_use"]
-    text = final_message(replayed(tool_shaper(GENERIC), '{"response": "Hello there"}'))
-    assert [(b.type, b.text) for b in text.content] == [("text", "Hello there")]  # type: ignore[union-attr]
-    assert text.stop_reason == "end_turn"
-
-
-def test_a_call_cut_by_max_tokens_is_left_out_of_the_body() -> None:
-    text = HERMES.text([("add", '{"a": 1, "b": 2}'), ("add", '{"a": 3, "b": 4}')])
-    shaper = MessageShaper("m", 9, 20, [], HERMES)
-    shaper.add(Delta(0, text[:-16], "length"))
-    body = Message.model_validate(shaper.body(Usage(9, 20)))
-    assert body.stop_reason == "max_tokens"
-    assert [(b.type, b.input) for b in body.content] == [("tool_use", {"a": 1, "b": 2})]  # type: ignore[union-attr]
-
-
-def test_a_failed_stream_ends_with_an_error_event() -> None:
-    [event] = sse_events(MessageShaper("m", 9, 9, []).failed("gone", "shutting_down", Usage()))
-    assert event == {"type": "error", "error": {"type": "overloaded_error", "message": "gone"}}
-
-
-# -- errors: Anthropic's shape on Anthropic's routes, from the one mapping -------------------------
-
-
-def test_errors_take_the_shape_of_the_routes_api() -> None:
-    app = FastAPI()
-
-    async def full() -> None:
-        raise QueueFull("2 requests are waiting")
-
-    async def refused() -> None:
-        raise BadRequest("no", "thing")
-
-    for path in ("/v1/messages", "/v1/chat/completions", "/v1/models"):
-        app.add_api_route(path, full, methods=["POST"])
-        app.add_api_route(path, refused, methods=["GET"])
-    errors.install(app)
-    client = TestClient(app)
-    overloaded = client.post("/v1/messages")
-    assert overloaded.status_code == 529 and overloaded.headers["retry-after"]
-    assert overloaded.json() == {
-        "type": "error",
-        "error": {
-            "type": "overloaded_error",
-            "message": "server busy: 2 requests are waiting; retry shortly",
-        },
-    }
-    busy = client.post("/v1/chat/completions")
-    assert busy.status_code == 503 and busy.json()["error"]["code"] == "queue_full"
-    assert client.get("/v1/messages").json()["error"] == {
-        "type": "invalid_request_error",
-        "message": "no",
-    }
-    assert client.get("/v1/models").json()["error"]["param"] == "thing"  # OpenAI's
-    shaped = client.get("/v1/models", headers={"anthropic-version": "2023-06-01"}).json()
-    assert shaped["type"] == "error"
-    missing = client.get("/v1/messages/nowhere").json()
-    assert missing["error"]["type"] == "not_found_error"
 
 
 # -- the real servers, the official Python SDK ------------------------------------------------------
@@ -525,8 +116,8 @@ def test_the_sdks_stream_helper_gets_the_events_in_order_and_the_final_message(
     with client.messages.stream(messages=[user("Pick a colour.")], **SHORT) as stream:
         events = list(stream)
         final = stream.get_final_message()
-    raw = [e.type for e in events if e.type in ORDER]
-    assert collapsed(raw) == [t for t in ORDER if t != "ping"]  # the SDK drops pings
+    raw = [e.type for e in events if e.type in MESSAGE_EVENTS]
+    assert collapsed(raw) == [t for t in MESSAGE_EVENTS if t != "ping"]  # the SDK drops pings
     text = "".join(e.text for e in events if e.type == "text")
     assert final.content[0].type == "text" and final.content[0].text == text and text
     assert final.stop_reason in ("end_turn", "max_tokens") and final.usage.output_tokens > 0
@@ -543,7 +134,7 @@ def test_the_sdks_stream_helper_gets_the_events_in_order_and_the_final_message(
     with urllib.request.urlopen(request, timeout=60) as response:
         assert response.headers["Content-Type"].startswith("text/event-stream")
         wire = sse_events(response.read())
-    assert collapsed([e["type"] for e in wire]) == ORDER
+    assert collapsed([e["type"] for e in wire]) == MESSAGE_EVENTS
 
 
 def test_max_tokens_cuts_the_answer(llmkit_server: openai.OpenAI) -> None:
@@ -911,5 +502,5 @@ def test_the_typescript_sdk_gets_a_message_and_a_stream(
     assert plain.stop_reason in ("end_turn", "max_tokens")
     final = Message.model_validate(out["final"])
     assert final.content[0].text == out["text"] and out["text"]  # type: ignore[union-attr]
-    assert collapsed(out["types"]) == [t for t in ORDER if t != "ping"]
+    assert collapsed(out["types"]) == [t for t in MESSAGE_EVENTS if t != "ping"]
     assert final.usage.output_tokens > 0
