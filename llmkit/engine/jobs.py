@@ -65,6 +65,7 @@ class Delta:
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None  # the tokens since the last delta, when asked
     prompt_logprobs: list[TokenLogprob] | None = None  # on the first delta, when asked
+    stop: str | None = None  # on the last delta: the stop sequence that ended it, if one did
 
 
 @dataclass

@@ -461,7 +461,9 @@ class Engine:
         r = slot.running
         assert r is not None
         job = r.job
-        out.put(job, self._delta(r, text + r.text.flush(), reason))
+        delta = self._delta(r, text + r.text.flush(), reason)
+        delta.stop = r.text.matched  # the stop sequence that ended it, if one did
+        out.put(job, delta)
         self._release(slot)
         if not job.unstarted and job.running == 0 and not job.ended:
             out.put(job, job.usage)
