@@ -46,6 +46,7 @@ class Choice:
     params: SamplingParams
     index: int = 0
     counts_prompt: bool = True  # the first choice of its prompt: its prompt counts toward usage
+    cache_salt: bytes = b""  # saved prompt states serve only choices of the same salt
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Delta:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens reused from a slot's cache, not recomputed
+    cached_tokens: int = 0  # prompt tokens reused from a slot or the prompt cache, not recomputed
 
 
 class Observer(Protocol):

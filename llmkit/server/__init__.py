@@ -49,10 +49,20 @@ def banner(config: ServeSettings, prepared: Plan) -> str:
         f"  embeddings   {prepared.embedding_path or 'the served model'}"
         f", inputs of {prepared.embedding_ctx or prepared.n_ctx} tokens at most",
         f"  chat format  {prepared.chat_format or ('from --chat-template-file' if prepared.chat_template else 'from the model (GGUF chat template)')}",
+        f"  prompt cache {_prompt_cache(prepared)}",
         f"  queue        {config.max_queue} waiting at most; grace {config.grace:g} s on shutdown",
         f"  api key      {'required' if prepared.api_key else 'none'}",
     ]
     return "\n".join(lines)
+
+
+def _prompt_cache(prepared: Plan) -> str:
+    from llmkit.sizes import human_size
+
+    ram = f"RAM {human_size(prepared.cache_ram)}" if prepared.cache_ram else "RAM off"
+    if prepared.cache_dir is None:
+        return f"{ram}, disk off"
+    return f"{ram}, disk {human_size(prepared.cache_disk)} in {prepared.cache_dir}"
 
 
 def _speculation(config: ServeSettings) -> str:

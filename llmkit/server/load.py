@@ -18,7 +18,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llmkit import grammar
 from llmkit.embeddings import Embedder
-from llmkit.engine import Engine, Observer
+from llmkit.engine import CacheConfig, Engine, Observer
 from llmkit.plan import Plan
 from llmkit.tools.family import Family
 from llmkit.tools.render import ChatTemplate, tool_family
@@ -94,6 +94,7 @@ def load(
             speculation=speculation,
             draft_from_recent=draft_from_recent,
             observer=observer,
+            cache=CacheConfig(plan.cache_ram, plan.cache_dir, plan.cache_disk, plan.model_sha256),
         )
     except BaseException:
         llama.close()
