@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import openai
 import pytest
 
 from llmkit.engine import CacheConfig, Choice, Delta, Engine, Usage
@@ -20,7 +25,7 @@ from llmkit.engine.prompt_cache import Entry, PromptCache, RestoreCosts
 from llmkit.plan import cache_ram_for
 from llmkit.sampling import SamplingParams
 from llmkit.sizes import parse_size
-from tests.helpers import LlmkitCli
+from tests.helpers import LlmkitCli, chat, clean_env, free_port, get_json, scrape
 
 IDENTITY = Identity("ab" * 32, 4096, "f16", 3, "0.3.36")
 
@@ -420,3 +425,56 @@ def test_damaged_files_and_another_contexts_files_are_ignored_after_a_restart(
         assert not older.exists() and not newer.exists()  # removed, not left to fail again
     finally:
         restarted.close()
+
+
+def start_server(models_dir: Path, cache_dir: Path) -> tuple[subprocess.Popen[str], openai.OpenAI]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmkit", "serve", "--model", "gemma-3-270m", "--offline"]
+        + ["--port", str(port), "--threads", "2", "--parallel", "2", "--ctx", "1024"]
+        + ["--cache-dir", str(cache_dir), "--drain-seconds", "0"],
+        env=clean_env(LLMKIT_MODELS_DIR=str(models_dir)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if get_json(f"http://127.0.0.1:{port}/health", timeout=1)[0] == 200:
+                return proc, client
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"the server did not start: {proc.communicate()[0]}")
+
+
+def test_sigterm_writes_the_slots_to_disk_and_the_next_server_restores_them(
+    server_models_dir: Path, tmp_path: Path
+) -> None:
+    question = "Summarize these notes. " + "The river flows to the sea through the valley. " * 30
+    proc, client = start_server(server_models_dir, tmp_path)
+    try:
+        first = chat(client, question, max_tokens=8, temperature=0)
+        assert first.usage.prompt_tokens_details.cached_tokens < 16
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    (path,) = entry_files(tmp_path)  # the slot that answered
+
+    proc, client = start_server(server_models_dir, tmp_path)
+    try:
+        again = chat(client, question, max_tokens=8, temperature=0)
+        metrics = scrape(client)
+    finally:
+        proc.kill()
+        proc.communicate()
+    usage = again.usage
+    assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
+    assert again.choices[0].message.content == first.choices[0].message.content
+    assert metrics["llmkit_prompt_cache_hits_total{tier=disk}"] == 1
+    assert metrics["llmkit_prompt_cache_restored_tokens_total"] == usage.prompt_tokens - 1
