@@ -41,6 +41,10 @@ class Plan:
     embedding_path: Path | None = None  # --embedding-model's file; None: the served model embeds
     embedding_ctx: int = 0  # the longest input /v1/embeddings takes; 0: n_ctx
     max_body: int = 4 * 1024 * 1024  # --max-body, in bytes
+    cache_ram: int = 0  # bytes of the prompt cache's RAM tier (0: none)
+    cache_dir: Path | None = None  # its disk tier's folder (None: no disk tier)
+    cache_disk: int = 0  # bytes it may use there
+    model_sha256: str = ""  # the model file's, which the disk tier's states are keyed by
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,58 @@ def size_slots(
     )
 
 
+def cache_ram_for(available: int | None, needed: int) -> int:
+    """--cache-ram's default: half the memory left once the model and its slots are counted, at
+    most DEFAULT_CACHE_RAM_MAX (1/8 of it when the memory is not known)."""
+    if available is None:
+        return settings.DEFAULT_CACHE_RAM_MAX // 8
+    return max(0, min(settings.DEFAULT_CACHE_RAM_MAX, (available - needed) // 2))
+
+
+def _size(text: str, flag: str) -> int:
+    from llmkit.sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise LlmkitError(f"{flag}: {exc}") from None
+
+
+def model_sha256(path: Path, verified: str | None, cache_dir: Path) -> str:
+    """The model file's sha256: the store's, else hashed once and remembered (by size and mtime)
+    in the cache folder, so that a local file is not hashed at every start."""
+    if verified:
+        return verified
+    import hashlib
+    import json
+    import os
+
+    from llmkit.engine.disk_cache import private_dir
+    from llmkit.store import sha256_file
+
+    stat = path.stat()
+    memo = private_dir(cache_dir) / "models.json"
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+    seen = f"{stat.st_size}:{stat.st_mtime_ns}"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(key), list) and known[key][0] == seen:
+        return str(known[key][1])
+    sha = sha256_file(path, show_progress=sys.stderr.isatty())
+    known[key] = [seen, sha]
+    tmp = memo.with_name(f".models.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, memo)
+    except OSError:
+        pass  # hashed again next time
+    return sha
+
+
 def _refusal(needed: int, available: int | None, what: str) -> NotEnoughSpace:
     return NotEnoughSpace(
         f"{what} need about {human_size(needed)} of memory but only {human_size(available)} is "
@@ -197,10 +253,14 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
     embedding_bytes = embedding_info.embedding_bytes(
         embedding_ctx, separate=embedding_path is not None
     )
+    cache_ram = None if config.cache_ram is None else _size(config.cache_ram, "--cache-ram")
+    cache_disk = 0 if config.no_cache_disk else _size(config.cache_disk, "--cache-disk")
+    available = None if settings.skip_memory_check() else available_memory()
+    fixed_bytes = info.size + OVERHEAD_BYTES + embedding_bytes + (cache_ram or 0)
     sizing = size_slots(
-        fixed_bytes=info.size + OVERHEAD_BYTES + embedding_bytes,
+        fixed_bytes=fixed_bytes,
         kv_bytes_per_token=info.kv_cache_bytes(1, config.kv_type),
-        available=None if settings.skip_memory_check() else available_memory(),
+        available=available,
         trained_ctx=trained,
         parallel=config.parallel,
         ctx=config.ctx,
@@ -215,6 +275,13 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
         )
     if chat_format is not None:
         _check_chat_format(chat_format)
+    if cache_ram is None:  # the prompt cache takes part of what the slots leave
+        kv_bytes = sizing.parallel * sizing.n_ctx * info.kv_cache_bytes(1, config.kv_type)
+        cache_ram = cache_ram_for(available, int(fixed_bytes + kv_bytes))
+    cache_dir = None
+    if cache_disk > 0:
+        cache_dir = config.cache_dir or settings.default_cache_dir()
+        sha = model_sha256(pulled.path, store.verified_sha(pulled.path), cache_dir)
     return Plan(
         name=spec.name if spec else pulled.path.stem,
         path=pulled.path,
@@ -229,6 +296,10 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
         embedding_path=embedding_path,
         embedding_ctx=embedding_ctx if embedding_path else sizing.n_ctx,
         max_body=max_body,
+        cache_ram=cache_ram,
+        cache_dir=cache_dir,
+        cache_disk=cache_disk,
+        model_sha256=sha if cache_dir is not None else "",
     )
 
 

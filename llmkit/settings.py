@@ -21,6 +21,10 @@ DEFAULT_PARALLEL = 4  # --parallel's default, which the benchmark uses too
 # Two of `llmkit lb config`'s check intervals (inter 500ms, fall 2) and a margin for the check's
 # own round trip: by then every balancer has stopped sending new requests here.
 DEFAULT_DRAIN_SECONDS = 2.0
+# The prompt cache: --cache-ram's default is at most this (llama-server's --cache-ram is 8 GiB);
+# --cache-disk's default.
+DEFAULT_CACHE_RAM_MAX = 8 * 10**9
+DEFAULT_CACHE_DISK = "4GB"
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,31 @@ class ServeSettings:
         "Serve no web chat at / (the API only).",
         flags=("--no-ui",),
     )
+    cache_ram: str | None = _setting(
+        None,
+        "LLMKIT_CACHE_RAM",
+        "Memory for the prompt cache: slots' states kept after their slot is reused (e.g. 2GB; "
+        f"0: off; default: half the memory left after the model and slots, at most "
+        f"{DEFAULT_CACHE_RAM_MAX // 10**9} GB).",
+        metavar="SIZE",
+    )
+    cache_dir: Path | None = _setting(
+        None,
+        "LLMKIT_CACHE_DIR",
+        "Where the prompt cache keeps states past a restart (default: ~/.cache/llmkit/prompts).",
+    )
+    cache_disk: str = _setting(
+        DEFAULT_CACHE_DISK,
+        "LLMKIT_CACHE_DISK",
+        "Disk the prompt cache may use in --cache-dir (least recently used out first).",
+        metavar="SIZE",
+    )
+    no_cache_disk: bool = _setting(
+        False,
+        "LLMKIT_NO_CACHE_DISK",
+        "Keep no prompt cache on disk (nothing survives a restart).",
+        flags=("--no-cache-disk",),
+    )
     verbose: bool = _setting(False, None, "llama.cpp's own logs.", flags=("--verbose",))
     models_dir: Path | None = _setting(
         None,
@@ -246,6 +275,19 @@ def default_models_dir() -> Path:
         from llmkit.errors import LlmkitError
 
         raise LlmkitError("no home directory to keep models in: set LLMKIT_MODELS_DIR") from None
+
+
+def default_cache_dir() -> Path:
+    """The prompt cache's folder: LLMKIT_CACHE_DIR, else under the XDG cache dir."""
+    configured = env("CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    try:
+        return Path(platformdirs.user_cache_dir("llmkit")) / "prompts"
+    except RuntimeError:  # no HOME
+        from llmkit.errors import LlmkitError
+
+        raise LlmkitError("no home directory for the prompt cache: set LLMKIT_CACHE_DIR") from None
 
 
 def user_catalog_dir() -> Path:

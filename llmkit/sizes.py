@@ -18,26 +18,31 @@ def human_size(size: int | float | None) -> str:
 _UNITS = {
     "": 1,
     "b": 1,
+    # Decimal, as human_size writes sizes (and the Hub shows them); the bare letters too.
+    "k": 1000,
     "kb": 1000,
+    "m": 1000**2,
     "mb": 1000**2,
+    "g": 1000**3,
     "gb": 1000**3,
+    "t": 1000**4,
     "tb": 1000**4,
-    # Binary, and the bare letters as systemd and ulimit read them.
-    "k": 1024,
+    # Binary.
     "kib": 1024,
-    "m": 1024**2,
     "mib": 1024**2,
-    "g": 1024**3,
     "gib": 1024**3,
-    "t": 1024**4,
     "tib": 1024**4,
 }
 
 
-def parse_size(text: str) -> int:
-    """A size as a person writes it (`4MiB`, `900MB`, `1.5 GB`, `512k`, `1048576`), in bytes.
+def parse_size(text: str | int) -> int:
+    """A size as a person writes it (`4MiB`, `900MB`, `1.5G`, `512k`, `1048576`), in bytes.
 
     Raises ValueError with a message that says what is accepted."""
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError("a size cannot be negative")
+        return text
     raw = text.strip().lower().replace(" ", "")
     number = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
     unit = raw[len(number) :]
@@ -48,6 +53,6 @@ def parse_size(text: str) -> int:
     if unit not in _UNITS or not value >= 0 or value == float("inf"):
         raise ValueError(
             f"{text!r} is not a size: write a number of bytes, or one with a unit "
-            "(KB, MB, GB: powers of 1000; KiB, MiB, GiB or K, M, G: powers of 1024)"
+            "(K, KB, M, MB, G, GB: powers of 1000; KiB, MiB, GiB: powers of 1024)"
         )
     return int(value * _UNITS[unit])

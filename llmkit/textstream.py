@@ -17,6 +17,7 @@ class TextStream:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._text = ""  # decoded but not yet sent
         self.stopped = False
+        self.matched: str | None = None  # the stop sequence that ended the text, once stopped
 
     def feed(self, piece: bytes) -> str:
         """Add a token's bytes; return the text now safe to send (sets `stopped` on a stop)."""
@@ -26,8 +27,9 @@ class TextStream:
         if not self.stop:
             out, self._text = self._text, ""
             return out
-        first = min((i for i in (self._text.find(s) for s in self.stop) if i >= 0), default=-1)
-        if first >= 0:
+        found = [(i, -len(s), s) for s in self.stop if (i := self._text.find(s)) >= 0]
+        if found:
+            first, _, self.matched = min(found)  # the earliest; the longest of those that tie
             self.stopped = True
             out, self._text = self._text[:first], ""
             return out

@@ -19,7 +19,8 @@ response_format JSON schema that does not compile; a tool's parameters that are 
 llguidance compiles; tool names that repeat; a tool_choice naming a tool not offered; messages
 the chat template refuses (gemma's: roles must alternate user/assistant); a prompt, or prompt plus
 max_tokens, longer than the context; an embedding input longer than the embedding context; an
-empty prompt to a model with no BOS token.
+empty prompt to a model with no BOS token; a Messages request whose last message is the
+assistant's (prefill, refused; JSON Schema cannot point at the last item).
 Exits 1 if anything failed or if the server stopped answering /health.
 
 The model is the tiny instruct one, which ends its answers (a base model writes to the context),
@@ -48,9 +49,10 @@ CHECKS = (
 # The server's own words for a request that JSON Schema calls valid and that cannot be honoured.
 EXCUSED = re.compile(
     r"^(grammar: |response_format: |grammar cannot be enforced|response_format cannot be enforced"
-    r"|(tools|functions|input|text\.format)\S*parameters: |text\.format: "
+    r"|(tools|functions|input|text\.format)\S*parameters: |tools\S*input_schema: |text\.format: "
     r"|two (tools|functions) are named |(tool_choice|function_call) names "
     r"|the model's chat template refused these messages"
+    r"|messages\[\d+\]: the last message is the assistant's"
     r"|the prompt is \d+ tokens; this server's context holds |.* longer than the embedding context"
     r"|the prompt is empty, and this model has no BOS token)"
 )

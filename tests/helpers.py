@@ -58,6 +58,16 @@ ADD_TOOL: dict[str, Any] = {
 }
 
 
+def anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """A chat-shaped function tool (WEATHER_TOOL, ADD_TOOL) in Anthropic's shape."""
+    function = tool["function"]
+    return {
+        "name": function["name"],
+        "description": function["description"],
+        "input_schema": function["parameters"],
+    }
+
+
 def valid_tool_call(name: str, arguments: dict[str, Any]) -> bool:
     """A call of WEATHER_TOOL or ADD_TOOL whose arguments keep to its schema."""
     if name == "add":
@@ -190,3 +200,31 @@ def env_file_values(text: str) -> dict[str, str]:
     )
     pairs = (item.split("=", 1) for item in result.stdout.split("\0") if item.startswith("LLMKIT_"))
     return dict(pairs)
+
+
+# Anthropic's Messages API: a text answer's stream events, each run of deltas shown once.
+MESSAGE_EVENTS = [
+    "message_start",
+    "content_block_start",
+    "ping",
+    "content_block_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+]
+
+
+def collapsed(types: list[str]) -> list[str]:
+    """Event types with each run of deltas shown once."""
+    return [t for i, t in enumerate(types) if i == 0 or t != types[i - 1]]
+
+
+def sse_events(raw: bytes) -> list[dict[str, Any]]:
+    """The data of each server-sent event, checked against its `event:` line."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        if block:
+            kind, data = block.split("\n")
+            events.append(json.loads(data.removeprefix("data: ")))
+            assert kind == f"event: {events[-1]['type']}"
+    return events

@@ -93,6 +93,10 @@ def test_the_python_api_keywords_become_flags_that_parse_back_to_the_same_settin
         "allow_host": ["llm.internal"],
         "offline": True,
         "no_ui": True,
+        "cache_ram": "2GB",
+        "cache_dir": Path("/var/cache/llmkit"),
+        "cache_disk": "1GiB",
+        "no_cache_disk": True,
         "verbose": True,
         "models_dir": Path("/srv/models"),
     }

@@ -107,3 +107,13 @@ def test_nothing_comes_out_after_a_stop() -> None:
     assert stream.flush() == ""
     assert stream.feed(b"more text") == ""
     assert stream.flush() == ""
+
+
+def test_the_stop_sequence_that_ended_the_text_is_named() -> None:
+    stream = TextStream(["END", "STOP", "ST"])
+    assert stream.feed(b"go EN") == "go "
+    assert stream.matched is None  # "EN" may yet be "END": held back, nothing matched
+    assert stream.feed(b"D") == "" and stream.stopped and stream.matched == "END"
+    tie = TextStream(["END", "STOP", "ST"])
+    assert tie.feed(b"go STOP and END") == "go "
+    assert tie.matched == "STOP"  # the earliest; of those that start there, the longest

@@ -1,7 +1,7 @@
 """The `llmkit` command: parses arguments, calls one function, prints the result.
 
 One module per command group, named for it (models: pull, list, rm; serve; chat; bench; service;
-lb); options more than one command takes are declared once in options.py. This module is the app:
+lb; cache); options more than one command takes are declared once in options.py. This module is the app:
 the command table and the one place a user's mistake becomes a one-line error.
 """
 
@@ -14,7 +14,7 @@ import typer
 import typer.core
 
 from llmkit import settings
-from llmkit.cli import bench, chat, lb, models, serve, service
+from llmkit.cli import bench, cache, chat, lb, models, serve, service
 from llmkit.cli.console import err
 from llmkit.errors import LlmkitError
 
@@ -48,6 +48,7 @@ app.command()(chat.chat)
 app.command()(bench.bench)
 app.add_typer(service.service_app, name="service")
 app.add_typer(lb.lb_app, name="lb")
+app.add_typer(cache.cache_app, name="cache")
 
 
 def main() -> None:

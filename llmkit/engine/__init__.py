@@ -14,7 +14,9 @@ new tokens.
 
 `jobs` holds what goes in and comes out (choices, jobs, events, errors); `slots` the slot-reuse
 plan (pure, testable without a model); `scheduler` the Engine, with its records of each slot and
-of the choice running in it in `sequences`.
+of the choice running in it in `sequences`. The prompt cache keeps slots' states past their slot
+and the process: `prompt_cache` its policy (pure), `disk_cache` its files, `states` the saving
+and restoring with llama.cpp.
 """
 
 from llmkit.engine.jobs import (
@@ -35,10 +37,12 @@ from llmkit.engine.jobs import (
     opened,
 )
 from llmkit.engine.scheduler import DEFAULT_N_BATCH, Engine
+from llmkit.engine.states import CacheConfig
 
 __all__ = [
     "DEFAULT_N_BATCH",
     "END",
+    "CacheConfig",
     "CacheFull",
     "Channel",
     "Choice",

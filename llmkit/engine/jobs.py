@@ -54,6 +54,7 @@ class Choice:
     # Its grammar's matcher, built off the scheduler thread by Engine.prepare (else by the
     # scheduler when the choice starts).
     matcher: Any = field(default=None, repr=False, compare=False)
+    cache_salt: bytes = b""  # saved prompt states serve only choices of the same salt
 
 
 @dataclass
@@ -65,13 +66,14 @@ class Delta:
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None  # the tokens since the last delta, when asked
     prompt_logprobs: list[TokenLogprob] | None = None  # on the first delta, when asked
+    stop: str | None = None  # on the last delta: the stop sequence that ended it, if one did
 
 
 @dataclass
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens reused from a slot's cache, not recomputed
+    cached_tokens: int = 0  # prompt tokens reused from a slot or the prompt cache, not recomputed
 
 
 class Observer(Protocol):

@@ -19,6 +19,7 @@ import llama_cpp
 import numpy as np
 
 from llmkit import grammar, logprobs
+from llmkit.engine.disk_cache import Identity
 from llmkit.engine.jobs import (
     END,
     CacheFull,
@@ -37,6 +38,7 @@ from llmkit.engine.jobs import (
 )
 from llmkit.engine.sequences import Running, Slot
 from llmkit.engine.slots import plan_slot
+from llmkit.engine.states import CacheConfig, SequenceStates
 from llmkit.logprobs import TokenLogprob
 from llmkit.sampling import GRAMMAR_SECONDS, Sampler
 from llmkit.speculation import CROWDED_MATCH, MIN_DRAFT, MIN_MATCH, Drafter, Recall
@@ -70,6 +72,7 @@ class Engine:
         draft_from_recent: bool = False,
         observer: Observer | None = None,
         grammar_seconds: float = GRAMMAR_SECONDS,
+        cache: CacheConfig | None = None,
     ) -> None:
         self.parallel = parallel
         self.grammar_seconds = grammar_seconds  # each choice's grammar's time budget
@@ -100,6 +103,16 @@ class Engine:
         # llama.cpp lowers n_batch to a smaller cache; more tokens in one decode abort the process.
         self.n_batch = min(n_batch, llama_cpp.llama_n_batch(self.ctx))
         self.memory = llama_cpp.llama_get_memory(self.ctx)
+        # The prompt cache: slots' states saved before they are overwritten, restored on a hit.
+        cache = cache or CacheConfig()
+        identity = Identity(
+            cache.model_sha256,
+            self.kv_size,
+            kv_type,
+            llama_cpp.LLAMA_STATE_SEQ_VERSION,
+            llama_cpp.__version__,
+        )
+        self.states = SequenceStates(self.ctx, self.memory, cache, identity)
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         n_vocab = self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
@@ -213,6 +226,10 @@ class Engine:
         self._thread.join(timeout)
         with self._cv:  # the grace timer and the server's exit may both close: free once
             if not self._thread.is_alive() and self.ctx:
+                try:
+                    self.states.persist(self._slots)  # the slots' states, for a restart
+                except Exception:  # noqa: BLE001 - a full disk must not stop the shutdown
+                    log.exception("could not write the prompt cache to disk")
                 llama_cpp.llama_free(self.ctx)
                 self.ctx = None
 
@@ -320,7 +337,10 @@ class Engine:
                 r.row = n - 1
         batch.n_tokens = n
         self.batch_tokens_max = max(self.batch_tokens_max, n)
+        started = time.perf_counter()
         status = llama_cpp.llama_decode(self.ctx, batch)
+        if not generating:  # a prompt-only decode: what computing a prompt token costs
+            self.states.costs.computed(n, time.perf_counter() - started)
         self.decode_calls += 1
         if status != 0:
             self._decode_failed(status, chunks, out)
@@ -461,7 +481,9 @@ class Engine:
         r = slot.running
         assert r is not None
         job = r.job
-        out.put(job, self._delta(r, text + r.text.flush(), reason))
+        delta = self._delta(r, text + r.text.flush(), reason)
+        delta.stop = r.text.matched  # the stop sequence that ended it, if one did
+        out.put(job, delta)
         self._release(slot)
         if not job.unstarted and job.running == 0 and not job.ended:
             out.put(job, job.usage)
@@ -571,7 +593,8 @@ class Engine:
 
     def _start(self, job: Job, choice: Choice, free: list[Slot]) -> None:
         """Put one choice in a free slot as `plan_slot` says: the one that holds the longest prefix
-        of its prompt, which may be copied there from another slot."""
+        of its prompt, which may be copied there from another slot or restored from the prompt
+        cache (`states`)."""
         params = choice.params
         sampler = Sampler(params, self.vocab, self.eog, choice.matcher, self.grammar_seconds)
         choice.matcher = None  # the sampler's now
@@ -581,17 +604,8 @@ class Engine:
         plan = plan_slot(self._slots, [self._slots.index(s) for s in free], prompt, limit)
         target = self._slots[plan.slot]
         free.remove(target)
-        reuse = plan.reuse
-        mem = self.memory
-        if plan.donor is not None:
-            donor = self._slots[plan.donor]
-            llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
-            llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, target.seq_id, 0, reuse)
-            target.cached = donor.cached[:reuse]
-        elif not llama_cpp.llama_memory_seq_rm(mem, target.seq_id, reuse, -1):
-            llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
-            reuse = 0
-        del target.cached[reuse:]
+        # Its own cache, another slot's, or a state the prompt cache restores.
+        reuse = self.states.place(self._slots, plan, prompt, choice.cache_salt, limit)
         if choice.counts_prompt:
             job.usage.prompt_tokens += len(prompt)
             job.usage.cached_tokens += reuse

@@ -40,3 +40,4 @@ class Slot:
     cached: list[int] = field(default_factory=list)  # the tokens it holds in the KV cache
     running: Running | None = None
     last_used: float = 0.0
+    salt: bytes = b""  # the cache salt of the choice that filled its cache

@@ -47,12 +47,22 @@ def banner(config: ServeSettings, prepared: Plan) -> str:
         f"  embeddings   {prepared.embedding_path or 'the served model'}"
         f", inputs of {prepared.embedding_ctx or prepared.n_ctx} tokens at most",
         f"  chat format  {prepared.chat_format or ('from --chat-template-file' if prepared.chat_template else 'from the model (GGUF chat template)')}",
+        f"  prompt cache {_prompt_cache(prepared)}",
         f"  queue        {config.max_queue} choices waiting at most; grace {config.grace:g} s on shutdown",
         f"  limits       bodies of {human_size(prepared.max_body)} at most, {config.request_timeout:g} s "
         f"to send a request, {config.max_connections} connections",
         f"  api key      {'required' if prepared.api_key else 'none'}",
     ]
     return "\n".join(lines)
+
+
+def _prompt_cache(prepared: Plan) -> str:
+    from llmkit.sizes import human_size
+
+    ram = f"RAM {human_size(prepared.cache_ram)}" if prepared.cache_ram else "RAM off"
+    if prepared.cache_dir is None:
+        return f"{ram}, disk off"
+    return f"{ram}, disk {human_size(prepared.cache_disk)} in {prepared.cache_dir}"
 
 
 def _speculation(config: ServeSettings) -> str:

@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from llmkit import __version__
-from llmkit.server import chat, errors, info, responses
+from llmkit.server import chat, errors, info, messages, responses
 from llmkit.server.gate import Gate
 from llmkit.server.load import Served
 from llmkit.server.metrics import Metrics, RequestCounter
@@ -42,6 +42,9 @@ ROUTES: list[Route] = [
     # A clear 404 where a stored response is asked for (retrieve, delete, cancel, input_items).
     ("/v1/responses/{response_id}", ["GET", "DELETE"], responses.stored, True),
     ("/v1/responses/{response_id}/{part:path}", ["GET", "POST"], responses.stored_part, True),
+    # Anthropic's Messages API (its errors in Anthropic's shape: llmkit.server.errors).
+    ("/v1/messages", ["POST"], messages.create, True),
+    ("/v1/messages/count_tokens", ["POST"], messages.count_tokens, True),
     # llama_cpp.server's tokenizer extras, with the token ids checked.
     ("/extras/tokenize", ["POST"], info.tokenize, True),
     ("/extras/tokenize/count", ["POST"], info.count_tokens, True),

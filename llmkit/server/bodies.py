@@ -32,6 +32,13 @@ from llmkit.server.schemas import (
     MAX_PROMPTS,
     MAX_STOP,
     MESSAGE_SCHEMA,
+    MESSAGES_BETWEEN_FIELDS,
+    MESSAGES_CACHE_CONTROL,
+    MESSAGES_SCHEMA,
+    MESSAGES_SYSTEM_SCHEMA,
+    MESSAGES_THINKING,
+    MESSAGES_TOOL_CHOICE,
+    MESSAGES_TOOLS_SCHEMA,
     RESPONSE_FORMAT_SCHEMA,
     RESPONSES_INPUT_SCHEMA,
     RESPONSES_TOOL_CHOICE,
@@ -297,3 +304,41 @@ class ResponsesRequest(Body):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, ge=0.0)
     min_tokens: int | None = Field(default=None, ge=0)
+
+
+# -- Anthropic's Messages API --------------------------------------------------------------------
+
+
+class MessagesPrompt(Body):
+    """The body of POST /v1/messages/count_tokens: what the prompt is made of."""
+
+    model_config = ConfigDict(
+        extra="allow",  # refused by name, in code (llmkit.server.messages)
+        json_schema_extra={"additionalProperties": False, **MESSAGES_BETWEEN_FIELDS},
+    )
+
+    # Any name reaches the one model served, as on the OpenAI routes.
+    model: str | None = None
+    # Their blocks are checked in code (to_chat), which names the wrong one exactly.
+    messages: Annotated[list[Any], Field(min_length=1), WithJsonSchema(MESSAGES_SCHEMA)]
+    system: Annotated[str | list[Any] | None, WithJsonSchema(MESSAGES_SYSTEM_SCHEMA)] = None
+    tools: Annotated[
+        list[Any] | None, WithJsonSchema({"anyOf": [MESSAGES_TOOLS_SCHEMA, {"type": "null"}]})
+    ] = None
+    tool_choice: Annotated[dict[str, Any] | None, WithJsonSchema(MESSAGES_TOOL_CHOICE)] = None
+    thinking: Annotated[dict[str, Any] | None, WithJsonSchema(MESSAGES_THINKING)] = None
+    # Automatic prompt caching: accepted, changes nothing (llmkit reuses cached prefixes anyway).
+    cache_control: Annotated[dict[str, Any] | None, WithJsonSchema(MESSAGES_CACHE_CONTROL)] = None
+
+
+class MessagesRequest(MessagesPrompt):
+    """The body of POST /v1/messages: the prompt, and how to answer it."""
+
+    max_tokens: int = Field(ge=1)  # required, as Anthropic requires it
+    stop_sequences: list[str] | None = Field(default=None, max_length=MAX_STOP)
+    # Anthropic's range (its temperature is at most 1). Unset, the chat route's defaults apply.
+    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    stream: bool = False
+    metadata: dict[str, Any] | None = None  # a label (user_id): accepted, changes nothing

@@ -3,6 +3,10 @@ the status and code a client sees.
 
 Routes raise; the app's handlers (installed once, by `install_handlers`) answer. A 503 always carries
 `Retry-After`, so that clients and balancers back off instead of hammering a busy server.
+
+The Anthropic routes (/v1/messages and below, and /v1/models when an Anthropic SDK asks, with
+`anthropic-version`) get the same answers in Anthropic's shape (`error`, by the request's path):
+a busy server is Anthropic's 529 `overloaded_error` there, still with `Retry-After`.
 """
 
 from __future__ import annotations
@@ -42,15 +46,65 @@ def openai_error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def busy(message: str, code: str) -> JSONResponse:
-    """A 503 that asks the client to come back: the queue is full, or the server is stopping."""
-    return openai_error(
-        503,
-        message,
-        kind="server_busy",
-        code=code,
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
+# Anthropic's error types by status (its documented ones; 529: overloaded).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+# Anthropic's status for a server too busy to take the request: 529, not 429. A 429 tells an
+# Anthropic client that it (its key) went over its rate limit; a full queue is the server's
+# capacity for everyone, which is what 529 overloaded_error says (and the SDKs retry both).
+OVERLOADED = 529
+
+
+def anthropic_error(
+    status: int, message: str, *, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error in the shape the Anthropic API (and so every Anthropic SDK) understands."""
+    if status == 503:
+        status = OVERLOADED
+    kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    body = {"type": "error", "error": {"type": kind, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def anthropic_route(request: Request) -> bool:
+    """Whether the request's route answers in Anthropic's shape."""
+    path = request.url.path.rstrip("/")
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return True
+    return path.startswith("/v1/models") and "anthropic-version" in request.headers
+
+
+def error(
+    request: Request,
+    status: int,
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The error in the shape of the request's API: Anthropic's on its routes, else OpenAI's."""
+    if anthropic_route(request):
+        return anthropic_error(status, message, headers=headers)
+    return openai_error(status, message, kind=kind, param=param, code=code, headers=headers)
+
+
+def busy(message: str, code: str, request: Request | None = None) -> JSONResponse:
+    """A 503 that asks the client to come back: the queue is full, or the server is stopping
+    (on an Anthropic route, `request`'s, a 529)."""
+    retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if request is not None:
+        return error(request, 503, message, kind="server_busy", code=code, headers=retry)
+    return openai_error(503, message, kind="server_busy", code=code, headers=retry)
 
 
 def error_event(message: str, code: str | None) -> bytes:
@@ -86,45 +140,52 @@ def invalid(errors: Sequence[Any]) -> tuple[str, str | None]:
 
 
 def install_handlers(app: FastAPI) -> None:
-    """Answer every exception a route raises as an OpenAI error: the one mapping of the server."""
+    """Answer every exception a route raises as an OpenAI (or Anthropic) error: the one mapping
+    of the server."""
 
     @app.exception_handler(RequestValidationError)
     async def not_valid(request: Request, exc: RequestValidationError) -> JSONResponse:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind not in ("", "application/json"):  # FastAPI did not read it as JSON at all
-            return openai_error(
-                415, f"the body must be JSON (Content-Type: application/json), not {kind}"
+            return error(
+                request,
+                415,
+                f"the body must be JSON (Content-Type: application/json), not {kind}",
             )
         message, param = invalid(exc.errors())
-        return openai_error(400, message, param=param)
+        return error(request, 400, message, param=param)
 
     @app.exception_handler(BadRequest)
-    async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
-        return openai_error(400, str(exc), param=exc.param)
+    async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
+        return error(request, 400, str(exc), param=exc.param)
 
     @app.exception_handler(GrammarFailed)  # before the first token; later, an error event
-    async def grammar_failed(_: Request, exc: GrammarFailed) -> JSONResponse:
-        return openai_error(400, str(exc), code="grammar_failed")
+    async def grammar_failed(request: Request, exc: GrammarFailed) -> JSONResponse:
+        return error(request, 400, str(exc), code="grammar_failed")
 
     for exception, (code, message) in _BUSY.items():
 
-        async def not_now(_: Request, exc: Exception, code: str = code, form: str = message) -> Any:
-            return busy(form.format(exc), code)
+        async def not_now(
+            request: Request, exc: Exception, code: str = code, form: str = message
+        ) -> Any:
+            return busy(form.format(exc), code, request)
 
         app.add_exception_handler(exception, not_now)
 
     @app.exception_handler(HTTPException)  # starlette's: unknown routes and methods too
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 413:  # a body past --max-body (llmkit.server.gate)
-            return openai_error(413, str(exc.detail), code="request_too_large")
-        return openai_error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+            return error(request, 413, str(exc.detail), code="request_too_large")
+        headers = getattr(exc, "headers", None)
+        return error(request, exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)
-    async def server_error(_: Request, exc: Exception) -> JSONResponse:
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
         # A bug, not the request's fault: the id ties the answer to the traceback in the log.
         error_id = uuid.uuid4().hex[:12]
         logging.getLogger("llmkit").exception("request failed (error id %s)", error_id)
-        return openai_error(
+        return error(
+            request,
             500,
             f"internal error (id {error_id}): {exc}",
             kind="server_error",

@@ -10,10 +10,12 @@ does); then a body longer than --max-body is a 413: at once when its Content-Len
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
 
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from llmkit.server.errors import error
 
 # Served to anyone: liveness and readiness (a balancer's checks), the web chat page (it asks for
 # the key), the schema. Everything under these prefixes needs the key.
@@ -21,14 +23,7 @@ KEYED_PREFIXES = ("/v1/", "/extras/")
 KEYED_PATHS = {"/metrics"}
 
 
-def _error(message: str, code: str) -> bytes:
-    error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
-    return json.dumps({"error": error}).encode()
-
-
-UNAUTHORIZED = _error(
-    "invalid or missing API key (send Authorization: Bearer KEY)", "invalid_api_key"
-)
+UNAUTHORIZED = "invalid or missing API key (send Authorization: Bearer KEY, or x-api-key: KEY)"
 
 
 def too_large(limit: int) -> str:
@@ -41,12 +36,17 @@ def keyed(path: str) -> bool:
 
 
 def key_matches(headers: list[tuple[bytes, bytes]], key: bytes) -> bool:
-    """Whether the request carries the key as `Authorization: Bearer KEY`; compared as bytes in
-    constant time (a token of any bytes is just a wrong key, not an error)."""
+    """Whether the request carries the key, as `Authorization: Bearer KEY` (OpenAI's SDKs) or
+    `x-api-key: KEY` (Anthropic's); compared as bytes in constant time (a token of any bytes is
+    just a wrong key, not an error)."""
     for name, value in headers:
-        if name.lower() == b"authorization":
+        name = name.lower()
+        if name == b"authorization":
             scheme, _, token = value.partition(b" ")
-            return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), key)
+            if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), key):
+                return True
+        elif name == b"x-api-key" and hmac.compare_digest(value.strip(), key):
+            return True
     return False
 
 
@@ -76,10 +76,15 @@ class Gate:
             and keyed(scope["path"])
             and not key_matches(scope["headers"], self.key)
         ):
-            await _answer(send, 401, UNAUTHORIZED, [(b"www-authenticate", b"Bearer")])
+            request = Request(scope)
+            refused = error(request, 401, UNAUTHORIZED, code="invalid_api_key")
+            refused.headers["www-authenticate"] = "Bearer"
+            await refused(scope, receive, send)
             return
         if _content_length(scope["headers"]) > self.max_body:
-            await _answer(send, 413, _error(too_large(self.max_body), "request_too_large"))
+            request = Request(scope)
+            too_big = error(request, 413, too_large(self.max_body), code="request_too_large")
+            await too_big(scope, receive, send)
             return
         received = 0
 
@@ -99,20 +104,3 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
         if name.lower() == b"content-length":
             return int(value) if value.isdigit() else 0
     return 0
-
-
-async def _answer(
-    send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

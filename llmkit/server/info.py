@@ -78,14 +78,35 @@ def _model_card(served: Served, model_id: str) -> dict[str, Any]:
     return {**card, "tools": served.tool_support()}
 
 
+def _anthropic_card(model_id: str) -> dict[str, Any]:
+    # Anthropic's ModelInfo; no date of its own: the epoch, as OpenAI's card says `created: 0`.
+    return {
+        "type": "model",
+        "id": model_id,
+        "display_name": model_id,
+        "created_at": "1970-01-01T00:00:00Z",
+    }
+
+
 async def models(request: Request) -> dict[str, Any]:
     served = registry_of(request).served
+    if "anthropic-version" in request.headers:  # an Anthropic SDK: its page of models
+        data = [_anthropic_card(s.name) for s in served]
+        return {
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"],
+            "last_id": data[-1]["id"],
+        }
     return {"object": "list", "data": [_model_card(s, s.name) for s in served]}
 
 
 async def model(request: Request, model_id: str) -> dict[str, Any]:
     # Any name resolves to the one model this server runs, as /v1/chat/completions does.
-    return _model_card(registry_of(request).find(model_id), model_id)
+    served = registry_of(request).find(model_id)
+    if "anthropic-version" in request.headers:
+        return _anthropic_card(model_id)
+    return _model_card(served, model_id)
 
 
 async def tokenize(request: Request, body: TokenizeRequest) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llmkit import grammar
 from llmkit.embeddings import Embedder
-from llmkit.engine import Engine, Observer
+from llmkit.engine import CacheConfig, Engine, Observer
 from llmkit.plan import Plan
 from llmkit.sampling import GRAMMAR_SECONDS
 from llmkit.tools.family import Family
@@ -101,6 +101,7 @@ def load(
             draft_from_recent=draft_from_recent,
             observer=observer,
             grammar_seconds=grammar_seconds,
+            cache=CacheConfig(plan.cache_ram, plan.cache_dir, plan.cache_disk, plan.model_sha256),
         )
     except BaseException:
         llama.close()

@@ -1,7 +1,7 @@
 """/metrics: Prometheus text format, from prometheus-client.
 
 Requests by endpoint and status come from a small ASGI middleware; queue depth, slots and token
-counters are read from the engine when scraped; time to first token and per-token latency are
+counters (and the prompt cache's, per tier) are read from the engine when scraped; time to first token and per-token latency are
 histograms the engine's scheduler observes as it samples.
 """
 
@@ -112,10 +112,35 @@ class _EngineCollector(Collector):
             "Tokens a grammar allowed only one way, decoded as drafts without sampling",
             e.tokens_forced,
         )
+        yield from _prompt_cache(e)
         if self.embedder is not None:
             yield CounterMetricFamily(
                 "llmkit_embedding_tokens", "Input tokens embedded", self.embedder.tokens
             )
+
+
+def _prompt_cache(e: Engine) -> Iterator[Metric]:
+    """The prompt cache's tiers (ram, disk), one labelled sample each."""
+    tiers = e.states.stats()
+    families = [
+        (CounterMetricFamily, "hits", "Prompts served by a state restored from this tier"),
+        (CounterMetricFamily, "misses", "Prompts this tier had no state worth restoring for"),
+        (CounterMetricFamily, "evictions", "States this tier dropped (or passed on) for room"),
+        (GaugeMetricFamily, "entries", "States this tier holds"),
+        (GaugeMetricFamily, "bytes", "Bytes of state this tier holds"),
+        (GaugeMetricFamily, "capacity_bytes", "This tier's budget (--cache-ram, --cache-disk)"),
+    ]
+    for kind, name, doc in families:
+        family = kind(f"llmkit_prompt_cache_{name}", doc, labels=["tier"])
+        for tier, stats in tiers.items():
+            field = "capacity" if name == "capacity_bytes" else name
+            family.add_metric([tier], getattr(stats, field))
+        yield family
+    yield CounterMetricFamily(
+        "llmkit_prompt_cache_restored_tokens",
+        "Prompt tokens restored from the prompt cache instead of being computed",
+        e.states.restored_tokens,
+    )
 
 
 class RequestCounter:

@@ -1,4 +1,5 @@
-"""The OpenAPI schema as the server really answers: every error an OpenAI error object.
+"""The OpenAPI schema as the server really answers: every error an OpenAI error object (an
+Anthropic one on the Messages API's routes).
 
 FastAPI documents a 422 validation error on every route with a body; llmkit answers 400 there,
 in OpenAI's shape, and may answer any route with 401 (API key), 403 (origin or Host), 404, 405,
@@ -32,6 +33,23 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 
+ANTHROPIC_ERROR_SCHEMA: dict[str, Any] = {
+    "title": "AnthropicError",
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+# The routes whose errors are Anthropic's (a busy server: 529 overloaded_error, not 503).
+ANTHROPIC_ROUTES = ("/v1/messages", "/v1/messages/count_tokens")
+ANTHROPIC_BUSY = {"529": "Overloaded (the queue is full) or shutting down; retry after Retry-After"}
+
 ERRORS = {
     "400": "Bad request: invalid or unsupported parameters",
     "401": "Missing or wrong API key",
@@ -45,10 +63,10 @@ ERRORS = {
 
 
 # Routes that answer `stream: true` with server-sent events instead of one JSON body.
-STREAMING = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+STREAMING = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages")
 # Before OpenAPI 3.2's itemSchema, an event stream's `schema` describes one event, as its fields
 # (what SSE parsers, schemathesis among them, read): every event of these routes is a `data` line,
-# a JSON document (or `[DONE]`), with an `event` name on the Responses API's.
+# a JSON document (or `[DONE]`), with an `event` name on the Responses and Messages APIs'.
 EVENT_STREAM = {
     "text/event-stream": {
         "schema": {
@@ -116,12 +134,18 @@ def with_openai_errors(schema: dict[str, Any]) -> dict[str, Any]:
             ok.setdefault("content", {}).update(EVENT_STREAM)
     components = out.setdefault("components", {}).setdefault("schemas", {})
     components["OpenAIError"] = ERROR_SCHEMA
-    reference = {"$ref": "#/components/schemas/OpenAIError"}
-    for path in out.get("paths", {}).values():
+    components["AnthropicError"] = ANTHROPIC_ERROR_SCHEMA
+    for route, path in out.get("paths", {}).items():
+        anthropic = route in ANTHROPIC_ROUTES
+        name = "AnthropicError" if anthropic else "OpenAIError"
+        reference = {"$ref": f"#/components/schemas/{name}"}
+        errors = ERRORS
+        if anthropic:
+            errors = {**{k: v for k, v in ERRORS.items() if k != "503"}, **ANTHROPIC_BUSY}
         for operation in path.values():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
-            for status, description in ERRORS.items():
+            for status, description in errors.items():
                 responses.setdefault(
                     status,
                     {

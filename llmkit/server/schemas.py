@@ -352,3 +352,141 @@ TEXT_FORMAT_SCHEMA = {
         },
     ]
 }
+
+
+# -- Anthropic's Messages API --------------------------------------------------------------------
+
+# What llmkit.server.messages' to_chat takes. A block's other keys must be absent or null: what
+# is not known is refused, not ignored. cache_control is accepted anywhere Anthropic takes it
+# (and changes nothing: llmkit reuses the longest cached prefix of every prompt by itself).
+MESSAGES_CACHE_CONTROL = _CACHE_CONTROL = {"type": ["object", "null"]}
+
+
+def _block(kind: str, required: list[str], **properties: Any) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["type", *required],
+        "properties": {"type": {"const": kind}, "cache_control": _CACHE_CONTROL, **properties},
+        "additionalProperties": {"type": "null"},
+    }
+
+
+MESSAGES_TEXT_BLOCK = _block("text", ["text"], text={"type": "string"})
+MESSAGES_TOOL_USE_BLOCK = _block(
+    "tool_use",
+    ["id", "name", "input"],
+    id={"type": "string", "minLength": 1},
+    name={"type": "string", "minLength": 1},
+    input={"type": "object"},
+)
+MESSAGES_TOOL_RESULT_BLOCK = _block(
+    "tool_result",
+    ["tool_use_id"],
+    tool_use_id={"type": "string", "minLength": 1},
+    content={
+        "anyOf": [
+            {"type": "string"},
+            {"type": "array", "items": MESSAGES_TEXT_BLOCK},
+            {"type": "null"},
+        ]
+    },
+    is_error={"type": ["boolean", "null"]},
+)
+_MESSAGES_CONTENT = {
+    "user": [MESSAGES_TEXT_BLOCK, MESSAGES_TOOL_RESULT_BLOCK],
+    "assistant": [MESSAGES_TEXT_BLOCK, MESSAGES_TOOL_USE_BLOCK],
+}
+# A message of text, tool calls (the assistant's) and their results (the user's). The last one
+# must be the user's (no prefill): JSON Schema cannot say which item is the last.
+MESSAGES_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "anyOf": [
+            {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"const": role},
+                    "content": {
+                        "anyOf": [
+                            {"type": "string"},
+                            {"type": "array", "items": {"anyOf": blocks}},
+                        ]
+                    },
+                },
+                "additionalProperties": False,
+            }
+            for role, blocks in _MESSAGES_CONTENT.items()
+        ]
+    },
+}
+MESSAGES_SYSTEM_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "string"}, {"type": "array", "items": MESSAGES_TEXT_BLOCK}, {"type": "null"}]
+}
+# A client tool, as to_chat takes it (llmkit.tools.request checks its schema compiles); no
+# server tools (web search, code execution, ...) and no Anthropic-defined client tools.
+MESSAGES_TOOLS_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["name", "input_schema"],
+        "properties": {
+            "type": {"enum": ["custom", None]},
+            "name": {"type": "string", "pattern": _NAME_PATTERN},
+            "description": {"type": ["string", "null"]},
+            "input_schema": {"type": "object", "properties": {"type": {"const": "object"}}},
+            "cache_control": _CACHE_CONTROL,
+        },
+        "additionalProperties": {"type": "null"},
+    },
+}
+_PARALLEL = {"disable_parallel_tool_use": {"type": ["boolean", "null"]}}
+MESSAGES_TOOL_CHOICE: dict[str, Any] = {
+    "anyOf": [
+        *(
+            {
+                "type": "object",
+                "required": ["type"],
+                "properties": {"type": {"const": kind}, **_PARALLEL},
+                "additionalProperties": False,
+            }
+            for kind in ("auto", "any")
+        ),
+        {
+            "type": "object",
+            "required": ["type", "name"],
+            "properties": {"type": {"const": "tool"}, "name": {"type": "string"}, **_PARALLEL},
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"const": "none"}},
+            "additionalProperties": False,
+        },
+        {"type": "null"},
+    ]
+}
+# No model here has a reasoning format: thinking may only be off.
+MESSAGES_THINKING: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"const": "disabled"}},
+            "additionalProperties": False,
+        },
+        {"type": "null"},
+    ]
+}
+# A tool_choice but none needs tools offered (that it names one of them is checked in code).
+MESSAGES_BETWEEN_FIELDS: dict[str, Any] = {
+    "if": {
+        "required": ["tool_choice"],
+        "properties": {
+            "tool_choice": {"type": "object", "properties": {"type": {"not": {"const": "none"}}}}
+        },
+    },
+    "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
+}
