@@ -341,3 +341,19 @@ def test_echo_with_logprobs_is_one_choice(shared: openai.OpenAI) -> None:
         model="m", prompt="One two three", max_tokens=1, logprobs=1, echo=True
     )
     assert one.choices[0].logprobs is not None
+
+
+def test_a_cache_salt_keeps_one_clients_prompts_from_anothers_cached_tokens(
+    shared: openai.OpenAI,
+) -> None:
+    document = "Notes of the meeting. " + " ".join(f"Item {i} was agreed." for i in range(60))
+
+    def cached(salt: str) -> int:
+        answer = chat(
+            shared, document, max_tokens=2, temperature=0, extra_body={"cache_salt": salt}
+        )
+        return answer.usage.prompt_tokens_details.cached_tokens  # type: ignore[union-attr]
+
+    cached("alice")
+    assert cached("bob") == 0  # the same prompt, another salt: nothing of alice's is reused
+    assert cached("alice") > 100  # alice's own prompt is

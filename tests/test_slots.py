@@ -13,6 +13,7 @@ SYSTEM = [1, 2, 3]
 class SlotState:
     cached: list[int] = field(default_factory=list)
     last_used: float = 0.0
+    salt: bytes = b""
 
 
 def plan(
@@ -104,3 +105,16 @@ def test_with_prompt_logprobs_nothing_is_reused_but_the_prompt_keeps_its_own_slo
     prompt = [*SYSTEM, 40, 41, 42]
     assert plan([other, mine, SlotState()], prompt, limit=0) == SlotPlan(slot=1, reuse=0)
     assert plan([other, mine, SlotState()], prompt) == SlotPlan(slot=1, reuse=len(prompt) - 1)
+
+
+def test_a_cache_serves_only_prompts_of_its_salt() -> None:
+    system = list(range(100))
+    slots = [SlotState(system + [7, 8], 1.0, b"alice"), SlotState([], 0.0)]
+    # Bob's prompt shares Alice's 100 system tokens: nothing of hers is reused or copied.
+    bob = plan_slot(slots, [0, 1], system + [9], salt=b"bob")
+    assert bob.reuse == 0 and bob.donor is None and bob.slot == 1
+    # Alice's own next turn continues her slot.
+    alice = plan_slot(slots, [0, 1], system + [7, 8, 9], salt=b"alice")
+    assert (alice.slot, alice.reuse) == (0, 102)
+    # No salt is a salt of its own: an unsalted request does not reuse a salted cache.
+    assert plan_slot(slots, [0, 1], system + [7, 8, 9]).reuse == 0

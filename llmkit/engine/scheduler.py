@@ -601,7 +601,9 @@ class Engine:
         prompt = choice.prompt
         # Prompt logprobs need the logits of every prompt position: nothing is reused then.
         limit = 0 if params.prompt_logprobs else None
-        plan = plan_slot(self._slots, [self._slots.index(s) for s in free], prompt, limit)
+        plan = plan_slot(
+            self._slots, [self._slots.index(s) for s in free], prompt, limit, choice.cache_salt
+        )
         target = self._slots[plan.slot]
         free.remove(target)
         # Its own cache, another slot's, or a state the prompt cache restores.

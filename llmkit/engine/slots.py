@@ -3,9 +3,11 @@
 A slot keeps the tokens it last held in the KV cache after its sequence ends. A new sequence goes to
 the free slot whose cache it continues (a chat's next turn, the same request again), else to the one
 whose cache matters least. A longer prefix held by another slot, busy or free (a shared system
-prompt, a sibling choice's prompt), is copied from there rather than taking that slot. Pure: it
-reads plain data (each slot's cached tokens and when it was last used) and returns the plan, which
-the scheduler carries out with llama.cpp's memory calls.
+prompt, a sibling choice's prompt), is copied from there rather than taking that slot. A cache
+serves only prompts of the salt it was computed with (a request's `cache_salt`): a client cannot
+learn, from what the server reports as cached, what another client sent. Pure: it reads plain
+data (each slot's cached tokens, salt, and when it was last used) and returns the plan, which the
+scheduler carries out with llama.cpp's memory calls.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ class Cached(Protocol):
         """When its last sequence ended (0 if never)."""
         ...
 
+    @property
+    def salt(self) -> bytes:
+        """The cache salt of the sequence that computed its cache."""
+        ...
+
 
 @dataclass(frozen=True)
 class SlotPlan:
@@ -47,7 +54,14 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def slot_for(slots: Sequence[Cached], free: Sequence[int], prompt: Sequence[int]) -> int:
+def shared_prefix(slot: Cached, prompt: Sequence[int], salt: bytes) -> int:
+    """How much of the prompt the slot's cache holds, for a prompt of this salt."""
+    return common_prefix(slot.cached, prompt) if slot.salt == salt else 0
+
+
+def slot_for(
+    slots: Sequence[Cached], free: Sequence[int], prompt: Sequence[int], salt: bytes = b""
+) -> int:
     """The free slot a prompt goes to: the one whose cache holds all of it (the same request again,
     which then computes as it did before) or that it continues (a chat's next turn reuses at least
     half of what the slot holds), else the one whose cache matters least (empty, then the least
@@ -57,7 +71,7 @@ def slot_for(slots: Sequence[Cached], free: Sequence[int], prompt: Sequence[int]
     limit = len(prompt) - 1  # the last prompt token is always decoded, for its logits
 
     def reuse(i: int) -> int:
-        return min(common_prefix(slots[i].cached, prompt), limit)
+        return min(shared_prefix(slots[i], prompt, salt), limit)
 
     best = max(free, key=lambda i: (reuse(i), -slots[i].last_used))
     if slots[best].cached and (reuse(best) == limit or 2 * reuse(best) >= len(slots[best].cached)):
@@ -66,7 +80,11 @@ def slot_for(slots: Sequence[Cached], free: Sequence[int], prompt: Sequence[int]
 
 
 def plan_slot(
-    slots: Sequence[Cached], free: Sequence[int], prompt: Sequence[int], limit: int | None = None
+    slots: Sequence[Cached],
+    free: Sequence[int],
+    prompt: Sequence[int],
+    limit: int | None = None,
+    salt: bytes = b"",
 ) -> SlotPlan:
     """The plan for a prompt: its slot (one of `free`, indices into `slots`), and the longest
     cached prefix of it, from that slot's cache or copied from another slot's.
@@ -75,14 +93,14 @@ def plan_slot(
     its logits; 0 when the logits of every prompt position are needed (prompt logprobs). The slot is
     chosen the same way whatever the limit, so that a prompt overwrites its own earlier cache
     rather than another's."""
-    target = slot_for(slots, free, prompt)
+    target = slot_for(slots, free, prompt, salt)
     if limit is None:
         limit = len(prompt) - 1
-    reuse = min(common_prefix(slots[target].cached, prompt), limit)
+    reuse = min(shared_prefix(slots[target], prompt, salt), limit)
     donor = None
     for i, slot in enumerate(slots):
         if i != target:
-            k = min(common_prefix(slot.cached, prompt), limit)
+            k = min(shared_prefix(slot, prompt, salt), limit)
             if k > reuse:
                 donor, reuse = i, k
     return SlotPlan(target, reuse, donor)

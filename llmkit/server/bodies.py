@@ -110,6 +110,9 @@ class _Common(Body):
     # "tokens" (llama_cpp.server's: keys as token texts) is refused: the keys are token ids.
     logit_bias_type: Literal["input_ids"] | None = None
     stream_options: StreamOptions | None = None
+    # vLLM's: a cached prompt serves only requests with the same salt (per client, per user), so
+    # that no one learns from `cached_tokens` what another client sent.
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=256)
 
 
 ResponseFormat = Annotated[dict[str, Any] | None, WithJsonSchema(RESPONSE_FORMAT_SCHEMA)]
@@ -297,6 +300,7 @@ class ResponsesRequest(Body):
     user: str | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None  # llmkit finds the longest cached prefix by itself
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=256)  # as chat's
     # llmkit's own sampling options, as /v1/chat/completions takes them.
     seed: int | None = None
     stop: Stop | None = None

@@ -237,6 +237,12 @@ def choices_for(
                 speculation=body.speculation,
             )
             choices.append(
-                Choice(prompt.tokens, params, index=p * body.n + i, counts_prompt=i == 0)
+                Choice(
+                    prompt.tokens,
+                    params,
+                    index=p * body.n + i,
+                    counts_prompt=i == 0,
+                    cache_salt=(body.cache_salt or "").encode(),
+                )
             )
     return choices, [texts[c.index // body.n] for c in choices]

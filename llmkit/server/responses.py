@@ -69,7 +69,7 @@ _HINTS = {
     "messages": "input",
     "response_format": "text.format",
 }
-_EXTENSIONS = ("seed", "stop", "top_k", "min_p", "repeat_penalty", "min_tokens")
+_EXTENSIONS = ("seed", "stop", "top_k", "min_p", "repeat_penalty", "min_tokens", "cache_salt")
 
 
 def to_chat(body: ResponsesRequest) -> ChatRequest:
