@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -89,10 +90,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# The prompt cache's disk tier of the servers the tests start: this run's own, so that no state a
+# previous run saved (in the user's ~/.cache) serves a request of this one.
+TEST_CACHE_DIR = tempfile.mkdtemp(prefix="llmkit-test-prompts-")
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for a child llmkit: no stray LLMKIT_/HF_/OPENAI_ settings from the caller."""
+    """The environment for a child llmkit: no stray LLMKIT_/HF_/OPENAI_ settings from the caller,
+    and a prompt cache of this test run's own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMKIT_", "HF_", "OPENAI_"))}
     env["PYTHONUNBUFFERED"] = "1"
+    env["LLMKIT_CACHE_DIR"] = TEST_CACHE_DIR
     env.update(extra)
     return env
 

@@ -18,7 +18,7 @@ from llmkit.engine import (
     Choice,
     Delta,
     Engine,
-    EngineError,
+    GrammarFailed,
     Job,
     QueueChannel,
     QueueFull,
@@ -218,16 +218,16 @@ def test_greedy_with_penalties_picks_what_the_sampler_chain_picks(gemma: llama_c
 
 
 def test_a_choice_that_cannot_start_fails_its_request_alone(gemma: llama_cpp.Llama) -> None:
-    # A grammar llama.cpp cannot parse makes the sampler fail to build, after the job has left the
-    # queue. Only that request fails, at once and with a clear error; the one running goes on,
-    # and the cache it left is still there for the next request.
+    # A grammar llguidance cannot parse makes the sampler fail to build, after the job has left
+    # the queue. Only that request fails, at once and with a clear error (GrammarFailed: a 400
+    # from the server); the one running goes on, and the cache it left is still there.
     prompt = tokens(gemma, RIVER)
     e = engine(gemma)
     try:
         running = e.submit([Choice(prompt, greedy(24, min_tokens=24))]).events(timeout=120)
         first = next(running)
         broken = e.submit([Choice(tokens(gemma, "Hi"), greedy(4, grammar="root ::= ("))])
-        with pytest.raises(EngineError, match="could not start this request"):
+        with pytest.raises(GrammarFailed, match="the grammar cannot be enforced"):
             collect(broken, timeout=30)
         rest = list(running)
         again = generate(e, [Choice(prompt, greedy(2))])
@@ -267,7 +267,8 @@ def test_choices_waiting_for_their_sibling_do_not_hold_up_the_queue(
         admitted_early = False
         deadline = time.perf_counter() + 60
         while time.perf_counter() < deadline and not any(job is siblings for job, _ in channel.log):
-            if e.active == 2 and e.waiting == 0:  # the first choice and the one behind
+            # The first choice and the one behind run; the sibling waits (the queue counts choices).
+            if e.active == 2 and e.waiting == 1:
                 admitted_early = True
                 break
             time.sleep(0.002)

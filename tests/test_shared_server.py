@@ -346,7 +346,8 @@ def test_echo_with_logprobs_is_one_choice(shared: openai.OpenAI) -> None:
 def test_a_cache_salt_keeps_one_clients_prompts_from_anothers_cached_tokens(
     shared: openai.OpenAI,
 ) -> None:
-    document = "Notes of the meeting. " + " ".join(f"Item {i} was agreed." for i in range(60))
+    run = os.urandom(4).hex()  # a prompt no earlier run could have cached
+    document = f"Notes of meeting {run}. " + " ".join(f"Item {i} was agreed." for i in range(60))
 
     def cached(salt: str) -> int:
         answer = chat(

@@ -19,6 +19,8 @@ import llama_cpp
 import numpy as np
 
 from llmkit import grammar, logprobs
+from llmkit.engine.admission import admit
+from llmkit.engine.context import make_context
 from llmkit.engine.disk_cache import Identity
 from llmkit.engine.jobs import (
     END,
@@ -45,10 +47,6 @@ from llmkit.speculation import CROWDED_MATCH, MIN_DRAFT, MIN_MATCH, Drafter, Rec
 from llmkit.textstream import TextStream
 
 DEFAULT_N_BATCH = 512
-# --kv-type: the ggml type of the K and V cache.
-_KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
-# A choice that repeats another's prompt this long waits a step to copy its cache instead.
-_SHARE_MIN_TOKENS = 16
 
 log = logging.getLogger("llmkit")
 _DEFAULT_CHANNEL = QueueChannel()
@@ -84,21 +82,16 @@ class Engine:
         self.max_queue = max_queue
         self.n_batch = n_batch
         self.observer = observer
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = kv_size or slot_ctx * parallel
-        params.n_batch = params.n_ubatch = n_batch
-        params.n_seq_max = parallel
-        params.n_threads = params.n_threads_batch = threads
-        params.kv_unified = True  # one cache shared by all slots, as llama-server does
-        params.swa_full = True  # keep sliding-window layers whole, so a cached prefix can be reused
-        params.no_perf = True
         self.kv_type = kv_type
-        if kv_type != "f16":  # a quantized V cache needs flash attention in llama.cpp
-            params.type_k = params.type_v = _KV_TYPES[kv_type]
-            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        self.ctx = llama_cpp.llama_init_from_model(model, params)
-        if not self.ctx:
-            raise RuntimeError("llama.cpp could not create a context for this model")
+        # None once closed (freed): what reads it checks first.
+        self.ctx: Any = make_context(
+            model,
+            parallel=parallel,
+            cells=kv_size or slot_ctx * parallel,
+            n_batch=n_batch,
+            threads=threads,
+            kv_type=kv_type,
+        )
         self.kv_size = llama_cpp.llama_n_ctx(self.ctx)
         # llama.cpp lowers n_batch to a smaller cache; more tokens in one decode abort the process.
         self.n_batch = min(n_batch, llama_cpp.llama_n_batch(self.ctx))
@@ -530,27 +523,17 @@ class Engine:
                 self._end(job, out)
 
     def _admit(self, out: Outbox) -> None:
-        """Start waiting choices in the free slots, fairly: each free slot goes to the queued
-        request that holds the fewest slots (the first in the queue among equals), so that a
-        request with many choices takes at most its share while others wait.
+        """Start waiting choices in the free slots, as `admission.admit` picks them (fairly).
 
         The queue is read under the lock; samplers (a grammar may take a while to parse) are built
-        outside it, so that submit, /health and the metrics never wait on them. A choice that
-        waits to copy its sibling's prompt does not hold up the jobs behind it."""
+        outside it, so that submit, /health and the metrics never wait on them."""
         free = [s for s in self._slots if s.running is None]
         if not free:
             return
         starts = self._admitting
         with self._cv:
-            blocked: list[Job] = []  # their next choice waits for a sibling's prompt
-            while len(starts) < len(free):
-                job = self._fairest(starts, blocked)
-                if job is None:
-                    break
-                if self._waits_for_sibling(job, job.unstarted[0], starts):
-                    blocked.append(job)
-                    continue
-                starts.append((job, job.unstarted.popleft()))
+            running = (s.running for s in self._slots if s.running is not None)
+            starts += admit(self._jobs, len(free), running)
             for job in [j for j in self._jobs if not j.unstarted]:
                 self._jobs.remove(job)
         try:
@@ -566,30 +549,6 @@ class Engine:
                     self._fail(job, EngineError(f"could not start this request: {exc}"), out)
         finally:
             starts.clear()
-
-    def _fairest(self, starting: list[tuple[Job, Choice]], blocked: list[Job]) -> Job | None:
-        """The queued job with a choice to start that holds the fewest slots, the first in the
-        queue among equals; None when no job can start one."""
-        best, fewest = None, 0
-        for job in self._jobs:
-            if not job.unstarted or any(job is b for b in blocked):
-                continue
-            held = job.running + sum(1 for j, _ in starting if j is job)
-            if best is None or held < fewest:
-                best, fewest = job, held
-        return best
-
-    def _waits_for_sibling(
-        self, job: Job, choice: Choice, starting: list[tuple[Job, Choice]]
-    ) -> bool:
-        # n choices of one prompt: the first computes the prompt, the others copy its cache.
-        if len(choice.prompt) < _SHARE_MIN_TOKENS or choice.params.prompt_logprobs:
-            return False
-        for slot in self._slots:
-            r = slot.running
-            if r is not None and r.job is job and r.todo and r.choice.prompt == choice.prompt:
-                return True
-        return any(j is job and c.prompt == choice.prompt for j, c in starting)
 
     def _start(self, job: Job, choice: Choice, free: list[Slot]) -> None:
         """Put one choice in a free slot as `plan_slot` says: the one that holds the longest prefix
