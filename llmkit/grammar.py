@@ -42,6 +42,12 @@ def grammar_for(response_format: dict[str, Any] | None, grammar: str | None) -> 
         except ValueError as exc:
             raise BadRequest(f"grammar: {exc}", param="grammar") from None
         return _validated(compiled, "grammar")
+    schema = format_schema(response_format)
+    return None if schema is None else schema_grammar(schema)
+
+
+def format_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON schema a `response_format` asks the content to satisfy; None for free text."""
     if not response_format or response_format.get("type") in (None, "text"):
         return None
     kind = response_format.get("type")
@@ -60,7 +66,9 @@ def grammar_for(response_format: dict[str, Any] | None, grammar: str | None) -> 
             f"response_format.type must be text, json_object or json_schema, not {kind!r}",
             param="response_format",
         )
-    return schema_grammar(schema)
+    if not isinstance(schema, dict):
+        raise BadRequest("a JSON schema must be an object", param="response_format")
+    return schema
 
 
 def schema_grammar(schema: Any) -> str:

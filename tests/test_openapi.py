@@ -334,3 +334,41 @@ def test_a_response_format_is_answered_exactly_when_the_schema_allows_it(
         assert status == 200, answer
     else:
         assert status == 400 and answer["param"].startswith(param), answer
+
+
+TOOL_F = {"type": "function", "function": {"name": "f"}}
+BESIDE_TOOLS = [
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, True),
+    (
+        "/v1/chat/completions",
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "a", "schema": {"type": "object"}, "strict": True},
+            }
+        },
+        True,
+    ),
+    ("/v1/chat/completions", {"grammar": 'root ::= "a"'}, False),
+    ("/v1/chat/completions", {"logprobs": True}, False),
+    ("/v1/responses", {"text": {"format": {"type": "json_object"}}}, True),
+    (
+        "/v1/responses",
+        {"text": {"format": {"type": "json_schema", "name": "a", "schema": {"type": "object"}}}},
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "given", "answered"), BESIDE_TOOLS)
+def test_a_format_beside_tools_is_answered_exactly_when_the_schema_allows_it(
+    llmkit_server: openai.OpenAI, path: str, given: dict[str, Any], answered: bool
+) -> None:
+    if path == "/v1/responses":
+        tools = [{"type": "function", "name": "f"}]
+        body = {"input": "hi", "max_output_tokens": 1, "tools": tools, **given}
+    else:
+        body = {**CHAT, "tools": [TOOL_F], **given}
+    assert _valid(_schema(llmkit_server), path, body) is answered
+    status, answer = _post(llmkit_server, path, body)
+    assert (status == 200) is answered, answer

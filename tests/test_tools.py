@@ -4,6 +4,7 @@ the two tiny models with the real openai SDK and langchain-openai."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import threading
@@ -241,6 +242,71 @@ def test_the_grammar_enforces_tool_choice_and_the_schemas(smollm2_vocab: Any, fa
         assert _accepts(smollm2_vocab, auto, '{"response": "Hello"}')
 
 
+# A response format beside the tools: an answer is calls, or content in the format.
+REPORT = {
+    "type": "object",
+    "properties": {
+        "city": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "maxLength": 20}},
+            "required": ["name"],
+            "additionalProperties": False,
+        },
+        "temperature_c": {"type": "integer", "minimum": -60, "maximum": 60},
+    },
+    "required": ["city", "temperature_c"],
+    "additionalProperties": False,
+}
+
+
+def _with_format(choice: Any, schema: dict[str, Any] = REPORT) -> ToolRequest:
+    request = tool_request(TOOLS, choice, None, None, None)
+    assert request is not None
+    return dataclasses.replace(request, content=schema)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES.values()), ids=list(FAMILIES))
+def test_a_format_beside_tools_allows_calls_or_content_in_the_format_only(
+    smollm2_vocab: Any, family: Any
+) -> None:
+    one = family.text([("add", '{"a": 2, "b": 3}')])
+    report = '{"city": {"name": "Paris"}, "temperature_c": 21}'
+    off_schema = '{"city": {"name": "Paris"}, "temperature_c": 99}'
+
+    def content(text: str) -> str:
+        return f'{{"response": {text}}}' if family is GENERIC else text
+
+    auto = calls_grammar(family, _with_format("auto"))
+    assert _accepts(smollm2_vocab, auto, one)
+    assert _accepts(smollm2_vocab, auto, content(report))
+    assert not _accepts(smollm2_vocab, auto, content(off_schema))
+    assert not _accepts(smollm2_vocab, auto, content('"Paris, 21 degrees"'))
+    assert not _accepts(smollm2_vocab, auto, "Let me see. " + one)  # no free text at all
+    required = calls_grammar(family, _with_format("required"))
+    assert _accepts(smollm2_vocab, required, one)
+    assert not _accepts(smollm2_vocab, required, content(report))
+    named_add = calls_grammar(family, _with_format(named("add")))
+    assert not _accepts(smollm2_vocab, named_add, content(report))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES.values()), ids=list(FAMILIES))
+def test_content_beside_tools_is_passed_whole_and_calls_still_parse(family: Any) -> None:
+    request = _with_format("auto")
+    report = '{"city": {"name": "add"}, "temperature_c": 21}'  # a "name" key is no call
+    output = f'{{"response": {report}}}' if family is GENERIC else report
+    call = family.text([("add", '{"a": 2, "b": 3}')])
+    for text, content, calls in [(output, report, []), (call, "", [("add", {"a": 2, "b": 3})])]:
+        whole = parse(family, text, request)
+        assert whole.content == content
+        assert [(c.name, json.loads(c.arguments)) for c in whole.calls] == calls
+        streamed, events = CallParser.of(family, request), []
+        for char in text:
+            events += streamed.feed(char)
+        events += streamed.finish()
+        assert "".join(e.text for e in events if e.kind == "content") == content
+        assert [e.text for e in events if e.kind == "call"] == [name for name, _ in calls]
+
+
 # -- end to end: the real server, the tiny models, the openai SDK -----------------------------------
 
 SERVERS = ["smollm2_server", "llmkit_server"]
@@ -384,6 +450,80 @@ def test_parse_with_constraints_is_valid_for_every_seed_at_temperature_1(
             max_tokens=60,
         )
         assert isinstance(reply.choices[0].message.parsed, Pet)
+
+
+# After a tool result, each model may call again or answer: either way within its constraint.
+AFTER_A_RESULT = [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "Paris: 21 degrees Celsius, sunny"},
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", [*SERVERS, "qwen_template_server"])
+def test_content_beside_tools_always_validates_against_the_format_across_seeds(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    client = request.getfixturevalue(server)
+    answered = 0
+    for seed in range(6):
+        stream = seed % 2 == 1
+        reply = client.chat.completions.create(
+            model="any",
+            messages=AFTER_A_RESULT,
+            tools=TOOLS,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "report", "schema": REPORT, "strict": True},
+            },
+            parallel_tool_calls=False,  # Gemma repeats its calls until a cut one otherwise
+            temperature=1.0,
+            seed=seed,
+            max_tokens=80,
+            stream=stream,
+        )
+        content, calls, finish = _assembled(reply) if stream else _whole(reply)
+        assert finish in ("stop", "tool_calls"), (seed, content, calls)
+        if calls:
+            assert finish == "tool_calls" and not content
+            assert all(valid_tool_call(name, args) for name, args in calls)
+        else:
+            jsonschema.validate(json.loads(content), REPORT)  # the format, whole
+            answered += 1
+    if server == "smollm2_server":
+        assert answered  # the content branch was taken (seeds fixed: deterministic)
+
+
+def _whole(reply: Any) -> tuple[str, list[tuple[str, Any]], str]:
+    return reply.choices[0].message.content or "", _calls(reply), reply.choices[0].finish_reason
+
+
+def _assembled(stream: Any) -> tuple[str, list[tuple[str, Any]], str]:
+    content, names, arguments, finish = "", {}, {}, ""
+    for chunk in stream:
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for call in choice.delta.tool_calls or []:
+                if call.function.name:
+                    names[call.index] = call.function.name
+                arguments[call.index] = arguments.get(call.index, "") + (
+                    call.function.arguments or ""
+                )
+            finish = choice.finish_reason or finish
+    calls = [(names[k], json.loads(arguments[k])) for k in sorted(names)]
+    return content, calls, finish
 
 
 @pytest.mark.slow

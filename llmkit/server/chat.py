@@ -235,7 +235,8 @@ class ToolCallShaper(ChatShaper):
         super().__init__(model, n, include_usage, None)  # logprobs are refused beside tools
         self.family = family
         self.legacy = tools.legacy
-        self.parsers = [CallParser(family) for _ in range(n)]
+        self.tools = tools
+        self.parsers = [CallParser.of(family, tools) for _ in range(n)]
         self.call_ids: list[list[str]] = [[] for _ in range(n)]
 
     def call_id(self, i: int, k: int) -> str:
@@ -294,7 +295,7 @@ class ToolCallShaper(ChatShaper):
         finish = self.finish[i]
         if finish is None:
             return super().message(i)
-        parsed = parse(self.family, self.texts[i])
+        parsed = parse(self.family, self.texts[i], self.tools)
         calls = [c for c in parsed.calls if c.complete]
         content = parsed.content if parsed.content or not calls else None
         message: dict[str, Any] = {"role": "assistant", "content": content}

@@ -106,18 +106,9 @@ def _given(name: str) -> dict[str, Any]:
     return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
 
 
-# A tool request's grammar is the tools': nothing else may constrain the answer.
+# A tool request's grammar is the tools' and the response format's: no GBNF grammar beside them.
 _BESIDE_TOOLS: dict[str, Any] = {
-    "properties": {
-        "logprobs": {"enum": [False, None]},
-        "grammar": {"type": "null"},
-        "response_format": {
-            "anyOf": [
-                {"type": "null"},
-                {"type": "object", "properties": {"type": {"enum": ["text", None]}}},
-            ]
-        },
-    }
+    "properties": {"logprobs": {"enum": [False, None]}, "grammar": {"type": "null"}}
 }
 # What JSON Schema can say of chat's fields between them (the rest is checked in code only:
 # tool_choice naming a tool offered, tool names unique, a tool's parameters a schema llguidance

@@ -82,7 +82,13 @@ def native_messages(messages: list[dict[str, Any]], family: Family) -> list[dict
 def generic_instruction(request: ToolRequest) -> str:
     """The system text that tells a model without tool support how to call the tools."""
     tools = json.dumps([t.openai()["function"] for t in request.callable], indent=2)
-    if request.mode == "auto":
+    if request.mode == "auto" and request.content is not None:
+        how = (
+            'Respond in JSON: either {"tool_calls": [{"name": TOOL, "arguments": {...}}]} to '
+            'call tools, or {"response": ANSWER} to answer directly, where ANSWER is JSON that '
+            f"follows this schema:\n{json.dumps(request.content)}"
+        )
+    elif request.mode == "auto":
         how = (
             'Respond in JSON: either {"tool_calls": [{"name": TOOL, "arguments": {...}}]} to '
             'call tools, or {"response": "your answer"} to answer directly.'

@@ -35,6 +35,9 @@ class ToolRequest:
     name: str | None = None  # the tool a named choice forces
     parallel: bool = True  # several calls allowed
     legacy: bool = False  # asked with functions/function_call: answered with message.function_call
+    # The JSON schema content must satisfy when the model answers instead of calling (the
+    # request's response_format); None: free text.
+    content: dict[str, Any] | None = None
 
     @property
     def callable(self) -> list[Tool]:
