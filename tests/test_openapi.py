@@ -14,6 +14,7 @@ import pytest
 from llmkit.server.errors import invalid
 from llmkit.server.openapi import decimal_range, with_bounds
 from llmkit.server.schemas import MAX_COMPLETION_LOGPROBS, MAX_N, MAX_STOP, TOKEN_ID
+from llmkit.tools.request import MAX_TOOLS
 from tests.test_origins import JSON, error_of, request
 
 
@@ -64,11 +65,20 @@ def _branch(field: dict[str, Any], kind: str) -> dict[str, Any]:
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 COMPLETION = {"prompt": "hi", "max_tokens": 1}
+RESPONSES = {"input": "hi", "max_output_tokens": 1}
 
 
 def _post(server: openai.OpenAI, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     status, _, raw = request(server, "POST", path, JSON, body)
     return status, (error_of(raw) if status == 400 else json.loads(raw))
+
+
+def _tools(n: int, flat: bool = False) -> list[dict[str, Any]]:
+    functions = [{"name": f"f{i}"} for i in range(n)]
+    return [
+        {"type": "function", **f} if flat else {"type": "function", "function": f}
+        for f in functions
+    ]
 
 
 # (route, the body's field, the bound in the schema, a body at it, one just outside it, param)
@@ -99,6 +109,22 @@ BOUNDS = [
         "logprobs",
     ),
     ("/v1/completions", "best_of", MAX_N, {"n": 2, "best_of": 2}, {"best_of": 2}, "best_of"),
+    (
+        "/v1/chat/completions",
+        "tools",
+        MAX_TOOLS,
+        {"tools": _tools(MAX_TOOLS), "tool_choice": "none"},
+        {"tools": _tools(MAX_TOOLS + 1), "tool_choice": "none"},
+        "tools",
+    ),
+    (
+        "/v1/responses",
+        "tools",
+        MAX_TOOLS,
+        {"tools": _tools(MAX_TOOLS, flat=True), "tool_choice": "none"},
+        {"tools": _tools(MAX_TOOLS + 1, flat=True), "tool_choice": "none"},
+        "tools",
+    ),
 ]
 
 
@@ -114,11 +140,11 @@ def test_a_documented_bound_is_the_one_validated(
 ) -> None:
     body = _body(_schema(llmkit_server), path)
     documented = body["properties"][field]
-    if field == "stop":
+    if field in ("stop", "tools"):
         assert _branch(documented, "array")["maxItems"] == bound
     else:
         assert _branch(documented, "integer")["maximum"] == bound
-    base = CHAT if path == "/v1/chat/completions" else COMPLETION
+    base = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETION}.get(path, RESPONSES)
     status, answer = _post(llmkit_server, path, {**base, **at})
     assert status == 200, answer
     status, answer = _post(llmkit_server, path, {**base, **outside})

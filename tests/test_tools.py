@@ -8,6 +8,7 @@ import dataclasses
 import importlib.util
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from llmkit.tools.constraint import calls_grammar
 from llmkit.tools.family import FAMILIES, GENERIC, HERMES, LLAMA3, MISTRAL, detect
 from llmkit.tools.parse import CallParser, parse
 from llmkit.tools.render import ChatTemplate, render_native
-from llmkit.tools.request import ToolRequest, tool_request
+from llmkit.tools.request import MAX_TOOLS, ToolRequest, first_repeat, tool_request
 from tests.helpers import ADD_TOOL as ADD
 from tests.helpers import WEATHER_TOOL as WEATHER
 from tests.helpers import get_json, post_json, root_url, valid_tool_call
@@ -186,6 +187,27 @@ def test_text_that_may_start_the_trigger_is_held_back() -> None:
     assert sent == "Sure "
     events = parser.feed('call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>')
     assert [e.kind for e in events][:1] == ["call"] and parser.content == "Sure "
+
+
+def test_a_repeated_tool_name_is_found_in_linear_time() -> None:
+    names = [f"tool_{i}" for i in range(200_000)]
+    started = time.perf_counter()
+    assert first_repeat(names) is None
+    assert first_repeat([*names, "tool_7"]) == len(names)
+    assert time.perf_counter() - started < 1.0  # pairwise: 2·10¹⁰ comparisons
+
+
+def test_a_long_generic_response_is_parsed_in_linear_time() -> None:
+    parser, sent = CallParser(GENERIC), []
+    started = time.perf_counter()
+    sent += parser.feed('{"response": "')
+    for _ in range(16_384):  # rescanning the buffer on every delta took minutes here
+        sent += parser.feed("ab")
+    sent += parser.feed("\\u00e9 \\ud83d")  # an escape and half a UTF-16 pair, then the rest
+    sent += parser.feed('\\ude00"}') + parser.finish()
+    assert time.perf_counter() - started < 3.0
+    assert parser.content == "ab" * 16_384 + "\u00e9 \U0001f600"
+    assert "".join(e.text for e in sent) == parser.content
 
 
 # -- grammars, on the real SmolLM2 vocabulary ------------------------------------------------------
@@ -524,6 +546,42 @@ def _assembled(stream: Any) -> tuple[str, list[tuple[str, Any]], str]:
             finish = choice.finish_reason or finish
     calls = [(names[k], json.loads(arguments[k])) for k in sorted(names)]
     return content, calls, finish
+
+
+@pytest.mark.slow
+def test_compiling_tool_schemas_runs_beside_the_event_loop(llmkit_server: openai.OpenAI) -> None:
+    # The most tools a request may offer, each with 200 patterned properties: seconds of schema
+    # compilation, which ran on the event loop (/health waited for all of it) before.
+    properties = {
+        f"p{i}": {"type": "string", "pattern": "^[a-z]{1,8}-[0-9]{2,4}$"} for i in range(200)
+    }
+    parameters = {"type": "object", "properties": properties, "required": list(properties)}
+    tools = [
+        {"type": "function", "function": {"name": f"t{k}", "parameters": parameters}}
+        for k in range(MAX_TOOLS)
+    ]
+    body = {"messages": ASK, "tools": tools, "tool_choice": "none", "max_tokens": 1}
+    url = root_url(llmkit_server) + "/v1/chat/completions"
+    done: list[float] = []
+
+    def send() -> None:
+        status, answer = post_json(url, body, timeout=120)
+        assert status == 200, answer
+        done.append(time.perf_counter())
+
+    sender = threading.Thread(target=send)
+    started = time.perf_counter()
+    sender.start()
+    slowest = 0.0
+    while not done:
+        asked = time.perf_counter()
+        status, _ = get_json(root_url(llmkit_server) + "/health", timeout=60)
+        slowest = max(slowest, time.perf_counter() - asked)
+        time.sleep(0.05)
+    sender.join()
+    took = done[0] - started
+    assert took > 1.0, "the request was too quick to tell"
+    assert slowest < took / 3, (slowest, took)
 
 
 @pytest.mark.slow

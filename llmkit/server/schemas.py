@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmkit.embeddings import MAX_INPUTS
+from llmkit.tools.request import MAX_TOOLS
 
 MAX_N = 16
 MAX_STOP = 16
@@ -94,6 +95,7 @@ _FUNCTION = {
 CHAT_TOOLS_SCHEMA: dict[str, Any] = {
     "type": "array",
     "minItems": 1,
+    "maxItems": MAX_TOOLS,
     "items": {
         "type": "object",
         "required": ["type", "function"],
@@ -160,7 +162,10 @@ CHAT_TOOL_CHOICE = {
     ]
 }
 FUNCTIONS_SCHEMA = {
-    "anyOf": [{"type": "array", "minItems": 1, "items": _FUNCTION}, {"type": "null"}]
+    "anyOf": [
+        {"type": "array", "minItems": 1, "maxItems": MAX_TOOLS, "items": _FUNCTION},
+        {"type": "null"},
+    ]
 }
 FUNCTION_CALL_SCHEMA = {
     "anyOf": [
@@ -297,6 +302,7 @@ RESPONSES_INPUT_SCHEMA: dict[str, Any] = {
 # A flat function tool, as chat_tools takes it (llmkit.tools.request checks the rest).
 RESPONSES_TOOLS_SCHEMA: dict[str, Any] = {
     "type": "array",
+    "maxItems": MAX_TOOLS,
     "items": {
         "type": "object",
         "required": ["type", "name"],

@@ -25,6 +25,10 @@ _HEADER = re.compile(
 )
 _RESPONSE = re.compile(r'\{\s*"response"\s*:\s*"')
 _RESPONSE_VALUE = re.compile(r'\{\s*"response"\s*:\s*')
+# A JSON string's body, as far as it is complete (no half escape), and a UTF-16 high surrogate
+# escape at its end.
+_STRING_BODY = re.compile(r'(?:[^"\\]|\\u[0-9a-fA-F]{4}|\\[^u])*')
+_HIGH_SURROGATE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}$")
 _WRAPPER_END = re.compile(r"\s*(?:\}\s*)?$")  # what may be the end of {"response": ...}
 _CALLS = re.compile(r'\{\s*"tool_calls?"\s*:\s*')
 # What may stand between calls: tags, separators, whitespace.
@@ -63,7 +67,6 @@ class CallParser:
     _depth: int = 0
     _in_string: bool = False
     _escape: bool = False
-    _sent_response: int = 0
 
     def __post_init__(self) -> None:
         if self.family is GENERIC:
@@ -246,42 +249,23 @@ class CallParser:
         return True
 
     def _response(self, events: list[Event], final: bool) -> bool:
-        """The generic family's {"response": "..."}: the string's text, decoded as it comes."""
+        """The generic family's {"response": "..."}: the string's text, decoded as it comes.
+
+        Only what arrived since the last piece is looked at (an escape cut in two waits for its
+        end), so a long answer costs in proportion to its length, not to its length squared."""
         buf = self._buf
-        i, escape = 0, False
-        while i < len(buf):
-            c = buf[i]
-            if escape:
-                escape = False
-            elif c == "\\":
-                escape = True
-            elif c == '"':
-                break
-            i += 1
-        closed = i < len(buf)
-        raw = buf[:i]
-        safe = raw if closed else _complete_escapes(raw)
-        text = json.loads(f'"{safe}"') if safe else ""
-        self._content(events, text[self._sent_response :])
-        self._sent_response = len(text)
+        body = _STRING_BODY.match(buf)
+        end = body.end() if body else 0  # complete characters and escapes
+        closed = end < len(buf) and buf[end] == '"'
+        if not closed and not final and _HIGH_SURROGATE.search(buf, 0, end):
+            end -= 6  # half of a UTF-16 pair: wait for the other half
+        if end:
+            self._content(events, json.loads(f'"{buf[:end]}"', strict=False))
         if closed:
             self._buf, self._mode = "", "done"
+        else:
+            self._buf = buf[end:]
         return False
-
-
-def _complete_escapes(raw: str) -> str:
-    """The longest prefix of a JSON string's body that does not end inside an escape."""
-    cut = raw.rfind("\\")
-    while cut >= 0:
-        # Count the backslashes ending at cut: an odd run starts an escape at its last one.
-        run = len(raw[: cut + 1]) - len(raw[: cut + 1].rstrip("\\"))
-        if run % 2 == 0:
-            return raw
-        tail = raw[cut:]
-        if tail.startswith("\\u"):
-            return raw if len(tail) >= 6 else raw[:cut]
-        return raw if len(tail) >= 2 else raw[:cut]
-    return raw
 
 
 def _held_back(text: str, triggers: list[str]) -> int:
