@@ -24,9 +24,11 @@ import llguidance.llamacpp
 
 from llmkit.errors import BadRequest
 
-# Between JSON tokens: at most a few spaces or newlines. Unbounded whitespace lets a small model
-# fill its whole answer with it (llama.cpp's own JSON grammars bound it the same way).
-JSON_OPTIONS: dict[str, Any] = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,16}"}
+# Between JSON tokens: nothing, one space, or one newline and an indentation, as llama.cpp's own
+# JSON grammars allow (its SPACE_RULE). Sixteen free whitespace characters per gap let SmolLM2 at
+# temperature 1 write newline after newline until max_tokens ran out mid-object; this allows
+# pretty-printed and compact JSON alike, and at most a line break per gap.
+JSON_OPTIONS: dict[str, Any] = {"whitespace_pattern": r"(?:\x20|\x0A[\x20\x09]{0,20})?"}
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 # JSON Schema integers are unbounded; without a bound a small model can write digits until its
 # token limit. They are kept to the integers every JSON parser reads exactly (JavaScript's safe
@@ -77,8 +79,8 @@ def schema_grammar(schema: Any) -> str:
         raise BadRequest("a JSON schema must be an object", param="response_format")
     try:
         compiled = llguidance.LLMatcher.grammar_from_json_schema(
-            json.dumps(bounded_integers(schema)),
-            defaults=JSON_OPTIONS,  # type: ignore[arg-type]
+            # Our whitespace bound, whatever the schema's own x-guidance says.
+            json.dumps({**bounded_integers(schema), "x-guidance": JSON_OPTIONS})
         )
     except (ValueError, TypeError) as exc:
         raise BadRequest(f"response_format: {exc}", param="response_format") from None
