@@ -34,6 +34,9 @@ ANY_OBJECT: dict[str, Any] = {"type": "object"}
 # token limit. They are kept to the integers every JSON parser reads exactly (JavaScript's safe
 # integers, 16 digits), as llama.cpp's own schema grammars keep them to 16 digits.
 SAFE_INTEGERS = (-(2**53 - 1), 2**53 - 1)
+# JSON levels of a schema (objects and lists): llguidance's parser reads no deeper (serde_json's
+# limit), and the schema walks here recurse.
+MAX_DEPTH = 128
 
 
 def grammar_for(response_format: dict[str, Any] | None, grammar: str | None) -> str | None:
@@ -77,6 +80,7 @@ def schema_grammar(schema: Any) -> str:
     """The grammar of JSON documents that satisfy `schema`; a BadRequest naming what it can't do."""
     if not isinstance(schema, dict):
         raise BadRequest("a JSON schema must be an object", param="response_format")
+    check_depth(schema)
     try:
         compiled = llguidance.LLMatcher.grammar_from_json_schema(
             # Our whitespace bound, whatever the schema's own x-guidance says.
@@ -85,6 +89,21 @@ def schema_grammar(schema: Any) -> str:
     except (ValueError, TypeError) as exc:
         raise BadRequest(f"response_format: {exc}", param="response_format") from None
     return _validated(compiled, "response_format")
+
+
+def check_depth(schema: Any, param: str = "response_format") -> None:
+    """A BadRequest for a schema nested deeper than llguidance reads (and Python recurses)."""
+    level: list[Any] = [schema]
+    for _ in range(MAX_DEPTH):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return
+    raise BadRequest(f"the JSON schema is nested deeper than {MAX_DEPTH} levels", param=param)
 
 
 def bounded_integers(schema: Any) -> Any:

@@ -170,6 +170,15 @@ def test_a_schema_answer_is_not_padded_with_whitespace_until_max_tokens(
         jsonschema.validate(json.loads(content), TICKET)
 
 
+def test_a_schema_nested_too_deep_is_a_bad_request() -> None:
+    schema: dict[str, Any] = {"type": "integer"}
+    for _ in range(400):
+        schema = {"type": "array", "items": schema}
+    with pytest.raises(BadRequest, match="deeper") as refused:  # was a RecursionError: a 500
+        schema_grammar(schema)
+    assert refused.value.param == "response_format"
+
+
 def test_a_schema_cannot_loosen_the_whitespace_bound_with_its_own_options() -> None:
     loose = {"type": "object", "x-guidance": {"whitespace_pattern": "[ \\n]*"}}
     assert '"[ \\\\n]*"' not in schema_grammar(loose)

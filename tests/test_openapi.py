@@ -398,3 +398,31 @@ def test_a_format_beside_tools_is_answered_exactly_when_the_schema_allows_it(
     assert _valid(_schema(llmkit_server), path, body) is answered
     status, answer = _post(llmkit_server, path, body)
     assert (status == 200) is answered, answer
+
+
+# (route, field, raw JSON value just outside the bound): sampling values llama.cpp cannot take.
+SAMPLING_BOUNDS = [
+    ("/v1/chat/completions", "repeat_penalty", "0"),
+    ("/v1/chat/completions", "repeat_penalty", "1e999"),  # JSON's way to say infinity
+    ("/v1/chat/completions", "top_k", str(2**40)),  # was 0 (no top-k at all) through ctypes
+    ("/v1/completions", "repeat_penalty", "-0.5"),
+    ("/v1/responses", "top_k", str(2**31)),
+    ("/v1/responses", "repeat_penalty", "10.5"),
+]
+
+
+@pytest.mark.parametrize(("path", "field", "raw"), SAMPLING_BOUNDS)
+def test_a_sampling_value_llama_cpp_cannot_take_is_a_400_and_bounded_in_the_schema(
+    llmkit_server: openai.OpenAI, path: str, field: str, raw: str
+) -> None:
+    base = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETION}.get(path, RESPONSES)
+    documented = _body(_schema(llmkit_server), path)["properties"][field]
+    kind = "integer" if field == "top_k" else "number"
+    assert "maximum" in _branch(documented, kind)
+    if field == "repeat_penalty":
+        assert _branch(documented, kind)["exclusiveMinimum"] == 0
+    body = json.dumps(base)[:-1] + f', "{field}": {raw}}}'
+    status, _, answer = request(llmkit_server, "POST", path, JSON, body.encode())
+    assert status == 400 and error_of(answer)["param"] == field, answer
+    ok = json.dumps({**base, field: 2 if field == "top_k" else 1.5}).encode()
+    assert request(llmkit_server, "POST", path, JSON, ok)[0] == 200

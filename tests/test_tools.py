@@ -210,6 +210,62 @@ def test_a_long_generic_response_is_parsed_in_linear_time() -> None:
     assert "".join(e.text for e in sent) == parser.content
 
 
+def _nested(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+def test_tool_parameters_nested_too_deep_are_a_bad_request() -> None:
+    tool = {"type": "function", "function": {"name": "deep", "parameters": _nested(400)}}
+    with pytest.raises(BadRequest) as refused:  # was a RecursionError: a 500
+        tool_request([tool], "auto", None, None, None)
+    assert refused.value.param == "tools[0].function.parameters"
+    assert "deeper" in str(refused.value)
+
+
+def test_a_call_name_with_a_bad_escape_is_text_not_a_crash() -> None:
+    written = '<|python_tag|>{ "name": "a\\q", "parameters": {}}'
+    whole = parse(LLAMA3, written)
+    assert not whole.calls and whole.content == written
+    streamed = CallParser(LLAMA3)
+    events = [e for char in written for e in streamed.feed(char)] + streamed.finish()
+    assert not streamed.calls and "".join(e.text for e in events).endswith(written[14:])
+
+
+@pytest.mark.parametrize("body", ["range(2**40)|list", "'x' * 10**13", "'x' * 10**19"])
+def test_a_template_that_runs_out_of_memory_or_range_is_a_bad_request(body: str) -> None:
+    # A template's text is the operator's, but what it computes may follow the messages.
+    template = ChatTemplate("{% if tools %}<tool_call>{% endif %}{{ " + body + " }}")
+    request = tool_request(TOOLS, "auto", None, None, None)
+    assert request is not None
+    with pytest.raises(BadRequest) as refused:  # was a MemoryError or OverflowError: a 500
+        render_native(template, ASK, request)
+    assert refused.value.param == "messages"
+
+
+def test_a_chat_template_is_compiled_once_not_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    import jinja2.sandbox
+
+    compiled = []
+    original = jinja2.sandbox.ImmutableSandboxedEnvironment.from_string
+
+    def counting(self: Any, source: Any, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(source)
+        return original(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.sandbox.ImmutableSandboxedEnvironment, "from_string", counting)
+    text = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
+    template = ChatTemplate(text + "{# this test's own #}")
+    request = tool_request(TOOLS, "auto", None, None, None)
+    assert request is not None
+    first = render_native(template, ASK, request)
+    for _ in range(5):
+        assert render_native(template, ASK, request) == first
+    assert len(compiled) == 1
+
+
 # -- grammars, on the real SmolLM2 vocabulary ------------------------------------------------------
 
 

@@ -14,6 +14,13 @@ MAX_N = 16
 MAX_STOP = 16
 MAX_COMPLETION_LOGPROBS = 5
 MAX_BIAS = 100.0  # the OpenAI API's range for a logit_bias value
+# llama.cpp divides a repeated token's positive logit by the penalty (multiplies a negative one):
+# 0 divides by zero, and past 10 a repeated token is as good as banned already (presence and
+# frequency penalties and logit_bias say that outright). 1 is no penalty.
+MAX_REPEAT_PENALTY = 10.0
+# llama.cpp reads top_k as a C int: 2**40 became 0 (no top-k at all) on the way. Past the
+# vocabulary it keeps every token anyway.
+MAX_TOP_K = 2**31 - 1
 
 # A bound the served model sets (llmkit.server.openapi states it in the running server's schema,
 # and the request is checked against the same value in code): its vocabulary, for every token id.

@@ -169,8 +169,9 @@ class CallParser:
                 self._buf = buf[start:]
                 return False
             m = _HEADER.match(buf, start)
-            if m is not None:
-                self.calls.append(Call(json.loads(f'"{m.group(1)}"')))
+            name = _json_string(m.group(1)) if m is not None else None
+            if m is not None and name is not None:
+                self.calls.append(Call(name))
                 events.append(Event("call", self.calls[-1].name, len(self.calls) - 1))
                 self._buf, self._mode = buf[m.end() :], "arguments"
                 self._depth, self._in_string, self._escape = 0, False, False
@@ -266,6 +267,14 @@ class CallParser:
         else:
             self._buf = buf[end:]
         return False
+
+
+def _json_string(body: str) -> str | None:
+    """A JSON string's body decoded; None when it is not valid JSON (a model wrote `"a\\q"`)."""
+    try:
+        return str(json.loads(f'"{body}"'))
+    except ValueError:
+        return None
 
 
 def _held_back(text: str, triggers: list[str]) -> int:
