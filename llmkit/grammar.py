@@ -24,14 +24,19 @@ import llguidance.llamacpp
 
 from llmkit.errors import BadRequest
 
-# Between JSON tokens: at most a few spaces or newlines. Unbounded whitespace lets a small model
-# fill its whole answer with it (llama.cpp's own JSON grammars bound it the same way).
-JSON_OPTIONS: dict[str, Any] = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,16}"}
+# Between JSON tokens: nothing, one space, or one newline and an indentation, as llama.cpp's own
+# JSON grammars allow (its SPACE_RULE). Sixteen free whitespace characters per gap let SmolLM2 at
+# temperature 1 write newline after newline until max_tokens ran out mid-object; this allows
+# pretty-printed and compact JSON alike, and at most a line break per gap.
+JSON_OPTIONS: dict[str, Any] = {"whitespace_pattern": r"(?:\x20|\x0A[\x20\x09]{0,20})?"}
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 # JSON Schema integers are unbounded; without a bound a small model can write digits until its
 # token limit. They are kept to the integers every JSON parser reads exactly (JavaScript's safe
 # integers, 16 digits), as llama.cpp's own schema grammars keep them to 16 digits.
 SAFE_INTEGERS = (-(2**53 - 1), 2**53 - 1)
+# JSON levels of a schema (objects and lists): llguidance's parser reads no deeper (serde_json's
+# limit), and the schema walks here recurse.
+MAX_DEPTH = 128
 
 
 def grammar_for(response_format: dict[str, Any] | None, grammar: str | None) -> str | None:
@@ -42,6 +47,12 @@ def grammar_for(response_format: dict[str, Any] | None, grammar: str | None) -> 
         except ValueError as exc:
             raise BadRequest(f"grammar: {exc}", param="grammar") from None
         return _validated(compiled, "grammar")
+    schema = format_schema(response_format)
+    return None if schema is None else schema_grammar(schema)
+
+
+def format_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON schema a `response_format` asks the content to satisfy; None for free text."""
     if not response_format or response_format.get("type") in (None, "text"):
         return None
     kind = response_format.get("type")
@@ -60,21 +71,39 @@ def grammar_for(response_format: dict[str, Any] | None, grammar: str | None) -> 
             f"response_format.type must be text, json_object or json_schema, not {kind!r}",
             param="response_format",
         )
-    return schema_grammar(schema)
+    if not isinstance(schema, dict):
+        raise BadRequest("a JSON schema must be an object", param="response_format")
+    return schema
 
 
 def schema_grammar(schema: Any) -> str:
     """The grammar of JSON documents that satisfy `schema`; a BadRequest naming what it can't do."""
     if not isinstance(schema, dict):
         raise BadRequest("a JSON schema must be an object", param="response_format")
+    check_depth(schema)
     try:
         compiled = llguidance.LLMatcher.grammar_from_json_schema(
-            json.dumps(bounded_integers(schema)),
-            defaults=JSON_OPTIONS,  # type: ignore[arg-type]
+            # Our whitespace bound, whatever the schema's own x-guidance says.
+            json.dumps({**bounded_integers(schema), "x-guidance": JSON_OPTIONS})
         )
     except (ValueError, TypeError) as exc:
         raise BadRequest(f"response_format: {exc}", param="response_format") from None
     return _validated(compiled, "response_format")
+
+
+def check_depth(schema: Any, param: str = "response_format") -> None:
+    """A BadRequest for a schema nested deeper than llguidance reads (and Python recurses)."""
+    level: list[Any] = [schema]
+    for _ in range(MAX_DEPTH):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return
+    raise BadRequest(f"the JSON schema is nested deeper than {MAX_DEPTH} levels", param=param)
 
 
 def bounded_integers(schema: Any) -> Any:

@@ -63,6 +63,17 @@ def fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"role": "user", "content": system}, *rest]
 
 
+# What a chat template raises for messages it cannot render: the request's fault, a 400.
+TEMPLATE_ERRORS = (
+    ValueError,
+    TypeError,
+    jinja2.TemplateError,
+    MemoryError,
+    OverflowError,
+    RecursionError,
+)
+
+
 def chat_prompt(llama: llama_cpp.Llama, messages: list[dict[str, Any]]) -> Prompt:
     """The prompt llama_cpp would build for these messages with this model's chat template."""
     if llama.chat_handler is None and llama.chat_format in _SYSTEM_INTO_FIRST_USER:
@@ -76,9 +87,10 @@ def chat_prompt(llama: llama_cpp.Llama, messages: list[dict[str, Any]]) -> Promp
         handler(llama=_Recorder(llama), messages=messages)  # type: ignore[arg-type]
     except _Rendered as rendered:
         kwargs = rendered.kwargs
-    except (ValueError, jinja2.TemplateError) as exc:
+    except TEMPLATE_ERRORS as exc:
         # The template's own raise_exception (roles that must alternate, say) raises ValueError;
-        # a template that cannot render these messages raises jinja2's errors.
+        # a template that cannot render these messages raises jinja2's errors; one that loops or
+        # multiplies by what the messages say, MemoryError or OverflowError (the sandbox's range).
         raise BadRequest(
             f"the model's chat template refused these messages: {exc}", param="messages"
         ) from None

@@ -14,6 +14,7 @@ import pytest
 from llmkit.server.errors import invalid
 from llmkit.server.openapi import decimal_range, with_bounds
 from llmkit.server.schemas import MAX_COMPLETION_LOGPROBS, MAX_N, MAX_STOP, TOKEN_ID
+from llmkit.tools.request import MAX_TOOLS
 from tests.test_origins import JSON, error_of, request
 
 
@@ -64,11 +65,20 @@ def _branch(field: dict[str, Any], kind: str) -> dict[str, Any]:
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 COMPLETION = {"prompt": "hi", "max_tokens": 1}
+RESPONSES = {"input": "hi", "max_output_tokens": 1}
 
 
 def _post(server: openai.OpenAI, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     status, _, raw = request(server, "POST", path, JSON, body)
     return status, (error_of(raw) if status == 400 else json.loads(raw))
+
+
+def _tools(n: int, flat: bool = False) -> list[dict[str, Any]]:
+    functions = [{"name": f"f{i}"} for i in range(n)]
+    return [
+        {"type": "function", **f} if flat else {"type": "function", "function": f}
+        for f in functions
+    ]
 
 
 # (route, the body's field, the bound in the schema, a body at it, one just outside it, param)
@@ -99,6 +109,22 @@ BOUNDS = [
         "logprobs",
     ),
     ("/v1/completions", "best_of", MAX_N, {"n": 2, "best_of": 2}, {"best_of": 2}, "best_of"),
+    (
+        "/v1/chat/completions",
+        "tools",
+        MAX_TOOLS,
+        {"tools": _tools(MAX_TOOLS), "tool_choice": "none"},
+        {"tools": _tools(MAX_TOOLS + 1), "tool_choice": "none"},
+        "tools",
+    ),
+    (
+        "/v1/responses",
+        "tools",
+        MAX_TOOLS,
+        {"tools": _tools(MAX_TOOLS, flat=True), "tool_choice": "none"},
+        {"tools": _tools(MAX_TOOLS + 1, flat=True), "tool_choice": "none"},
+        "tools",
+    ),
 ]
 
 
@@ -114,11 +140,11 @@ def test_a_documented_bound_is_the_one_validated(
 ) -> None:
     body = _body(_schema(llmkit_server), path)
     documented = body["properties"][field]
-    if field == "stop":
+    if field in ("stop", "tools"):
         assert _branch(documented, "array")["maxItems"] == bound
     else:
         assert _branch(documented, "integer")["maximum"] == bound
-    base = CHAT if path == "/v1/chat/completions" else COMPLETION
+    base = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETION}.get(path, RESPONSES)
     status, answer = _post(llmkit_server, path, {**base, **at})
     assert status == 200, answer
     status, answer = _post(llmkit_server, path, {**base, **outside})
@@ -334,3 +360,69 @@ def test_a_response_format_is_answered_exactly_when_the_schema_allows_it(
         assert status == 200, answer
     else:
         assert status == 400 and answer["param"].startswith(param), answer
+
+
+TOOL_F = {"type": "function", "function": {"name": "f"}}
+BESIDE_TOOLS = [
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, True),
+    (
+        "/v1/chat/completions",
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "a", "schema": {"type": "object"}, "strict": True},
+            }
+        },
+        True,
+    ),
+    ("/v1/chat/completions", {"grammar": 'root ::= "a"'}, False),
+    ("/v1/chat/completions", {"logprobs": True}, False),
+    ("/v1/responses", {"text": {"format": {"type": "json_object"}}}, True),
+    (
+        "/v1/responses",
+        {"text": {"format": {"type": "json_schema", "name": "a", "schema": {"type": "object"}}}},
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "given", "answered"), BESIDE_TOOLS)
+def test_a_format_beside_tools_is_answered_exactly_when_the_schema_allows_it(
+    llmkit_server: openai.OpenAI, path: str, given: dict[str, Any], answered: bool
+) -> None:
+    if path == "/v1/responses":
+        tools = [{"type": "function", "name": "f"}]
+        body = {"input": "hi", "max_output_tokens": 1, "tools": tools, **given}
+    else:
+        body = {**CHAT, "tools": [TOOL_F], **given}
+    assert _valid(_schema(llmkit_server), path, body) is answered
+    status, answer = _post(llmkit_server, path, body)
+    assert (status == 200) is answered, answer
+
+
+# (route, field, raw JSON value just outside the bound): sampling values llama.cpp cannot take.
+SAMPLING_BOUNDS = [
+    ("/v1/chat/completions", "repeat_penalty", "0"),
+    ("/v1/chat/completions", "repeat_penalty", "1e999"),  # JSON's way to say infinity
+    ("/v1/chat/completions", "top_k", str(2**40)),  # was 0 (no top-k at all) through ctypes
+    ("/v1/completions", "repeat_penalty", "-0.5"),
+    ("/v1/responses", "top_k", str(2**31)),
+    ("/v1/responses", "repeat_penalty", "10.5"),
+]
+
+
+@pytest.mark.parametrize(("path", "field", "raw"), SAMPLING_BOUNDS)
+def test_a_sampling_value_llama_cpp_cannot_take_is_a_400_and_bounded_in_the_schema(
+    llmkit_server: openai.OpenAI, path: str, field: str, raw: str
+) -> None:
+    base = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETION}.get(path, RESPONSES)
+    documented = _body(_schema(llmkit_server), path)["properties"][field]
+    kind = "integer" if field == "top_k" else "number"
+    assert "maximum" in _branch(documented, kind)
+    if field == "repeat_penalty":
+        assert _branch(documented, kind)["exclusiveMinimum"] == 0
+    body = json.dumps(base)[:-1] + f', "{field}": {raw}}}'
+    status, _, answer = request(llmkit_server, "POST", path, JSON, body.encode())
+    assert status == 400 and error_of(answer)["param"] == field, answer
+    ok = json.dumps({**base, field: 2 if field == "top_k" else 1.5}).encode()
+    assert request(llmkit_server, "POST", path, JSON, ok)[0] == 200

@@ -743,7 +743,19 @@ def test_a_native_template_streams_text_or_calls_and_never_its_tags(
         ({"tools": [{"type": "function", "parameters": {"type": "object"}}]}, "tools[0].name"),
         ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0].type"),
         ({"tools": TOOLS, "tool_choice": {"type": "function", "name": "nowhere"}}, "tool_choice"),
-        ({"tools": TOOLS, "text": {"format": {"type": "json_object"}}}, "text.format"),
+        (  # a format beside tools is taken (issue 31); one it cannot enforce is not
+            {
+                "tools": TOOLS,
+                "text": {
+                    "format": {
+                        "type": "json_schema",
+                        "name": "x",
+                        "schema": {"type": "string", "format": "no-such"},
+                    }
+                },
+            },
+            "text.format",
+        ),
     ],
 )
 def test_bad_tool_requests_are_openai_400s_naming_the_parameter(

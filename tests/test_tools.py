@@ -4,9 +4,11 @@ the two tiny models with the real openai SDK and langchain-openai."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from llmkit.tools.constraint import calls_grammar
 from llmkit.tools.family import FAMILIES, GENERIC, HERMES, LLAMA3, MISTRAL, detect
 from llmkit.tools.parse import CallParser, parse
 from llmkit.tools.render import ChatTemplate, render_native
-from llmkit.tools.request import ToolRequest, tool_request
+from llmkit.tools.request import MAX_TOOLS, ToolRequest, first_repeat, tool_request
 from tests.helpers import ADD_TOOL as ADD
 from tests.helpers import WEATHER_TOOL as WEATHER
 from tests.helpers import get_json, post_json, root_url, valid_tool_call
@@ -187,6 +189,83 @@ def test_text_that_may_start_the_trigger_is_held_back() -> None:
     assert [e.kind for e in events][:1] == ["call"] and parser.content == "Sure "
 
 
+def test_a_repeated_tool_name_is_found_in_linear_time() -> None:
+    names = [f"tool_{i}" for i in range(200_000)]
+    started = time.perf_counter()
+    assert first_repeat(names) is None
+    assert first_repeat([*names, "tool_7"]) == len(names)
+    assert time.perf_counter() - started < 1.0  # pairwise: 2·10¹⁰ comparisons
+
+
+def test_a_long_generic_response_is_parsed_in_linear_time() -> None:
+    parser, sent = CallParser(GENERIC), []
+    started = time.perf_counter()
+    sent += parser.feed('{"response": "')
+    for _ in range(16_384):  # rescanning the buffer on every delta took minutes here
+        sent += parser.feed("ab")
+    sent += parser.feed("\\u00e9 \\ud83d")  # an escape and half a UTF-16 pair, then the rest
+    sent += parser.feed('\\ude00"}') + parser.finish()
+    assert time.perf_counter() - started < 3.0
+    assert parser.content == "ab" * 16_384 + "\u00e9 \U0001f600"
+    assert "".join(e.text for e in sent) == parser.content
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+def test_tool_parameters_nested_too_deep_are_a_bad_request() -> None:
+    tool = {"type": "function", "function": {"name": "deep", "parameters": _nested(400)}}
+    with pytest.raises(BadRequest) as refused:  # was a RecursionError: a 500
+        tool_request([tool], "auto", None, None, None)
+    assert refused.value.param == "tools[0].function.parameters"
+    assert "deeper" in str(refused.value)
+
+
+def test_a_call_name_with_a_bad_escape_is_text_not_a_crash() -> None:
+    written = '<|python_tag|>{ "name": "a\\q", "parameters": {}}'
+    whole = parse(LLAMA3, written)
+    assert not whole.calls and whole.content == written
+    streamed = CallParser(LLAMA3)
+    events = [e for char in written for e in streamed.feed(char)] + streamed.finish()
+    assert not streamed.calls and "".join(e.text for e in events).endswith(written[14:])
+
+
+@pytest.mark.parametrize("body", ["range(2**40)|list", "'x' * 10**13", "'x' * 10**19"])
+def test_a_template_that_runs_out_of_memory_or_range_is_a_bad_request(body: str) -> None:
+    # A template's text is the operator's, but what it computes may follow the messages.
+    template = ChatTemplate("{% if tools %}<tool_call>{% endif %}{{ " + body + " }}")
+    request = tool_request(TOOLS, "auto", None, None, None)
+    assert request is not None
+    with pytest.raises(BadRequest) as refused:  # was a MemoryError or OverflowError: a 500
+        render_native(template, ASK, request)
+    assert refused.value.param == "messages"
+
+
+def test_a_chat_template_is_compiled_once_not_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    import jinja2.sandbox
+
+    compiled = []
+    original = jinja2.sandbox.ImmutableSandboxedEnvironment.from_string
+
+    def counting(self: Any, source: Any, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(source)
+        return original(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.sandbox.ImmutableSandboxedEnvironment, "from_string", counting)
+    text = (TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_text()
+    template = ChatTemplate(text + "{# this test's own #}")
+    request = tool_request(TOOLS, "auto", None, None, None)
+    assert request is not None
+    first = render_native(template, ASK, request)
+    for _ in range(5):
+        assert render_native(template, ASK, request) == first
+    assert len(compiled) == 1
+
+
 # -- grammars, on the real SmolLM2 vocabulary ------------------------------------------------------
 
 
@@ -239,6 +318,71 @@ def test_the_grammar_enforces_tool_choice_and_the_schemas(smollm2_vocab: Any, fa
         assert not _accepts(smollm2_vocab, auto, f"Hi {family.trigger} nothing")
     else:
         assert _accepts(smollm2_vocab, auto, '{"response": "Hello"}')
+
+
+# A response format beside the tools: an answer is calls, or content in the format.
+REPORT = {
+    "type": "object",
+    "properties": {
+        "city": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "maxLength": 20}},
+            "required": ["name"],
+            "additionalProperties": False,
+        },
+        "temperature_c": {"type": "integer", "minimum": -60, "maximum": 60},
+    },
+    "required": ["city", "temperature_c"],
+    "additionalProperties": False,
+}
+
+
+def _with_format(choice: Any, schema: dict[str, Any] = REPORT) -> ToolRequest:
+    request = tool_request(TOOLS, choice, None, None, None)
+    assert request is not None
+    return dataclasses.replace(request, content=schema)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES.values()), ids=list(FAMILIES))
+def test_a_format_beside_tools_allows_calls_or_content_in_the_format_only(
+    smollm2_vocab: Any, family: Any
+) -> None:
+    one = family.text([("add", '{"a": 2, "b": 3}')])
+    report = '{"city": {"name": "Paris"}, "temperature_c": 21}'
+    off_schema = '{"city": {"name": "Paris"}, "temperature_c": 99}'
+
+    def content(text: str) -> str:
+        return f'{{"response": {text}}}' if family is GENERIC else text
+
+    auto = calls_grammar(family, _with_format("auto"))
+    assert _accepts(smollm2_vocab, auto, one)
+    assert _accepts(smollm2_vocab, auto, content(report))
+    assert not _accepts(smollm2_vocab, auto, content(off_schema))
+    assert not _accepts(smollm2_vocab, auto, content('"Paris, 21 degrees"'))
+    assert not _accepts(smollm2_vocab, auto, "Let me see. " + one)  # no free text at all
+    required = calls_grammar(family, _with_format("required"))
+    assert _accepts(smollm2_vocab, required, one)
+    assert not _accepts(smollm2_vocab, required, content(report))
+    named_add = calls_grammar(family, _with_format(named("add")))
+    assert not _accepts(smollm2_vocab, named_add, content(report))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES.values()), ids=list(FAMILIES))
+def test_content_beside_tools_is_passed_whole_and_calls_still_parse(family: Any) -> None:
+    request = _with_format("auto")
+    report = '{"city": {"name": "add"}, "temperature_c": 21}'  # a "name" key is no call
+    output = f'{{"response": {report}}}' if family is GENERIC else report
+    call = family.text([("add", '{"a": 2, "b": 3}')])
+    for text, content, calls in [(output, report, []), (call, "", [("add", {"a": 2, "b": 3})])]:
+        whole = parse(family, text, request)
+        assert whole.content == content
+        assert [(c.name, json.loads(c.arguments)) for c in whole.calls] == calls
+        streamed, events = CallParser.of(family, request), []
+        for char in text:
+            events += streamed.feed(char)
+        events += streamed.finish()
+        assert "".join(e.text for e in events if e.kind == "content") == content
+        assert [e.text for e in events if e.kind == "call"] == [name for name, _ in calls]
 
 
 # -- end to end: the real server, the tiny models, the openai SDK -----------------------------------
@@ -384,6 +528,116 @@ def test_parse_with_constraints_is_valid_for_every_seed_at_temperature_1(
             max_tokens=60,
         )
         assert isinstance(reply.choices[0].message.parsed, Pet)
+
+
+# After a tool result, each model may call again or answer: either way within its constraint.
+AFTER_A_RESULT = [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "Paris: 21 degrees Celsius, sunny"},
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", [*SERVERS, "qwen_template_server"])
+def test_content_beside_tools_always_validates_against_the_format_across_seeds(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    client = request.getfixturevalue(server)
+    answered = 0
+    for seed in range(6):
+        stream = seed % 2 == 1
+        reply = client.chat.completions.create(
+            model="any",
+            messages=AFTER_A_RESULT,
+            tools=TOOLS,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "report", "schema": REPORT, "strict": True},
+            },
+            parallel_tool_calls=False,  # Gemma repeats its calls until a cut one otherwise
+            temperature=1.0,
+            seed=seed,
+            max_tokens=80,
+            stream=stream,
+        )
+        content, calls, finish = _assembled(reply) if stream else _whole(reply)
+        assert finish in ("stop", "tool_calls"), (seed, content, calls)
+        if calls:
+            assert finish == "tool_calls" and not content
+            assert all(valid_tool_call(name, args) for name, args in calls)
+        else:
+            jsonschema.validate(json.loads(content), REPORT)  # the format, whole
+            answered += 1
+    if server == "smollm2_server":
+        assert answered  # the content branch was taken (seeds fixed: deterministic)
+
+
+def _whole(reply: Any) -> tuple[str, list[tuple[str, Any]], str]:
+    return reply.choices[0].message.content or "", _calls(reply), reply.choices[0].finish_reason
+
+
+def _assembled(stream: Any) -> tuple[str, list[tuple[str, Any]], str]:
+    content, names, arguments, finish = "", {}, {}, ""
+    for chunk in stream:
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for call in choice.delta.tool_calls or []:
+                if call.function.name:
+                    names[call.index] = call.function.name
+                arguments[call.index] = arguments.get(call.index, "") + (
+                    call.function.arguments or ""
+                )
+            finish = choice.finish_reason or finish
+    calls = [(names[k], json.loads(arguments[k])) for k in sorted(names)]
+    return content, calls, finish
+
+
+@pytest.mark.slow
+def test_compiling_tool_schemas_runs_beside_the_event_loop(llmkit_server: openai.OpenAI) -> None:
+    # The most tools a request may offer, each with 200 patterned properties: seconds of schema
+    # compilation, which ran on the event loop (/health waited for all of it) before.
+    properties = {
+        f"p{i}": {"type": "string", "pattern": "^[a-z]{1,8}-[0-9]{2,4}$"} for i in range(200)
+    }
+    parameters = {"type": "object", "properties": properties, "required": list(properties)}
+    tools = [
+        {"type": "function", "function": {"name": f"t{k}", "parameters": parameters}}
+        for k in range(MAX_TOOLS)
+    ]
+    body = {"messages": ASK, "tools": tools, "tool_choice": "none", "max_tokens": 1}
+    url = root_url(llmkit_server) + "/v1/chat/completions"
+    done: list[float] = []
+
+    def send() -> None:
+        status, answer = post_json(url, body, timeout=120)
+        assert status == 200, answer
+        done.append(time.perf_counter())
+
+    sender = threading.Thread(target=send)
+    started = time.perf_counter()
+    sender.start()
+    slowest = 0.0
+    while not done:
+        asked = time.perf_counter()
+        status, _ = get_json(root_url(llmkit_server) + "/health", timeout=60)
+        slowest = max(slowest, time.perf_counter() - asked)
+        time.sleep(0.05)
+    sender.join()
+    took = done[0] - started
+    assert took > 1.0, "the request was too quick to tell"
+    assert slowest < took / 3, (slowest, took)
 
 
 @pytest.mark.slow

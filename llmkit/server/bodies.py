@@ -30,7 +30,9 @@ from llmkit.server.schemas import (
     MAX_COMPLETION_LOGPROBS,
     MAX_N,
     MAX_PROMPTS,
+    MAX_REPEAT_PENALTY,
     MAX_STOP,
+    MAX_TOP_K,
     MESSAGE_SCHEMA,
     MESSAGES_BETWEEN_FIELDS,
     MESSAGES_CACHE_CONTROL,
@@ -92,9 +94,9 @@ class _Common(Body):
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
     top_p: float = Field(default=0.95, ge=0.0, le=1.0)
     min_p: float = Field(default=0.05, ge=0.0, le=1.0)
-    top_k: int = Field(default=40, ge=0)
+    top_k: int = Field(default=40, ge=0, le=MAX_TOP_K)
     # No repeat penalty unless asked, as the OpenAI API and llama-server (llama_cpp.server: 1.1).
-    repeat_penalty: float = Field(default=1.0, ge=0.0)
+    repeat_penalty: float = Field(default=1.0, gt=0.0, le=MAX_REPEAT_PENALTY)
     n: int = Field(default=1, ge=1, le=MAX_N)
     max_tokens: int | None = Field(default=None, ge=1)
     min_tokens: int = Field(default=0, ge=0)
@@ -304,9 +306,9 @@ class ResponsesRequest(Body):
     # llmkit's own sampling options, as /v1/chat/completions takes them.
     seed: int | None = None
     stop: Stop | None = None
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: int | None = Field(default=None, ge=0, le=MAX_TOP_K)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    repeat_penalty: float | None = Field(default=None, ge=0.0)
+    repeat_penalty: float | None = Field(default=None, gt=0.0, le=MAX_REPEAT_PENALTY)
     min_tokens: int | None = Field(default=None, ge=0)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from llmkit.engine import Delta, Usage
+from llmkit.engine import Choice, Delta, Usage
 from llmkit.logprobs import TokenLogprob
 from llmkit.server.bodies import ChatRequest, CompletionRequest
 from llmkit.server.choices import choices_for, tools_of
@@ -24,6 +24,7 @@ from llmkit.server.registry import registry_of
 from llmkit.server.respond import respond
 from llmkit.tools.family import Family
 from llmkit.tools.parse import CallParser, Event, parse
+from llmkit.tools.render import ChatTemplate
 from llmkit.tools.request import ToolRequest
 
 Piece = Callable[[int], bytes]  # a token's bytes (the engine's piece), for logprobs
@@ -31,10 +32,9 @@ Piece = Callable[[int], bytes]  # a token's bytes (the engine's piece), for logp
 
 async def chat(request: Request, body: ChatRequest) -> Any:
     served = registry_of(request).find(body.model)
-    tools = tools_of(body)
-    # Rendering the template and tokenizing take milliseconds a thousand tokens: off the
-    # event loop, so that the other streams' tokens keep flowing meanwhile.
-    choices, _ = await run_in_threadpool(choices_for, body, served.llama, served.template, tools)
+    # Compiling the tools' schemas, rendering the template and tokenizing take time in proportion
+    # to the request: off the event loop, so that the other streams' tokens keep flowing.
+    tools, choices = await run_in_threadpool(chat_choices, body, served.llama, served.template)
     model = body.model or served.name
     shaper: ChatShaper
     if tools is not None:
@@ -43,6 +43,14 @@ async def chat(request: Request, body: ChatRequest) -> Any:
         piece = served.engine.piece if any(c.params.logprobs is not None for c in choices) else None
         shaper = ChatShaper(model, len(choices), _usage_asked(body), piece)
     return await respond(request, served.engine, choices, shaper, body.stream)
+
+
+def chat_choices(
+    body: ChatRequest, llama: Any, template: ChatTemplate | None
+) -> tuple[ToolRequest | None, list[Choice]]:
+    """The request's tools (validated, their schemas compiled) and its choices."""
+    tools = tools_of(body)
+    return tools, choices_for(body, llama, template, tools)[0]
 
 
 async def completions(request: Request, body: CompletionRequest) -> Any:
@@ -235,7 +243,8 @@ class ToolCallShaper(ChatShaper):
         super().__init__(model, n, include_usage, None)  # logprobs are refused beside tools
         self.family = family
         self.legacy = tools.legacy
-        self.parsers = [CallParser(family) for _ in range(n)]
+        self.tools = tools
+        self.parsers = [CallParser.of(family, tools) for _ in range(n)]
         self.call_ids: list[list[str]] = [[] for _ in range(n)]
 
     def call_id(self, i: int, k: int) -> str:
@@ -294,7 +303,7 @@ class ToolCallShaper(ChatShaper):
         finish = self.finish[i]
         if finish is None:
             return super().message(i)
-        parsed = parse(self.family, self.texts[i])
+        parsed = parse(self.family, self.texts[i], self.tools)
         calls = [c for c in parsed.calls if c.complete]
         content = parsed.content if parsed.content or not calls else None
         message: dict[str, Any] = {"role": "assistant", "content": content}

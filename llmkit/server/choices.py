@@ -7,13 +7,14 @@ Whatever the engine cannot honour is a 400 that says so, never silently ignored.
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from typing import Any
 
 import llama_cpp
 
 from llmkit.engine import Choice
 from llmkit.errors import BadRequest
-from llmkit.grammar import grammar_for
+from llmkit.grammar import format_schema, grammar_for, schema_grammar
 from llmkit.logprobs import MAX_TOP
 from llmkit.prompts import chat_prompt, completion_prompts
 from llmkit.sampling import SamplingParams
@@ -27,10 +28,16 @@ NEVER = 2**62  # a min_tokens no generation reaches: the end-of-generation token
 
 
 def tools_of(body: ChatRequest) -> ToolRequest | None:
-    """The request's tools and what tool_choice demands; None when no tool is offered."""
-    return tool_request(
+    """The request's tools and what tool_choice demands (and the format of content answered
+    instead of calls); None when no tool is offered."""
+    request = tool_request(
         body.tools, body.tool_choice, body.functions, body.function_call, body.parallel_tool_calls
     )
+    schema = format_schema(body.response_format) if request is not None else None
+    if request is None or schema is None:
+        return request
+    schema_grammar(schema)  # what llguidance cannot enforce, refused naming response_format
+    return replace(request, content=schema)
 
 
 def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -159,9 +166,8 @@ def completion_logprobs(logprobs: int | None) -> int | None:
 
 
 def _refuse_beside_tools(body: ChatRequest) -> None:
-    """What a tool request cannot be combined with (its grammar is the tools')."""
-    if body.response_format and body.response_format.get("type") not in (None, "text"):
-        raise BadRequest("response_format cannot be combined with tools", param="response_format")
+    """What a tool request cannot be combined with: the grammar is the tools' (and the response
+    format's, tools_of), and logprobs are not parsed into calls."""
     if body.grammar is not None:
         raise BadRequest("grammar cannot be combined with tools", param="grammar")
     if body.logprobs:

@@ -40,10 +40,9 @@ from llmkit.tools.request import ToolRequest
 async def create(request: Request, body: MessagesRequest) -> Any:
     """POST /v1/messages: run one Messages request as the chat completion it translates to."""
     chat = to_chat(body)
-    tools = tools_for(chat)
     served = registry_of(request).find(chat.model)
-    # Rendering the template and tokenizing: off the event loop, as for chat completions.
-    found = await run_in_threadpool(choices, chat, served.llama, served.template, tools)
+    # The tools' schemas, the template and the tokens: off the event loop, as for chat.
+    tools, found = await run_in_threadpool(choices, chat, served.llama, served.template)
     shaper = MessageShaper(
         body.model or served.name,
         len(found[0].prompt),
@@ -57,9 +56,8 @@ async def create(request: Request, body: MessagesRequest) -> Any:
 async def count_tokens(request: Request, body: MessagesPrompt) -> dict[str, Any]:
     """POST /v1/messages/count_tokens: the prompt's length as /v1/messages would render it."""
     chat = to_chat(body)
-    tools = tools_for(chat)
     served = registry_of(request).find(chat.model)
-    found = await run_in_threadpool(choices, chat, served.llama, served.template, tools)
+    _, found = await run_in_threadpool(choices, chat, served.llama, served.template)
     return {"input_tokens": len(found[0].prompt)}
 
 
@@ -325,14 +323,13 @@ def tools_for(chat: ChatRequest) -> ToolRequest | None:
 
 
 def choices(
-    chat: ChatRequest,
-    llama: llama_cpp.Llama,
-    template: ChatTemplate | None = None,
-    tools: ToolRequest | None = None,
-) -> list[Choice]:
-    """choices_for, with its errors naming this route's parameters instead of the chat route's."""
+    chat: ChatRequest, llama: llama_cpp.Llama, template: ChatTemplate | None = None
+) -> tuple[ToolRequest | None, list[Choice]]:
+    """The tool request and choices_for's choices, with errors naming this route's parameters
+    instead of the chat route's (the tools' schemas compiled here: off the event loop)."""
+    tools = tools_for(chat)
     try:
-        return choices_for(chat, llama, template, tools)[0]
+        return tools, choices_for(chat, llama, template, tools)[0]
     except BadRequest as exc:
         raise _renamed(exc) from None
 

@@ -120,7 +120,9 @@ class ResponsesShaper:
         self.created_at = int(time.time())
         self.finish: str | None = None
         self.sequence = 0
-        self.parser = CallParser(family) if tools is not None and family is not None else None
+        self.parser = (
+            CallParser.of(family, tools) if tools is not None and family is not None else None
+        )
         self.items: list[Item] = [] if self.parser else [Message(_new_id("msg"), 0)]
         self._calls: dict[int, FunctionCall] = {}  # by the parser's index of the call
         self._pending = ""  # whitespace before any item: a message only if no call follows

@@ -32,16 +32,15 @@ from llmkit.server.respond import respond
 from llmkit.server.response_events import ResponsesShaper
 from llmkit.server.schemas import RESPONSES_ROLES, RESPONSES_TEXT_PARTS
 from llmkit.tools.render import ChatTemplate
-from llmkit.tools.request import ToolRequest
+from llmkit.tools.request import MAX_TOOLS, ToolRequest
 
 
 async def create(request: Request, body: ResponsesRequest) -> Any:
     """POST /v1/responses: run one Responses request as the chat completion it translates to."""
     chat = to_chat(body)
-    tools = tools_for(chat)
     served = registry_of(request).find(chat.model)
-    # Rendering the template and tokenizing: off the event loop, as for chat completions.
-    found = await run_in_threadpool(choices, chat, served.llama, served.template, tools)
+    # The tools' schemas, the template and the tokens: off the event loop, as for chat.
+    tools, found = await run_in_threadpool(choices, chat, served.llama, served.template)
     family = served.family if tools else None
     shaper = ResponsesShaper(body, chat, body.model or served.name, tools, family)
     return await respond(request, served.engine, found, shaper, body.stream)
@@ -138,6 +137,8 @@ def chat_tools(tools: list[Any] | None) -> list[dict[str, Any]] | None:
     An empty list offers nothing, as the OpenAI API takes it."""
     if not tools:
         return None
+    if len(tools) > MAX_TOOLS:
+        raise BadRequest(f"tools takes at most {MAX_TOOLS} tools", "tools")
     out = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
@@ -306,14 +307,13 @@ def response_format_for(text: TextConfig | None) -> dict[str, Any] | None:
 
 
 def choices(
-    chat: ChatRequest,
-    llama: llama_cpp.Llama,
-    template: ChatTemplate | None = None,
-    tools: ToolRequest | None = None,
-) -> list[Choice]:
-    """choices_for, with its errors naming this route's parameters instead of the chat route's."""
+    chat: ChatRequest, llama: llama_cpp.Llama, template: ChatTemplate | None = None
+) -> tuple[ToolRequest | None, list[Choice]]:
+    """The tool request and choices_for's choices, with errors naming this route's parameters
+    instead of the chat route's."""
+    tools = tools_for(chat)
     try:
-        return choices_for(chat, llama, template, tools)[0]
+        return tools, choices_for(chat, llama, template, tools)[0]
     except BadRequest as exc:
         raise _renamed(exc) from None
 

@@ -8,12 +8,20 @@ from __future__ import annotations
 from typing import Any
 
 from llmkit.embeddings import MAX_INPUTS
+from llmkit.tools.request import MAX_TOOLS
 
 MAX_N = 16
 MAX_PROMPTS = 64  # a completion request's prompts
 MAX_STOP = 16
 MAX_COMPLETION_LOGPROBS = 5
 MAX_BIAS = 100.0  # the OpenAI API's range for a logit_bias value
+# llama.cpp divides a repeated token's positive logit by the penalty (multiplies a negative one):
+# 0 divides by zero, and past 10 a repeated token is as good as banned already (presence and
+# frequency penalties and logit_bias say that outright). 1 is no penalty.
+MAX_REPEAT_PENALTY = 10.0
+# llama.cpp reads top_k as a C int: 2**40 became 0 (no top-k at all) on the way. Past the
+# vocabulary it keeps every token anyway.
+MAX_TOP_K = 2**31 - 1
 
 # A bound the served model sets (llmkit.server.openapi states it in the running server's schema,
 # and the request is checked against the same value in code): its vocabulary, for every token id.
@@ -95,6 +103,7 @@ _FUNCTION = {
 CHAT_TOOLS_SCHEMA: dict[str, Any] = {
     "type": "array",
     "minItems": 1,
+    "maxItems": MAX_TOOLS,
     "items": {
         "type": "object",
         "required": ["type", "function"],
@@ -107,18 +116,9 @@ def _given(name: str) -> dict[str, Any]:
     return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
 
 
-# A tool request's grammar is the tools': nothing else may constrain the answer.
+# A tool request's grammar is the tools' and the response format's: no GBNF grammar beside them.
 _BESIDE_TOOLS: dict[str, Any] = {
-    "properties": {
-        "logprobs": {"enum": [False, None]},
-        "grammar": {"type": "null"},
-        "response_format": {
-            "anyOf": [
-                {"type": "null"},
-                {"type": "object", "properties": {"type": {"enum": ["text", None]}}},
-            ]
-        },
-    }
+    "properties": {"logprobs": {"enum": [False, None]}, "grammar": {"type": "null"}}
 }
 # What JSON Schema can say of chat's fields between them (the rest is checked in code only:
 # tool_choice naming a tool offered, tool names unique, a tool's parameters a schema llguidance
@@ -170,7 +170,10 @@ CHAT_TOOL_CHOICE = {
     ]
 }
 FUNCTIONS_SCHEMA = {
-    "anyOf": [{"type": "array", "minItems": 1, "items": _FUNCTION}, {"type": "null"}]
+    "anyOf": [
+        {"type": "array", "minItems": 1, "maxItems": MAX_TOOLS, "items": _FUNCTION},
+        {"type": "null"},
+    ]
 }
 FUNCTION_CALL_SCHEMA = {
     "anyOf": [
@@ -307,6 +310,7 @@ RESPONSES_INPUT_SCHEMA: dict[str, Any] = {
 # A flat function tool, as chat_tools takes it (llmkit.tools.request checks the rest).
 RESPONSES_TOOLS_SCHEMA: dict[str, Any] = {
     "type": "array",
+    "maxItems": MAX_TOOLS,
     "items": {
         "type": "object",
         "required": ["type", "name"],

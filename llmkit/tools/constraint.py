@@ -4,6 +4,11 @@ The calls are written exactly as the family writes them (key order and spacing f
 arguments constrained by the tool's JSON schema (llmkit.grammar's bounds and whitespace). In
 `auto` mode the text runs free until the family's trigger, and only then is it constrained (a
 lazy lexeme: the free text may not contain the trigger, so the calls must follow it).
+
+With a response format beside the tools (`request.content`), `auto` is an alternation instead:
+the calls, or content that satisfies the format (no free text before the calls, which would
+break the format); the generic family answers it as `{"response": <the content>}`. Calls only
+for `required` or a named tool, as without a format.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import llguidance
 from llmkit.errors import BadRequest
 from llmkit.grammar import JSON_OPTIONS, bounded_integers
 from llmkit.tools.family import GENERIC, Family
-from llmkit.tools.request import Tool, ToolRequest
+from llmkit.tools.request import ToolRequest
 
 NAME_KEY = '{"name"'
 RESPONSE_KEY = '{"response": '
@@ -27,10 +32,9 @@ def _literal(text: str) -> str:
     return json.dumps(text)  # a lark string literal: JSON's escapes
 
 
-def _arguments(tool: Tool) -> str:
-    schema: dict[str, Any] = bounded_integers(tool.parameters)
-    options = {"whitespace_pattern": JSON_OPTIONS["whitespace_pattern"]}
-    return "%json " + json.dumps({**schema, "x-guidance": options})
+def _json(schema: dict[str, Any]) -> str:
+    """A lark rule's body: JSON that satisfies the schema (llmkit.grammar's bounds and spacing)."""
+    return "%json " + json.dumps({**bounded_integers(schema), "x-guidance": JSON_OPTIONS})
 
 
 def _regex_escape(text: str) -> str:
@@ -45,19 +49,26 @@ def calls_grammar(family: Family, request: ToolRequest) -> str:
     for i, tool in enumerate(request.callable):
         rest = f': "{tool.name}", "{family.arguments_key}": '
         lines.append(f"rest{i}: {_literal(rest)} args{i} {_literal('}')}")
-        lines.append(f"args{i}: {_arguments(tool)}")
-        fns.append(f"{_literal(NAME_KEY)} rest{i}")
+        lines.append(f"args{i}: {_json(tool.parameters)}")
+        fns.append(f"{_literal('{')} {_literal(NAME_KEY[1:])} rest{i}")
         rests.append(f"rest{i}")
     lines.append(f"fn: {' | '.join(fns)}")
     lines.append(f"call: {_literal(family.open)} fn {_literal(family.close)}")
     more = f"({_literal(family.join)} call)*" if request.parallel else ""
     tail = _literal(family.end) if family.end else ""
     start, trigger = family.start, family.trigger
-    if request.mode == "auto" and family is GENERIC:
-        lines.append(f"calls: {_literal(start)} call {more} {tail}")
+    calls = f"{_literal(start) if start else ''} call {more} {tail}"
+    if request.mode == "auto" and request.content is not None:
+        lines.append(f"content: {_json(request.content)}")
+        if family is GENERIC:
+            lines.append(f"response: {_literal(RESPONSE_KEY)} content {_literal('}')}")
+            lines.append(f"start: {calls} | response")
+        else:
+            lines.append(f"start: {calls} | content")
+    elif request.mode == "auto" and family is GENERIC:
         lines.append(f"response: {_literal(RESPONSE_KEY)} STRING {_literal('}')}")
         lines.append(f"STRING: {JSON_STRING}")
-        lines.append("start: calls | response")
+        lines.append(f"start: {calls} | response")
     elif request.mode == "auto":
         # Free text that never contains the trigger; or text up to the first trigger (a lazy
         # lexeme) and then the calls, constrained. The trigger begins start + open + the call.
@@ -70,7 +81,7 @@ def calls_grammar(family: Family, request: ToolRequest) -> str:
             lines.append(f"first: ({' | '.join(rests)}) {_literal(family.close)}")
         lines.append(f"start: FREE | head first {more} {tail}")
     else:
-        lines.append(f"start: {_literal(start) if start else ''} call {more} {tail}")
+        lines.append(f"start: {calls}")
     try:
         grammar = llguidance.grammar_from("lark", "\n".join(lines))
     except ValueError as exc:

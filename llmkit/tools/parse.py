@@ -5,6 +5,10 @@ that may still be the start of the trigger is held back), the start of each call
 its arguments, fragment by fragment, as they are written. The same parser reads a whole answer at
 the end, and recorded outputs of real models (spacing and key order as they come: a call whose
 name follows its arguments is reported once it is complete).
+
+With a response format beside the tools (ToolRequest.content) an answer is either calls or JSON
+content, from its first character: the parser tells which from the beginning, and passes content
+through whole (a `"name"` key inside it is not a call).
 """
 
 from __future__ import annotations
@@ -14,11 +18,18 @@ import re
 from dataclasses import dataclass, field
 
 from llmkit.tools.family import GENERIC, LLAMA3, Family
+from llmkit.tools.request import ToolRequest
 
 _HEADER = re.compile(
     r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*'
 )
 _RESPONSE = re.compile(r'\{\s*"response"\s*:\s*"')
+_RESPONSE_VALUE = re.compile(r'\{\s*"response"\s*:\s*')
+# A JSON string's body, as far as it is complete (no half escape), and a UTF-16 high surrogate
+# escape at its end.
+_STRING_BODY = re.compile(r'(?:[^"\\]|\\u[0-9a-fA-F]{4}|\\[^u])*')
+_HIGH_SURROGATE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}$")
+_WRAPPER_END = re.compile(r"\s*(?:\}\s*)?$")  # what may be the end of {"response": ...}
 _CALLS = re.compile(r'\{\s*"tool_calls?"\s*:\s*')
 # What may stand between calls: tags, separators, whitespace.
 _BETWEEN = re.compile(
@@ -45,6 +56,10 @@ class Event:
 @dataclass
 class CallParser:
     family: Family
+    # The answer is calls or JSON content (a response format beside the tools), and these are
+    # the tools it may call.
+    json_content: bool = False
+    names: tuple[str, ...] = ()
     calls: list[Call] = field(default_factory=list)
     content: str = ""
     _buf: str = ""  # text received and not yet consumed
@@ -52,11 +67,19 @@ class CallParser:
     _depth: int = 0
     _in_string: bool = False
     _escape: bool = False
-    _sent_response: int = 0
 
     def __post_init__(self) -> None:
         if self.family is GENERIC:
             self._mode = "generic"
+        elif self.json_content:
+            self._mode = "which"
+
+    @classmethod
+    def of(cls, family: Family, request: ToolRequest | None) -> CallParser:
+        """The parser of answers to this tool request, in this family."""
+        if request is None or request.content is None:
+            return cls(family)
+        return cls(family, True, tuple(t.name for t in request.callable))
 
     def feed(self, text: str) -> list[Event]:
         self._buf += text
@@ -70,7 +93,11 @@ class CallParser:
         events: list[Event] = []
         while self._step(events, final=True):
             pass
-        if self._buf and self._mode in ("text", "calls", "generic"):
+        if self._mode == "json_response":
+            rest = self._buf.strip() if not self.content else self._buf.rstrip()
+            self._content(events, rest[:-1].rstrip() if rest.endswith("}") else rest)
+            self._buf = ""
+        if self._buf and self._mode in ("text", "calls", "generic", "which", "json"):
             rest, self._buf = self._buf, ""
             if self._mode != "calls" or not self.calls:
                 self._content(events, rest)
@@ -101,10 +128,27 @@ class CallParser:
             self._content(events, buf[: len(buf) - keep])
             self._buf = buf[len(buf) - keep :]
             return False
+        if self._mode == "which":
+            return self._which(final)
+        if self._mode == "json":
+            self._content(events, buf)
+            self._buf = ""
+            return False
+        if self._mode == "json_response":
+            if not self.content:  # the space after "response": may come in a later piece
+                buf = buf.lstrip()
+            wrapper = _WRAPPER_END.search(buf)
+            keep = len(buf) - wrapper.start() if wrapper else 0
+            self._content(events, buf[: len(buf) - keep])
+            self._buf = buf[len(buf) - keep :]
+            return False
         if self._mode == "generic":
             stripped = buf.lstrip()
             if not stripped:
                 return False
+            if self.json_content and (m := _RESPONSE_VALUE.match(stripped)) is not None:
+                self._buf, self._mode = stripped[m.end() :], "json_response"
+                return True
             if (m := _RESPONSE.match(stripped)) is not None:
                 self._buf, self._mode = stripped[m.end() :], "response"
                 return True
@@ -125,8 +169,9 @@ class CallParser:
                 self._buf = buf[start:]
                 return False
             m = _HEADER.match(buf, start)
-            if m is not None:
-                self.calls.append(Call(json.loads(f'"{m.group(1)}"')))
+            name = _json_string(m.group(1)) if m is not None else None
+            if m is not None and name is not None:
+                self.calls.append(Call(name))
                 events.append(Event("call", self.calls[-1].name, len(self.calls) - 1))
                 self._buf, self._mode = buf[m.end() :], "arguments"
                 self._depth, self._in_string, self._escape = 0, False, False
@@ -149,6 +194,21 @@ class CallParser:
         if self._mode == "arguments":
             return self._arguments(events)
         return False
+
+    def _which(self, final: bool) -> bool:
+        """Calls or JSON content? Calls begin exactly as the family writes one of the tools."""
+        stripped = self._buf.lstrip()
+        heads = [
+            f'{self.family.start}{self.family.open}{{"name": "{name}", "{self.family.arguments_key}": '
+            for name in self.names
+        ]
+        if any(stripped.startswith(head) for head in heads):
+            self._mode = "calls"
+            return True
+        if not final and any(head.startswith(stripped) for head in heads):
+            return False  # not told yet
+        self._mode = "json"
+        return True
 
     def _arguments(self, events: list[Event]) -> bool:
         """Stream the arguments object until its closing brace, then drop the call's own '}'."""
@@ -190,42 +250,31 @@ class CallParser:
         return True
 
     def _response(self, events: list[Event], final: bool) -> bool:
-        """The generic family's {"response": "..."}: the string's text, decoded as it comes."""
+        """The generic family's {"response": "..."}: the string's text, decoded as it comes.
+
+        Only what arrived since the last piece is looked at (an escape cut in two waits for its
+        end), so a long answer costs in proportion to its length, not to its length squared."""
         buf = self._buf
-        i, escape = 0, False
-        while i < len(buf):
-            c = buf[i]
-            if escape:
-                escape = False
-            elif c == "\\":
-                escape = True
-            elif c == '"':
-                break
-            i += 1
-        closed = i < len(buf)
-        raw = buf[:i]
-        safe = raw if closed else _complete_escapes(raw)
-        text = json.loads(f'"{safe}"') if safe else ""
-        self._content(events, text[self._sent_response :])
-        self._sent_response = len(text)
+        body = _STRING_BODY.match(buf)
+        end = body.end() if body else 0  # complete characters and escapes
+        closed = end < len(buf) and buf[end] == '"'
+        if not closed and not final and _HIGH_SURROGATE.search(buf, 0, end):
+            end -= 6  # half of a UTF-16 pair: wait for the other half
+        if end:
+            self._content(events, json.loads(f'"{buf[:end]}"', strict=False))
         if closed:
             self._buf, self._mode = "", "done"
+        else:
+            self._buf = buf[end:]
         return False
 
 
-def _complete_escapes(raw: str) -> str:
-    """The longest prefix of a JSON string's body that does not end inside an escape."""
-    cut = raw.rfind("\\")
-    while cut >= 0:
-        # Count the backslashes ending at cut: an odd run starts an escape at its last one.
-        run = len(raw[: cut + 1]) - len(raw[: cut + 1].rstrip("\\"))
-        if run % 2 == 0:
-            return raw
-        tail = raw[cut:]
-        if tail.startswith("\\u"):
-            return raw if len(tail) >= 6 else raw[:cut]
-        return raw if len(tail) >= 2 else raw[:cut]
-    return raw
+def _json_string(body: str) -> str | None:
+    """A JSON string's body decoded; None when it is not valid JSON (a model wrote `"a\\q"`)."""
+    try:
+        return str(json.loads(f'"{body}"'))
+    except ValueError:
+        return None
 
 
 def _held_back(text: str, triggers: list[str]) -> int:
@@ -239,9 +288,9 @@ def _held_back(text: str, triggers: list[str]) -> int:
     return longest
 
 
-def parse(family: Family, text: str) -> CallParser:
+def parse(family: Family, text: str, request: ToolRequest | None = None) -> CallParser:
     """A whole answer, parsed."""
-    parser = CallParser(family)
+    parser = CallParser.of(family, request)
     parser.feed(text)
     parser.finish()
     return parser

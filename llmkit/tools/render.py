@@ -8,16 +8,16 @@ results written into the conversation as JSON text.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
-import jinja2
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llmkit.errors import BadRequest
-from llmkit.prompts import Prompt, chat_prompt
+from llmkit.prompts import TEMPLATE_ERRORS, Prompt, chat_prompt
 from llmkit.tools.family import GENERIC, MISTRAL, Family, detect
 from llmkit.tools.request import ToolRequest
 
@@ -82,7 +82,13 @@ def native_messages(messages: list[dict[str, Any]], family: Family) -> list[dict
 def generic_instruction(request: ToolRequest) -> str:
     """The system text that tells a model without tool support how to call the tools."""
     tools = json.dumps([t.openai()["function"] for t in request.callable], indent=2)
-    if request.mode == "auto":
+    if request.mode == "auto" and request.content is not None:
+        how = (
+            'Respond in JSON: either {"tool_calls": [{"name": TOOL, "arguments": {...}}]} to '
+            'call tools, or {"response": ANSWER} to answer directly, where ANSWER is JSON that '
+            f"follows this schema:\n{json.dumps(request.content)}"
+        )
+    elif request.mode == "auto":
         how = (
             'Respond in JSON: either {"tool_calls": [{"name": TOOL, "arguments": {...}}]} to '
             'call tools, or {"response": "your answer"} to answer directly.'
@@ -138,18 +144,24 @@ def legacy_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _formatter(template: ChatTemplate) -> Jinja2ChatFormatter:
+    """The template compiled once (Jinja compiles to Python: milliseconds a request otherwise)."""
+    assert template.text is not None
+    return Jinja2ChatFormatter(template.text, template.eos, template.bos)
+
+
 def render_native(
     template: ChatTemplate, messages: list[dict[str, Any]], request: ToolRequest
 ) -> tuple[str, list[str]]:
     """The prompt text a tool-aware template makes of these messages and tools, and its stop."""
-    assert template.text is not None
-    formatter = Jinja2ChatFormatter(template.text, template.eos, template.bos)
+    formatter = _formatter(template)
     try:
         result = formatter(
             messages=native_messages(messages, template.family),  # type: ignore[arg-type]
             tools=[t.openai() for t in request.tools],  # type: ignore[misc]
         )
-    except (ValueError, TypeError, jinja2.TemplateError) as exc:
+    except TEMPLATE_ERRORS as exc:
         raise BadRequest(
             f"the model's chat template refused these messages: {exc}", param="messages"
         ) from None

@@ -12,6 +12,8 @@ from llmkit.grammar import schema_grammar
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+# Tools per request, as the OpenAI API allows: each is a schema to compile and a grammar branch.
+MAX_TOOLS = 128
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class ToolRequest:
     name: str | None = None  # the tool a named choice forces
     parallel: bool = True  # several calls allowed
     legacy: bool = False  # asked with functions/function_call: answered with message.function_call
+    # The JSON schema content must satisfy when the model answers instead of calling (the
+    # request's response_format); None: free text.
+    content: dict[str, Any] | None = None
 
     @property
     def callable(self) -> list[Tool]:
@@ -73,6 +78,16 @@ def _tool(raw: Any, where: str, legacy: bool) -> Tool:
     return Tool(name, description, parameters)
 
 
+def first_repeat(names: list[str]) -> int | None:
+    """The index of the first name that an earlier one repeats; None when all differ."""
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            return i
+        seen.add(name)
+    return None
+
+
 def tool_request(
     tools: Any, tool_choice: Any, functions: Any, function_call: Any, parallel: Any
 ) -> ToolRequest | None:
@@ -98,11 +113,13 @@ def tool_request(
         return None
     if not isinstance(offered, list):
         raise BadRequest(f"{key} must be a list", param=key)
+    if len(offered) > MAX_TOOLS:
+        raise BadRequest(f"{key} takes at most {MAX_TOOLS} tools", param=key)
     parsed = [_tool(raw, f"{key}[{i}]", legacy) for i, raw in enumerate(offered)]
     names = [t.name for t in parsed]
-    for i, tool in enumerate(parsed):
-        if tool.name in names[:i]:
-            raise BadRequest(f"two {key} are named {tool.name!r}", param=f"{key}[{i}]")
+    repeat = first_repeat(names)
+    if repeat is not None:
+        raise BadRequest(f"two {key} are named {names[repeat]!r}", param=f"{key}[{repeat}]")
     allow_many = not legacy and parallel is not False
     name: str | None
     mode: str
