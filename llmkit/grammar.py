@@ -184,3 +184,20 @@ def matcher(vocab: llama_cpp.llama_vocab_p, eog: list[int], grammar: str) -> llg
     if found.is_error():
         raise GrammarError(f"the grammar cannot be enforced: {found.get_error()}")
     return found
+
+
+def matchers(
+    vocab: llama_cpp.llama_vocab_p, eog: list[int], grammars: list[str | None]
+) -> list[llguidance.LLMatcher | None]:
+    """A matcher for each grammar (None for none): each grammar built once, and copied for the
+    others that repeat it (the n choices of one request)."""
+    built: dict[str, llguidance.LLMatcher] = {}
+    found: list[llguidance.LLMatcher | None] = []
+    for text in grammars:
+        if text is None:
+            found.append(None)
+        elif text in built:
+            found.append(built[text].deep_copy())
+        else:
+            found.append(built.setdefault(text, matcher(vocab, eog, text)))
+    return found

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmkit import balancer, service, settings
+from llmkit import balancer, hardening, service, settings
 from llmkit.errors import LlmkitError
 
 NAME = "llmkit-lb"
@@ -85,7 +85,7 @@ def render_unit(lb: balancer.Balancer, config: Path, haproxy: str) -> str:
         "RuntimeDirectoryMode=0700",
         "UMask=0077",
     ]
-    lines += service.port_capabilities(lb.port)
+    lines += hardening.port_capabilities(lb.port)
     lines += [
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -93,7 +93,7 @@ def render_unit(lb: balancer.Balancer, config: Path, haproxy: str) -> str:
         "PrivateTmp=yes",
         "PrivateDevices=yes",
         "DevicePolicy=closed",
-        *service.KERNEL_PROTECTION,
+        *hardening.KERNEL_PROTECTION,
         "ProcSubset=pid",
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
         "RestrictNamespaces=yes",

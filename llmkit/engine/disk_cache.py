@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
+
 from llmkit.engine.prompt_cache import Entry, Match, PromptCache, TierStats
 
 MAGIC = b"LLMKITKV"
@@ -48,6 +50,13 @@ class Identity:
     kv_type: str
     state_version: int  # llama.cpp's LLAMA_STATE_SEQ_VERSION
     llama_cpp: str  # llama-cpp-python's version: the state's layout follows llama.cpp's code
+
+    @classmethod
+    def of(cls, model_sha256: str, kv_size: int, kv_type: str) -> Identity:
+        """The identity of a context of this model, size and KV type, with this llama.cpp."""
+        return cls(
+            model_sha256, kv_size, kv_type, llama_cpp.LLAMA_STATE_SEQ_VERSION, llama_cpp.__version__
+        )
 
     @property
     def folder(self) -> str:

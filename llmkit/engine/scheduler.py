@@ -98,13 +98,7 @@ class Engine:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         # The prompt cache: slots' states saved before they are overwritten, restored on a hit.
         cache = cache or CacheConfig()
-        identity = Identity(
-            cache.model_sha256,
-            self.kv_size,
-            kv_type,
-            llama_cpp.LLAMA_STATE_SEQ_VERSION,
-            llama_cpp.__version__,
-        )
+        identity = Identity.of(cache.model_sha256, self.kv_size, kv_type)
         self.states = SequenceStates(self.ctx, self.memory, cache, identity)
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         n_vocab = self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
@@ -191,20 +185,14 @@ class Engine:
 
     def prepare(self, choices: list[Choice]) -> None:
         """Build the choices' grammar matchers here, on the caller's thread (the server's worker),
-        not on the scheduler thread that every sequence waits on: once per grammar, copied for
-        the choices that share it. Raises GrammarFailed for a grammar llguidance cannot build."""
-        built: dict[str, Any] = {}
-        for choice in choices:
-            text = choice.params.grammar
-            if text is None or choice.matcher is not None:
-                continue
-            if text in built:
-                choice.matcher = built[text].deep_copy()
-                continue
-            try:
-                choice.matcher = built[text] = grammar.matcher(self.vocab, self.eog, text)
-            except grammar.GrammarError as exc:
-                raise GrammarFailed(str(exc)) from None
+        not on the scheduler thread that every sequence waits on (grammar.matchers: once per
+        grammar). Raises GrammarFailed for a grammar llguidance cannot build."""
+        try:
+            found = grammar.matchers(self.vocab, self.eog, [c.params.grammar for c in choices])
+        except grammar.GrammarError as exc:
+            raise GrammarFailed(str(exc)) from None
+        for choice, matcher in zip(choices, found, strict=True):
+            choice.matcher = choice.matcher or matcher
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop taking work, cancel what is queued or running, and wait for the scheduler to stop."""
