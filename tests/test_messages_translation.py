@@ -180,6 +180,8 @@ def test_tool_choice_becomes_chats_and_the_grammar_enforces_it(
         ({"tools": TOOLS, "tool_choice": {"type": "tool", "name": "nowhere"}}, "tool_choice"),
         ({"tools": TOOLS, "tool_choice": {"type": "tool"}}, "tool_choice.name"),
         ({"tools": TOOLS, "tool_choice": {"type": "required"}}, "tool_choice.type"),
+        # Found by the fuzz: a type that is no string was a 500 (unhashable).
+        ({"tools": TOOLS, "tool_choice": {"type": {}}}, "tool_choice.type"),
         ({"tool_choice": {"type": "any"}}, "tool_choice"),
     ],
 )

@@ -293,7 +293,7 @@ def chat_tool_choice(choice: dict[str, Any] | None) -> tuple[Any, bool | None]:
         return None, None
     kind = choice.get("type")
     known = {"auto": "auto", "any": "required", "tool": None, "none": "none"}
-    if kind not in known:
+    if not isinstance(kind, str) or kind not in known:  # (a dict is no key: a 400, not a 500)
         raise BadRequest(
             f"tool_choice.type must be auto, any, tool or none, not {kind!r}", "tool_choice.type"
         )
