@@ -168,8 +168,8 @@ defaults
     timeout client 300s
     # Silence from a replica: a streamed answer's tokens restart the timer, but a non-streamed
     # answer is silent until it is whole, which on a CPU can take many minutes. A replica bounds
-    # its own work (max_tokens, its context); a dead one is found by the checks, and its
-    # sessions are cut then (on-marked-down below).
+    # its own work (max_tokens, its context), and a dead one's connections close with it (not
+    # cut when marked down: a draining replica still finishes its streams).
     timeout server 1h
     # Longer than the slots take to free up, shorter than a client's patience.
     timeout queue 30s
@@ -201,7 +201,7 @@ backend {BACKEND}
     # /ready answers 503 while a replica drains or its queue is full: no new request goes there.
     option httpchk GET /ready
     http-check expect status 200
-    default-server check inter 500ms fastinter 200ms downinter 1s fall 2 rise 2 maxconn {b.slots} on-marked-down shutdown-sessions
+    default-server check inter 500ms fastinter 200ms downinter 1s fall 2 rise 2 maxconn {b.slots}
 {servers}"""
 
 

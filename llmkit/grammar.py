@@ -24,11 +24,11 @@ import llguidance.llamacpp
 
 from llmkit.errors import BadRequest
 
-# Between JSON tokens: nothing, one space, or one newline and an indentation, as llama.cpp's own
-# JSON grammars allow (its SPACE_RULE). Sixteen free whitespace characters per gap let SmolLM2 at
-# temperature 1 write newline after newline until max_tokens ran out mid-object; this allows
-# pretty-printed and compact JSON alike, and at most a line break per gap.
-JSON_OPTIONS: dict[str, Any] = {"whitespace_pattern": r"(?:\x20|\x0A[\x20\x09]{0,20})?"}
+# Between JSON tokens: nothing, one space or one newline: compact JSON, as OpenAI answers. Sixteen
+# free whitespace characters per gap let SmolLM2 at temperature 1 write newline after newline
+# until max_tokens ran out mid-object; llama.cpp's bound (a newline and up to 20 spaces or tabs of
+# indentation) still let it pad with tabs until it did (seen with "hi", seed 1).
+JSON_OPTIONS: dict[str, Any] = {"whitespace_pattern": r"(?:\x20|\x0A)?"}
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 # JSON Schema integers are unbounded; without a bound a small model can write digits until its
 # token limit. They are kept to the integers every JSON parser reads exactly (JavaScript's safe

@@ -76,8 +76,7 @@ def test_the_config_has_what_makes_a_lost_replica_cost_no_request() -> None:
     config = balancer.render(balancer.Balancer(REPLICAS))
     for line in (
         "option httpchk GET /ready",
-        "default-server check inter 500ms fastinter 200ms downinter 1s fall 2 rise 2 maxconn 4"
-        " on-marked-down shutdown-sessions",
+        "default-server check inter 500ms fastinter 200ms downinter 1s fall 2 rise 2 maxconn 4\n",
         "retries 5",
         "option redispatch 1",
         # A slow answer is a long request still running: never re-sent to run again elsewhere.
