@@ -18,7 +18,17 @@ from llmkit.server.bodies import ResponsesRequest
 from llmkit.server.response_events import ResponsesShaper
 from llmkit.server.responses import to_chat, tools_for
 from llmkit.tools.family import GENERIC, HERMES
-from tests.helpers import ADD_TOOL, WEATHER_TOOL, chat, get_json, root_url, scrape, valid_tool_call
+from tests.helpers import (
+    ADD_TOOL,
+    WEATHER_TOOL,
+    chat,
+    collapsed,
+    get_json,
+    root_url,
+    scrape,
+    sse_events,
+    valid_tool_call,
+)
 
 slow = pytest.mark.slow
 
@@ -58,11 +68,6 @@ CALL_ORDER = [
     "response.function_call_arguments.done",
     "response.output_item.done",
 ]
-
-
-def collapsed(types: list[str]) -> list[str]:
-    """Event types with each run of deltas shown once."""
-    return [t for i, t in enumerate(types) if i == 0 or t != types[i - 1]]
 
 
 def test_instructions_come_first_as_a_system_message_and_items_become_messages() -> None:
@@ -255,17 +260,6 @@ def test_bad_tools_and_calls_are_refused_naming_the_parameter(
 @functools.cache
 def stream_event() -> TypeAdapter[Any]:
     return TypeAdapter(ResponseStreamEvent)
-
-
-def sse_events(raw: bytes) -> list[dict[str, Any]]:
-    """The data of each server-sent event, checked against its `event:` line."""
-    events = []
-    for block in raw.decode().split("\n\n"):
-        if block:
-            kind, data = block.split("\n")
-            events.append(json.loads(data.removeprefix("data: ")))
-            assert kind == f"event: {events[-1]['type']}"
-    return events
 
 
 def replayed(
