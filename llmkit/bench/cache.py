@@ -115,7 +115,9 @@ class LlamaServer:
             self.process = subprocess.Popen(
                 [binary, "-m", str(model), "--port", str(self.port), "-t", str(threads)]
                 + ["-np", str(parallel), "-c", str(ctx * parallel), "--no-webui"]
-                + (["--chat-template", template] if template else []),
+                # A built-in template's name: with Jinja on (llama-server's default) the name
+                # itself would be read as a Jinja template, and the prompt would be only "gemma".
+                + (["--no-jinja", "--chat-template", template] if template else []),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
