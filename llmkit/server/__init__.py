@@ -57,8 +57,6 @@ def banner(config: ServeSettings, prepared: Plan) -> str:
 
 
 def _prompt_cache(prepared: Plan) -> str:
-    from llmkit.sizes import human_size
-
     ram = f"RAM {human_size(prepared.cache_ram)}" if prepared.cache_ram else "RAM off"
     if prepared.cache_dir is None:
         return f"{ram}, disk off"
