@@ -30,7 +30,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def serve_args(model: str, host: str, port: int, options: dict[str, Any]) -> list[str]:
+def serve_args(model: str | list[str], host: str, port: int, options: dict[str, Any]) -> list[str]:
     """`llmkit serve` arguments for keyword options: threads=2 → --threads 2, offline=True → --offline.
 
     The options are ServeSettings' fields; any other name is a TypeError naming the known ones.
@@ -58,7 +58,7 @@ def serve_args(model: str, host: str, port: int, options: dict[str, Any]) -> lis
 
 @contextlib.contextmanager
 def serve(
-    model: str,
+    model: str | list[str],
     *,
     host: str = "127.0.0.1",
     port: int | None = None,

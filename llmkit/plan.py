@@ -11,9 +11,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llmkit import settings
-from llmkit.errors import LlmkitError, NotEnoughSpace
+from llmkit.errors import LlmkitError, NotEnoughSpace, UnknownModel
 from llmkit.settings import ServeSettings
 from llmkit.sizes import human_size, parse_size
 
@@ -45,6 +46,22 @@ class Plan:
     cache_dir: Path | None = None  # its disk tier's folder (None: no disk tier)
     cache_disk: int = 0  # bytes it may use there
     model_sha256: str = ""  # the model file's, which the disk tier's states are keyed by
+    # What the model costs loaded: weights, KV cache, buffers, embedding context, prompt cache.
+    memory_bytes: int = 0
+    aliases: tuple[str, ...] = ()  # other names a request may use for it (the catalog's)
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The models one server serves, and the memory they share."""
+
+    plans: list[Plan]  # in the order given; the first is the default, loaded at start
+    budget: int | None  # bytes all loaded models may use together (None: not known, unchecked)
+    budget_reason: str  # where the budget comes from, for the banner
+    too_big: dict[str, str]  # served names that cannot load even alone, and why
+    failed: dict[str, str]  # served names whose file could not be read, and why
+    preload: tuple[str, ...]  # names loaded at start and kept loaded
+    keep_alive: float | None  # seconds an idle on-demand model stays (None: forever)
 
 
 @dataclass(frozen=True)
@@ -188,21 +205,115 @@ def _refusal(needed: int, available: int | None, what: str) -> NotEnoughSpace:
 
 
 def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
-    """Resolve the model (pulling it unless offline), pick context and chat format, check memory."""
-    from llmkit.catalog import load_catalog, resolve
-    from llmkit.modelinfo import (
-        KV_BYTES_PER_VALUE,
-        OVERHEAD_BYTES,
-        available_memory,
-        read_model_info,
-    )
+    """The plan of the first model `config` serves (the benchmark's: one model)."""
+    return plan_fleet(config, log).plans[0]
+
+
+def plan_fleet(config: ServeSettings, log: Callable[[str], None] = print) -> Fleet:
+    """Resolve every model served (pulling unless offline), size each within the memory budget,
+    and say which cannot load even alone. With one model, one that does not fit is an error."""
+    from llmkit.catalog import load_catalog
+    from llmkit.modelinfo import available_memory
     from llmkit.store import Store
 
-    if not config.model:
+    store = Store(
+        config.models_dir or settings.default_models_dir(),
+        offline=config.offline or settings.hub_offline(),
+    )
+    references = list(config.model or [])
+    if config.all_models:
+        catalog = load_catalog()
+        references += [m.name or str(m.path) for m in store.installed(catalog)]
+    references = list(dict.fromkeys(references))
+    if not references:
         raise LlmkitError(
             "no model: pass --model NAME (e.g. llama-2-7b-chat; gemma-3-270m works offline "
-            f"with llmkit[tiny]) or set {ServeSettings.env_name('model')}"
+            f"with llmkit[tiny]), --all-models, or set {ServeSettings.env_name('model')}"
         )
+    shared = _shared(config)
+    keep_alive = _keep_alive(config.keep_alive)
+    available = None if settings.skip_memory_check() else available_memory()
+    budget, budget_reason = memory_budget(config.memory_budget, available)
+    plans: list[Plan] = []
+    too_big: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for reference in references:
+        # Several models share the budget: each is sized within its share, or within the whole
+        # budget when its share cannot hold it (it then needs the others unloaded).
+        share = None if budget is None else budget // len(references)
+        try:
+            planned = _plan_model(config, reference, store, share, shared, log)
+        except NotEnoughSpace:
+            try:
+                planned = _plan_model(config, reference, store, budget, shared, log)
+            except NotEnoughSpace as exc:
+                if len(references) == 1:
+                    raise
+                planned = _plan_model(config, reference, store, None, shared, log)
+                too_big[planned.name] = str(exc)
+        except UnknownModel as exc:
+            # A file that cannot be read fails alone, with its reason, when others are served.
+            if len(references) == 1 or not Path(reference).suffix == ".gguf":
+                raise
+            planned = Plan(Path(reference).stem, Path(reference), 1, 0, None)
+            failed[planned.name] = str(exc)
+        if any(p.name == planned.name for p in plans):
+            raise LlmkitError(f"{planned.name} is served twice (--model {reference})")
+        plans.append(planned)
+    if len(too_big) + len(failed) == len(plans):
+        reason = next(iter({**too_big, **failed}.values()))
+        raise NotEnoughSpace(f"no model can be served: {reason}")
+    names = {p.name for p in plans}
+    preload = tuple(config.preload or [plans[0].name])
+    for name in preload:
+        if name not in names:
+            raise LlmkitError(f"--preload {name}: not a served model ({', '.join(sorted(names))})")
+        if name in too_big or name in failed:
+            raise NotEnoughSpace(f"--preload {name}: {too_big.get(name) or failed[name]}")
+    return Fleet(plans, budget, budget_reason, too_big, failed, preload, keep_alive)
+
+
+def memory_budget(text: str | None, available: int | None) -> tuple[int | None, str]:
+    """--memory-budget in bytes (a size, or a percentage of the memory available now), and where
+    it comes from; None when the memory is not known and no size is given."""
+    if text is None or text.strip().endswith("%"):
+        percent = settings.DEFAULT_BUDGET_PERCENT if text is None else _percent(text)
+        if available is None:
+            return None, "not checked (memory not known)"
+        budget = int(available * percent / 100)
+        return budget, f"{percent:g}% of the {human_size(available)} available at start"
+    return _size(text, "--memory-budget"), "--memory-budget"
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.strip()[:-1])
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 100:
+        raise LlmkitError(f"--memory-budget: {text!r} is not a percentage between 0 and 100")
+    return value
+
+
+def _keep_alive(text: str | None) -> float | None:
+    from llmkit.durations import parse_duration
+
+    try:
+        return parse_duration(text if text is not None else settings.DEFAULT_KEEP_ALIVE)
+    except ValueError as exc:
+        raise LlmkitError(f"--keep-alive: {exc}") from None
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every served model's plan shares, read once (before any download)."""
+
+    api_key: str | None
+    max_body: int
+    chat_template: str | None
+
+
+def _shared(config: ServeSettings) -> _Shared:
     # Before any download: a missing key file should not wait for a 4 GB pull to be noticed.
     try:
         max_body = parse_size(config.max_body)
@@ -219,11 +330,23 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
             chat_template = config.chat_template_file.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise LlmkitError(f"cannot read the chat template file: {exc}") from None
-    reference = resolve(config.model, load_catalog())
-    store = Store(
-        config.models_dir or settings.default_models_dir(),
-        offline=config.offline or settings.hub_offline(),
-    )
+    return _Shared(api_key, max_body, chat_template)
+
+
+def _plan_model(
+    config: ServeSettings,
+    reference_text: str,
+    store: Any,
+    available: int | None,
+    shared: _Shared,
+    log: Callable[[str], None],
+) -> Plan:
+    """One model's plan, sized within `available` bytes (None: unchecked)."""
+    from llmkit.catalog import load_catalog, resolve
+    from llmkit.modelinfo import KV_BYTES_PER_VALUE, OVERHEAD_BYTES, read_model_info
+
+    chat_template = shared.chat_template
+    reference = resolve(reference_text, load_catalog())
     pulled = store.ensure(reference, log=log, show_progress=sys.stderr.isatty())
     spec = pulled.spec
     info = read_model_info(pulled.path)
@@ -255,7 +378,6 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
     )
     cache_ram = None if config.cache_ram is None else _size(config.cache_ram, "--cache-ram")
     cache_disk = 0 if config.no_cache_disk else _size(config.cache_disk, "--cache-disk")
-    available = None if settings.skip_memory_check() else available_memory()
     fixed_bytes = info.size + OVERHEAD_BYTES + embedding_bytes + (cache_ram or 0)
     sizing = size_slots(
         fixed_bytes=fixed_bytes,
@@ -288,18 +410,24 @@ def plan(config: ServeSettings, log: Callable[[str], None] = print) -> Plan:
         threads=config.threads or settings.physical_cores(),
         n_ctx=sizing.n_ctx,
         chat_format=chat_format,
-        api_key=api_key,
+        api_key=shared.api_key,
         chat_template=chat_template,
         parallel=sizing.parallel,
         kv_type=config.kv_type,
         sizing=sizing.reason,
         embedding_path=embedding_path,
         embedding_ctx=embedding_ctx if embedding_path else sizing.n_ctx,
-        max_body=max_body,
+        max_body=shared.max_body,
         cache_ram=cache_ram,
         cache_dir=cache_dir,
         cache_disk=cache_disk,
         model_sha256=sha if cache_dir is not None else "",
+        memory_bytes=int(
+            fixed_bytes
+            + (cache_ram if config.cache_ram is None else 0)
+            + sizing.parallel * sizing.n_ctx * info.kv_cache_bytes(1, config.kv_type)
+        ),
+        aliases=spec.aliases if spec else (),
     )
 
 

@@ -64,7 +64,8 @@ class Service:
 
     @property
     def model(self) -> str:
-        return str(self.serve.model)
+        assert self.serve.model
+        return self.serve.model[0]
 
 
 # Written to the env file even at their defaults, so that the file shows what to edit.
@@ -314,7 +315,7 @@ def plan(
     if api_key_file is not None:
         api_key = settings.read_api_key_file(api_key_file)
     serve = ServeSettings(
-        model=model, host=host, port=port, api_key=api_key, embedding_model=embedding_model
+        model=[model], host=host, port=port, api_key=api_key, embedding_model=embedding_model
     )
     return Service(llmkit_command(), serve), layout(user)
 

@@ -25,6 +25,10 @@ DEFAULT_DRAIN_SECONDS = 2.0
 # --cache-disk's default.
 DEFAULT_CACHE_RAM_MAX = 8 * 10**9
 DEFAULT_CACHE_DISK = "4GB"
+# Several models: what --memory-budget leaves of the memory available at start (the rest is the
+# margin for the process itself and the system), and how long an idle on-demand model stays.
+DEFAULT_BUDGET_PERCENT = 90
+DEFAULT_KEEP_ALIVE = "5m"
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,39 @@ class ServeSettings:
     reading, from these declarations); a program builds one directly.
     """
 
-    model: str | None = _setting(
+    model: list[str] | None = _setting(
         None,
         "LLMKIT_MODEL",
-        "Catalog name, OWNER/REPO/FILE.gguf, OWNER/REPO:QUANT or a .gguf path.",
+        "Catalog name, OWNER/REPO/FILE.gguf, OWNER/REPO:QUANT or a .gguf path; repeat it to "
+        "serve several (each request's `model` picks one; the first loads at start).",
         flags=("--model", "-m"),
+    )
+    all_models: bool = _setting(
+        False,
+        "LLMKIT_ALL_MODELS",
+        "Serve every model in the store (besides any --model).",
+        flags=("--all-models",),
+    )
+    preload: list[str] | None = _setting(
+        None,
+        "LLMKIT_PRELOAD",
+        "A served model to load at start and keep loaded (repeat it; default: the first --model).",
+        metavar="NAME",
+    )
+    memory_budget: str | None = _setting(
+        None,
+        "LLMKIT_MEMORY_BUDGET",
+        "Memory all loaded models may use together (a size: 4GiB, 900MB; or a percentage of the "
+        f"memory available at start: 80%; default: {DEFAULT_BUDGET_PERCENT}% of it). Idle models "
+        "are unloaded, least recently used first, to load another.",
+        metavar="SIZE",
+    )
+    keep_alive: str | None = _setting(
+        None,
+        "LLMKIT_KEEP_ALIVE",
+        f"How long a model loaded on demand stays loaded once idle (e.g. 30s, 10m, 1h; 0: unload "
+        f"when done; -1: forever; default {DEFAULT_KEEP_ALIVE}). Preloaded models stay.",
+        metavar="DURATION",
     )
     embedding_model: str | None = _setting(
         None,
@@ -228,8 +260,10 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         # Repeatable flags: typer hands over () when none is given, a program may pass a tuple.
-        for name in ("allow_origin", "allow_host"):
+        for name in ("model", "preload", "allow_origin", "allow_host"):
             value = getattr(self, name)
+            if isinstance(value, str):  # one model, as a program names it: serve(model="x")
+                value = [value]
             object.__setattr__(self, name, list(value) if value else None)
 
     @staticmethod

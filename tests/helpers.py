@@ -181,7 +181,10 @@ def exactly(n: int) -> dict[str, Any]:
 
 def scrape(client: openai.OpenAI) -> dict[str, float]:
     """/metrics as {sample name{labels}: value}, parsed by prometheus-client's own parser."""
-    with urllib.request.urlopen(root_url(client) + "/metrics", timeout=5) as response:
+    request = urllib.request.Request(
+        root_url(client) + "/metrics", headers={"Authorization": f"Bearer {client.api_key}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
         text = response.read().decode()
     samples = {}
     for family in text_string_to_metric_families(text):

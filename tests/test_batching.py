@@ -329,31 +329,39 @@ def test_metrics_parse_and_count_requests_tokens_and_latencies(
         chat(llmkit_server.with_options(max_retries=0), "hi", temperature=5, max_tokens=4)
     after = scrape(llmkit_server)
 
+    model = "{model=gemma-3-270m}"  # each model's series carry its name
+
     def grew(name: str) -> float:
         return after.get(name, 0.0) - before.get(name, 0.0)
 
     requests = "llmkit_requests_total{endpoint=/v1/chat/completions,status=%s}"
     assert grew(requests % 200) == 1
     assert grew(requests % 400) == 1
-    assert grew("llmkit_generated_tokens_total") == 8
-    assert grew("llmkit_time_to_first_token_seconds_count") == 1  # one choice, one first token
-    assert grew("llmkit_time_per_output_token_seconds_count") == 7  # and seven after it
-    assert grew("llmkit_time_to_first_token_seconds_sum") > 0
-    # One decode a token, but for the tokens an accepted draft brought in the same decode.
-    drafts = grew("llmkit_spec_decode_accepted_tokens_total")
-    assert grew("llmkit_decode_calls_total") + drafts >= 8
-    assert grew("llmkit_prompt_tokens_total") + grew("llmkit_prompt_tokens_cached_total") > 0
+    assert grew("llmkit_generated_tokens_total" + model) == 8
     assert (
-        after["llmkit_time_to_first_token_seconds_bucket{le=+Inf}"]
-        == after["llmkit_time_to_first_token_seconds_count"]
+        grew("llmkit_time_to_first_token_seconds_count" + model) == 1
+    )  # one choice, one first token
+    assert grew("llmkit_time_per_output_token_seconds_count" + model) == 7  # and seven after it
+    assert grew("llmkit_time_to_first_token_seconds_sum" + model) > 0
+    # One decode a token, but for the tokens an accepted draft brought in the same decode.
+    drafts = grew("llmkit_spec_decode_accepted_tokens_total" + model)
+    assert grew("llmkit_decode_calls_total" + model) + drafts >= 8
+    assert (
+        grew("llmkit_prompt_tokens_total" + model)
+        + grew("llmkit_prompt_tokens_cached_total" + model)
+        > 0
     )
-    assert after["llmkit_slots_total"] == health(llmkit_server)["slots"]["total"] == 4
-    assert after["llmkit_slots_active"] == 0 and after["llmkit_queue_depth"] == 0
+    assert (
+        after["llmkit_time_to_first_token_seconds_bucket{le=+Inf,model=gemma-3-270m}"]
+        == after["llmkit_time_to_first_token_seconds_count" + model]
+    )
+    assert after["llmkit_slots_total" + model] == health(llmkit_server)["slots"]["total"] == 4
+    assert after["llmkit_slots_active" + model] == 0 and after["llmkit_queue_depth" + model] == 0
 
 
 def test_one_slot_serves_requests_one_after_another(one_slot_server: openai.OpenAI) -> None:
     assert health(one_slot_server)["slots"] == {"total": 1, "active": 0}
-    assert scrape(one_slot_server)["llmkit_slots_total"] == 1
+    assert scrape(one_slot_server)["llmkit_slots_total{model=gemma-3-270m}"] == 1
     assert repeat(one_slot_server, "pencil") == " pencil"
     answers: dict[str, str] = {}
 

@@ -476,5 +476,7 @@ def test_sigterm_writes_the_slots_to_disk_and_the_next_server_restores_them(
     usage = again.usage
     assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
     assert again.choices[0].message.content == first.choices[0].message.content
-    assert metrics["llmkit_prompt_cache_hits_total{tier=disk}"] == 1
-    assert metrics["llmkit_prompt_cache_restored_tokens_total"] == usage.prompt_tokens - 1
+    model = next(k for k in metrics if k.startswith("llmkit_prompt_cache_restored_tokens_total"))
+    name = model[model.index("{model=") + 7 : -1]
+    assert metrics[f"llmkit_prompt_cache_hits_total{{model={name},tier=disk}}"] == 1
+    assert metrics[model] == usage.prompt_tokens - 1

@@ -99,6 +99,10 @@ def test_the_python_api_keywords_become_flags_that_parse_back_to_the_same_settin
         "no_cache_disk": True,
         "verbose": True,
         "models_dir": Path("/srv/models"),
+        "all_models": True,
+        "preload": ["gemma-3-270m", "smollm2"],
+        "memory_budget": "80%",
+        "keep_alive": "10m",
     }
     assert set(options) | {"model", "host", "port"} == {
         f.name for f in dataclasses.fields(ServeSettings)

@@ -85,7 +85,7 @@ def run(config: BenchConfig, log: Log = nop) -> dict[str, Any]:
     # Pull (or find) the model first, so that the cold starts time the server and not a download.
     prepared = plan(
         ServeSettings(
-            model=config.model,
+            model=[config.model],
             threads=config.threads,
             parallel=config.parallel,
             ctx=config.ctx,

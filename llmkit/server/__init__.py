@@ -19,9 +19,10 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from llmkit.durations import human_duration
 from llmkit.errors import LlmkitError
 from llmkit.net import is_loopback, url_host
-from llmkit.plan import Plan, plan
+from llmkit.plan import Fleet, Plan, plan_fleet
 from llmkit.server import webui
 from llmkit.settings import ServeSettings
 from llmkit.sizes import human_size
@@ -32,10 +33,11 @@ def base_url(config: ServeSettings) -> str:
     return f"http://{url_host(config.host)}:{config.port}/v1"
 
 
-def banner(config: ServeSettings, prepared: Plan) -> str:
+def banner(config: ServeSettings, fleet: Fleet) -> str:
     url = base_url(config)
+    prepared = fleet.plans[0]
     lines = [
-        f"llmkit serving {prepared.name}",
+        f"llmkit serving {', '.join(p.name for p in fleet.plans)}",
         f"  url          {url}",
         f"  web chat     {'off (--no-ui)' if config.no_ui else webui.page_url(url)}",
         f"  model file   {prepared.path}",
@@ -53,7 +55,33 @@ def banner(config: ServeSettings, prepared: Plan) -> str:
         f"to send a request, {config.max_connections} connections",
         f"  api key      {'required' if prepared.api_key else 'none'}",
     ]
+    if len(fleet.plans) > 1:
+        lines[4:4] = [f"  (the model, context and cache lines are {prepared.name}'s)"]
+        lines += _models(fleet)
     return "\n".join(lines)
+
+
+def _models(fleet: Fleet) -> list[str]:
+    """The banner's lines for several models: the budget, and each model's cost and lifetime."""
+    budget = human_size(fleet.budget) if fleet.budget is not None else "unchecked"
+    stay = human_duration(fleet.keep_alive)
+    lines = [
+        f"  memory       {budget} for all loaded models ({fleet.budget_reason})",
+        f"  models       loaded on first use, unloaded idle after {stay} (or for room)",
+    ]
+    for p in fleet.plans:
+        if p.name in fleet.failed:
+            lines.append(f"    {p.name:<24} FAILED: {fleet.failed[p.name]}")
+            continue
+        if p.name in fleet.too_big:
+            when = f"CANNOT LOAD: {fleet.too_big[p.name]}"
+        else:
+            when = "loaded at start, kept" if p.name in fleet.preload else "on demand"
+        lines.append(
+            f"    {p.name:<24} {human_size(p.memory_bytes):>9}  {p.parallel} slots × "
+            f"{p.n_ctx} tokens  {when}"
+        )
+    return lines
 
 
 def _prompt_cache(prepared: Plan) -> str:
@@ -111,29 +139,34 @@ def run(config: ServeSettings) -> None:
             file=sys.stderr,
             flush=True,
         )
-    prepared = plan(config, log=lambda m: print(m, file=sys.stderr, flush=True))
+    fleet = plan_fleet(config, log=lambda m: print(m, file=sys.stderr, flush=True))
+    prepared = fleet.plans[0]
     raise_open_files_limit(config.max_connections)
     from llmkit.server.app import build_app
     from llmkit.server.deadlines import deadline_protocol
-    from llmkit.server.load import load, quiet_llama_logs
+    from llmkit.server.load import Served, load, quiet_llama_logs
     from llmkit.server.metrics import Metrics
     from llmkit.server.registry import Registry
 
     if not config.verbose:
         quiet_llama_logs()  # before the model loads and the engine makes its context
-    print(banner(config, prepared), flush=True)
+    print(banner(config, fleet), flush=True)
     metrics = Metrics()
-    served = load(
-        prepared,
-        max_queue=config.max_queue,
-        speculation=not config.no_speculation,
-        draft_from_recent=config.draft_from_recent,
-        observer=metrics,
-        verbose=config.verbose,
-        grammar_seconds=config.grammar_seconds,
-    )
-    metrics.watch(served.engine, served.embedder)
-    registry = Registry([served])
+
+    def loader(planned: Plan) -> Served:
+        return load(
+            planned,
+            max_queue=config.max_queue,
+            speculation=not config.no_speculation,
+            draft_from_recent=config.draft_from_recent,
+            observer=metrics.observer(planned.name),
+            verbose=config.verbose,
+            grammar_seconds=config.grammar_seconds,
+        )
+
+    registry = Registry(fleet, loader, max_waiting=config.max_queue)
+    registry.preload_now()
+    metrics.watch(registry)
     app = build_app(config, registry, prepared.api_key, metrics, prepared.max_body)
 
     class Server(uvicorn.Server):
@@ -142,7 +175,8 @@ def run(config: ServeSettings) -> None:
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.started:
-                print(f"ready: {prepared.name} on {base_url(config)}", flush=True)
+                names = ", ".join(fleet.preload)
+                print(f"ready: {names} on {base_url(config)}", flush=True)
                 notify("READY=1")
 
         def handle_exit(self, sig: int, frame: Any) -> None:

@@ -23,7 +23,7 @@ from llmkit.server.load import Served
 from llmkit.server.metrics import Metrics, RequestCounter
 from llmkit.server.openapi import with_bounds, with_openai_errors
 from llmkit.server.origins import OriginGuard, Policy
-from llmkit.server.registry import Registry
+from llmkit.server.registry import Leases, Registry
 from llmkit.server.schemas import EMBEDDING_SIZE, EMBEDDING_TOKEN_ID, TOKEN_ID
 from llmkit.settings import ServeSettings
 
@@ -34,6 +34,9 @@ ROUTES: list[Route] = [
     ("/health", ["GET"], info.health, True),
     ("/ready", ["GET"], info.ready, True),
     ("/v1/models", ["GET"], info.models, True),
+    # An operator's load and unload (under the key, as every /v1 route).
+    ("/v1/models/{model_id}/load", ["POST"], info.load_model, True),
+    ("/v1/models/{model_id}/unload", ["POST"], info.unload_model, True),
     ("/v1/models/{model_id:path}", ["GET"], info.model, True),
     ("/v1/chat/completions", ["POST"], chat.chat, True),
     ("/v1/completions", ["POST"], chat.completions, True),
@@ -88,7 +91,13 @@ def build_app(
 ) -> FastAPI:
     """The app that serves `registry`'s models as `config` says."""
     # No /docs: Swagger UI comes from a CDN, onto the origin where the web chat keeps the key.
-    app = FastAPI(title="llmkit", version=__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="llmkit",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=registry.lifespan,
+    )
     app.state.registry = registry
     app.state.metrics = metrics
     router = APIRouter(route_class=OffLoopRoute)
@@ -100,7 +109,9 @@ def build_app(
 
         webui.add_routes(app, webui.Page.packaged())  # no API key: the page asks for it
     errors.install_handlers(app)
-    _state_bounds(app, registry.default)
+    if registry.default.served is not None:
+        _state_bounds(app, registry.default.served)
+    app.add_middleware(Leases, registry=registry)
     app.add_middleware(Gate, api_key=api_key, max_body=max_body)
     app.add_middleware(RequestCounter, metrics=metrics)
     policy = Policy.for_server(config.host, config.allow_origin, config.allow_host)

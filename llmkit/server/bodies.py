@@ -83,6 +83,14 @@ class Body(BaseModel):
         return _integral(value)
 
 
+# Ollama's keep_alive: how long the model stays loaded once this request is done (seconds, or a
+# duration such as "5m"; 0: unload then; negative: keep it loaded).
+KeepAlive = Annotated[
+    float | str | None,
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]}),
+]
+
+
 class StreamOptions(Body):
     """chat and completions' stream_options."""
 
@@ -115,6 +123,7 @@ class _Common(Body):
     # vLLM's: a cached prompt serves only requests with the same salt (per client, per user), so
     # that no one learns from `cached_tokens` what another client sent.
     cache_salt: str | None = Field(default=None, min_length=1, max_length=256)
+    keep_alive: KeepAlive = None
 
 
 ResponseFormat = Annotated[dict[str, Any] | None, WithJsonSchema(RESPONSE_FORMAT_SCHEMA)]
@@ -187,6 +196,7 @@ class EmbeddingRequest(Body):
     # At most the model's embedding size (checked by the embedder, stated in the schema).
     dimensions: int | None = Field(default=None, ge=1, json_schema_extra={EMBEDDING_SIZE: True})
     user: str | None = None  # OpenAI's end-user id: accepted, changes nothing
+    keep_alive: KeepAlive = None
 
     def inputs(self) -> list[str] | list[list[int]]:
         """The inputs as a list of texts or of token-id lists; a malformed or empty one refused."""
@@ -270,6 +280,7 @@ class ResponsesRequest(Body):
     )
 
     model: str | None = None
+    keep_alive: KeepAlive = None
     input: Annotated[str | list[dict[str, Any]], WithJsonSchema(RESPONSES_INPUT_SCHEMA)]
     instructions: str | None = None
     max_output_tokens: int | None = Field(default=None, ge=1)
@@ -323,8 +334,9 @@ class MessagesPrompt(Body):
         json_schema_extra={"additionalProperties": False, **MESSAGES_BETWEEN_FIELDS},
     )
 
-    # Any name reaches the one model served, as on the OpenAI routes.
+    # With one model served, any name reaches it, as on the OpenAI routes.
     model: str | None = None
+    keep_alive: KeepAlive = None
     # Their blocks are checked in code (to_chat), which names the wrong one exactly.
     messages: Annotated[list[Any], Field(min_length=1), WithJsonSchema(MESSAGES_SCHEMA)]
     system: Annotated[str | list[Any] | None, WithJsonSchema(MESSAGES_SYSTEM_SCHEMA)] = None

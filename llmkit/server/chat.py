@@ -31,11 +31,12 @@ Piece = Callable[[int], bytes]  # a token's bytes (the engine's piece), for logp
 
 
 async def chat(request: Request, body: ChatRequest) -> Any:
-    served = registry_of(request).find(body.model)
+    registry = registry_of(request)
+    served = await registry.acquire(request, body.model, body.keep_alive)
     # Compiling the tools' schemas, rendering the template and tokenizing take time in proportion
     # to the request: off the event loop, so that the other streams' tokens keep flowing.
     tools, choices = await run_in_threadpool(chat_choices, body, served.llama, served.template)
-    model = body.model or served.name
+    model = registry.reply_name(body.model, served)
     shaper: ChatShaper
     if tools is not None:
         shaper = ToolCallShaper(model, len(choices), _usage_asked(body), tools, served.family)
@@ -54,10 +55,13 @@ def chat_choices(
 
 
 async def completions(request: Request, body: CompletionRequest) -> Any:
-    served = registry_of(request).find(body.model)
+    registry = registry_of(request)
+    served = await registry.acquire(request, body.model, body.keep_alive)
     choices, echo = await run_in_threadpool(choices_for, body, served.llama, served.template)
     piece = served.engine.piece if any(c.params.logprobs is not None for c in choices) else None
-    shaper = CompletionShaper(body.model or served.name, echo, _usage_asked(body), piece)
+    shaper = CompletionShaper(
+        registry.reply_name(body.model, served), echo, _usage_asked(body), piece
+    )
     return await respond(request, served.engine, choices, shaper, body.stream)
 
 

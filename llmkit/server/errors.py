@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 
 from llmkit.engine import CacheFull, GrammarFailed, QueueFull, ShuttingDown
 from llmkit.errors import BadRequest
+from llmkit.server.registry import ModelNotFound, ModelUnavailable
 
 RETRY_AFTER_SECONDS = 2
 
@@ -171,6 +172,16 @@ def install_handlers(app: FastAPI) -> None:
             return busy(form.format(exc), code, request)
 
         app.add_exception_handler(exception, not_now)
+
+    @app.exception_handler(ModelNotFound)
+    async def no_such_model(request: Request, exc: ModelNotFound) -> JSONResponse:
+        return error(request, 404, str(exc), param="model", code="model_not_found")
+
+    @app.exception_handler(ModelUnavailable)
+    async def model_unavailable(request: Request, exc: ModelUnavailable) -> JSONResponse:
+        if exc.retry:
+            return busy(str(exc), exc.code, request)
+        return error(request, 503, str(exc), kind="server_error", code=exc.code)
 
     @app.exception_handler(HTTPException)  # starlette's: unknown routes and methods too
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

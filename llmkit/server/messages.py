@@ -40,11 +40,12 @@ from llmkit.tools.request import ToolRequest
 async def create(request: Request, body: MessagesRequest) -> Any:
     """POST /v1/messages: run one Messages request as the chat completion it translates to."""
     chat = to_chat(body)
-    served = registry_of(request).find(chat.model)
+    registry = registry_of(request)
+    served = await registry.acquire(request, chat.model, body.keep_alive)
     # The tools' schemas, the template and the tokens: off the event loop, as for chat.
     tools, found = await run_in_threadpool(choices, chat, served.llama, served.template)
     shaper = MessageShaper(
-        body.model or served.name,
+        registry.reply_name(body.model, served),
         len(found[0].prompt),
         body.max_tokens,
         body.stop_sequences or [],
@@ -56,7 +57,7 @@ async def create(request: Request, body: MessagesRequest) -> Any:
 async def count_tokens(request: Request, body: MessagesPrompt) -> dict[str, Any]:
     """POST /v1/messages/count_tokens: the prompt's length as /v1/messages would render it."""
     chat = to_chat(body)
-    served = registry_of(request).find(chat.model)
+    served = await registry_of(request).acquire(request, chat.model, body.keep_alive)
     _, found = await run_in_threadpool(choices, chat, served.llama, served.template)
     return {"input_tokens": len(found[0].prompt)}
 

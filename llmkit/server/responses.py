@@ -38,11 +38,12 @@ from llmkit.tools.request import MAX_TOOLS, ToolRequest
 async def create(request: Request, body: ResponsesRequest) -> Any:
     """POST /v1/responses: run one Responses request as the chat completion it translates to."""
     chat = to_chat(body)
-    served = registry_of(request).find(chat.model)
+    registry = registry_of(request)
+    served = await registry.acquire(request, chat.model, body.keep_alive)
     # The tools' schemas, the template and the tokens: off the event loop, as for chat.
     tools, found = await run_in_threadpool(choices, chat, served.llama, served.template)
     family = served.family if tools else None
-    shaper = ResponsesShaper(body, chat, body.model or served.name, tools, family)
+    shaper = ResponsesShaper(body, chat, registry.reply_name(body.model, served), tools, family)
     return await respond(request, served.engine, found, shaper, body.stream)
 
 
