@@ -182,22 +182,21 @@ class ServerModels:
         try:
             answer = self.client.post(path, cast_to=object, body=body)
         except openai.APIStatusError as exc:
-            raise self._refused(exc, name, action) from None
+            raise refusal(exc, self.url, name, action) from None
         except openai.APIError as exc:
             raise explain(exc, self.url) from None
         if not isinstance(answer, dict):
             raise LlmkitError(f"the server at {self.url} sent no model card")
         return ModelCard.of(answer)
 
-    def _refused(self, exc: openai.APIStatusError, name: str, action: str) -> LlmkitError:
-        code = exc.body.get("code") if isinstance(exc.body, dict) else None
-        if code == "model_not_found":
-            return LlmkitError(
-                f"the server at {self.url} serves no model {name!r}; llmkit ps lists them"
-            )
-        if exc.status_code in (404, 405):  # no such route: one model, loaded for good
-            return LlmkitError(
-                f"the server at {self.url} cannot {action} models on request "
-                "(an older llmkit, or another server)"
-            )
-        return explain(exc, self.url)
+
+def refusal(exc: openai.APIStatusError, url: str, name: str, action: str) -> LlmkitError:
+    """The one line for a server's refusal to load or unload `name`."""
+    if exc.code == "model_not_found":
+        return LlmkitError(f"the server at {url} serves no model {name!r}; llmkit ps lists them")
+    if exc.status_code in (404, 405):  # no such route: one model, loaded for good
+        return LlmkitError(
+            f"the server at {url} cannot {action} models on request "
+            "(an older llmkit, or another server)"
+        )
+    return explain(exc, url)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import openai
 
-from llmkit.models_client import ModelCard, describe, in_words, memory, slots, until
+from llmkit.models_client import ModelCard, describe, in_words, memory, refusal, slots, until
 from tests.helpers import LlmkitCli, free_port
 
 NOW = 1_800_000_000
@@ -100,6 +101,20 @@ def test_odd_values_in_a_card_are_left_unknown() -> None:
         None,
         None,
     )
+
+
+def test_a_name_the_server_does_not_serve_is_refused_naming_it() -> None:
+    url = "http://127.0.0.1:8000/v1"
+    response = httpx.Response(404, request=httpx.Request("POST", f"{url}/models/gpt-4/load"))
+    error = {
+        "message": "no model gpt-4",
+        "type": "invalid_request_error",
+        "code": "model_not_found",
+    }
+    refused = refusal(
+        openai.NotFoundError("404", response=response, body=error), url, "gpt-4", "load"
+    )
+    assert str(refused) == f"the server at {url} serves no model 'gpt-4'; llmkit ps lists them"
 
 
 # -- against a real server -----------------------------------------------------------------
