@@ -29,6 +29,8 @@ stays in the conversation); Ctrl-C or Ctrl-D at the prompt leaves.
   /clear             start a new conversation (the system prompt stays)
   /save FILE         save the conversation as JSON
   /load FILE         continue a conversation saved with /save
+  /model             the server's models (loaded or not); * marks the one asked
+  /model NAME        ask NAME from now on (the conversation goes on)
   /set NAME VALUE    temperature, max_tokens, seed, model or json (on/off); VALUE default unsets
   /stats             the settings, the last answer's numbers and this session's totals
   /bye, /exit        leave"""
@@ -255,6 +257,11 @@ class Repl:
                     session.load(arg)
                     done = f"loaded {len(session.messages)} messages from {arg}"
                 err.print(done, style="dim", markup=False)
+            elif name == "/model":
+                if arg:
+                    err.print(f"model = {self.switch(arg)}", style="dim", markup=False)
+                else:
+                    err.print(self.models(), markup=False)
             elif name == "/set":
                 setting, _, value = arg.partition(" ")
                 attribute, parsed = parse_setting(setting, value.strip())
@@ -275,6 +282,26 @@ class Repl:
         except LlmkitError as exc:
             err.print(f"error: {exc}", style="red", markup=False)
         return True
+
+    def models(self) -> str:
+        """The server's models, one line each, the one asked marked with *."""
+        from llmkit.models_client import ServerModels, describe
+
+        cards = ServerModels(client=self.session.client).list()
+        if not cards:
+            return f"the server at {self.session.url} lists no models"
+        current = self.session.model
+        return "\n".join(f"{'*' if c.id == current else ' '} {describe(c)}" for c in cards)
+
+    def switch(self, name: str) -> str:
+        """Ask `name` from now on; refused when the server lists its models and not this one."""
+        listed = self.session.server_models()  # [] when the server does not list them
+        if listed and name not in listed:
+            raise LlmkitError(
+                f"the server at {self.session.url} serves no model {name!r}; /model lists them"
+            )
+        self.session.model = name
+        return name
 
     def stats(self) -> str:
         s = self.session

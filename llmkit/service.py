@@ -57,6 +57,7 @@ class Service:
 
     command: tuple[str, ...]
     serve: ServeSettings
+    more_models: tuple[str, ...] = ()  # served beside serve.model, loaded when first asked
 
     def __post_init__(self) -> None:
         if not self.serve.model:
@@ -64,12 +65,20 @@ class Service:
 
     @property
     def model(self) -> str:
+        """The first model: the one loaded at start."""
         assert self.serve.model
         return self.serve.model[0]
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (self.model, *self.more_models)
+
 
 # Written to the env file even at their defaults, so that the file shows what to edit.
-_ALWAYS_WRITTEN = ("model", "host", "port")
+_ALWAYS_WRITTEN = ("host", "port")
+# On the unit's ExecStart line, one --model each: a variable holds one value, and names
+# (paths) may hold spaces.
+_ON_EXEC_START = ("model",)
 # The unit sets these (Environment=) for every service; the env file leaves them alone.
 _SET_BY_THE_UNIT = ("models_dir", "offline")
 
@@ -145,11 +154,12 @@ def render_unit(service: Service, where: Layout, systemd_version: int = 0) -> st
     user = " --user" if where.user else ""
     lines = [
         f"# Written by `llmkit service install{user}`; running it again rewrites this file.",
-        f"# Settings (model, host, port, API key) are in {where.env_file}:",
+        "# The models are the --model words of ExecStart (install again to change them); the",
+        f"# other settings (host, port, API key) are in {where.env_file}:",
         f"# edit that, then `systemctl{user} restart {NAME}`.",
         "",
         "[Unit]",
-        f"Description=llmkit: OpenAI-compatible LLM server ({service.model})",
+        f"Description=llmkit: OpenAI-compatible LLM server ({', '.join(service.models)})",
         *_network_order(service.serve.host, where.user),
         "# Never left failed for good: a server killed for memory five times in ten minutes (a",
         "# burst of requests, not a broken install) must come back; the delay grows instead.",
@@ -159,7 +169,8 @@ def render_unit(service: Service, where: Layout, systemd_version: int = 0) -> st
         "# `llmkit serve` sends READY=1 to $NOTIFY_SOCKET once the model is loaded and the port",
         "# listens, so `systemctl start` returns when the server answers; STOPPING=1 on shutdown.",
         "Type=notify",
-        f"ExecStart={_exec_line([*service.command, 'serve'])}",
+        "# Each --model is served; the first is loaded at start, the others when first asked.",
+        f"ExecStart={_exec_line([*service.command, 'serve', *_model_words(service.models)])}",
         # EnvironmentFile= takes the rest of the line as the path: no quotes, only % escaped.
         f"EnvironmentFile={str(where.env_file).replace('%', '%%')}",
         f"Environment={_quote(_env('models_dir') + '=' + str(where.models_dir))}",
@@ -198,6 +209,10 @@ def render_unit(service: Service, where: Layout, systemd_version: int = 0) -> st
     return "\n".join(lines)
 
 
+def _model_words(models: Sequence[str]) -> list[str]:
+    return [word for model in models for word in ("--model", model)]
+
+
 def _env(name: str) -> str:
     return ServeSettings.env_name(name)
 
@@ -224,7 +239,7 @@ def render_env(service: Service) -> str:
     for field in fields(ServeSettings):
         value = getattr(service.serve, field.name)
         env = ServeSettings.setting(field.name).env
-        if env is None or value is None or field.name in _SET_BY_THE_UNIT:
+        if env is None or value is None or field.name in (*_SET_BY_THE_UNIT, *_ON_EXEC_START):
             continue
         if value != field.default or field.name in _ALWAYS_WRITTEN:
             lines.append(f"{env}={_env_value(_env_text(value))}")
@@ -295,29 +310,32 @@ class Installed:
     unit: Path
     env_file: Path
     models_dir: Path
-    model_path: Path
+    model_paths: list[Path]  # in the order served
     commands: list[list[str]]
     not_run: str  # why llmkit did not run the commands (and the user should), "" if it did
 
 
 def plan(
-    model: str | None,
+    models: Sequence[str] | None,
     host: str,
     port: int,
     api_key_file: Path | None,
     user: bool,
     embedding_model: str | None = None,
 ) -> tuple[Service, Layout]:
-    """The service and where it goes, from install's options; reads the key file, writes nothing."""
-    if not model:
+    """The service and where it goes, from install's options; reads the key file, writes nothing.
+
+    The first of `models` is loaded when the service starts; the others when first asked."""
+    models = list(dict.fromkeys(m.strip() for m in models or () if m.strip()))  # once each
+    if not models:
         raise LlmkitError(f"no model: pass --model NAME (e.g. gemma-3-270m) or set {_env('model')}")
     api_key = None
     if api_key_file is not None:
         api_key = settings.read_api_key_file(api_key_file)
     serve = ServeSettings(
-        model=[model], host=host, port=port, api_key=api_key, embedding_model=embedding_model
+        model=[models[0]], host=host, port=port, api_key=api_key, embedding_model=embedding_model
     )
-    return Service(llmkit_command(), serve), layout(user)
+    return Service(llmkit_command(), serve, tuple(models[1:])), layout(user)
 
 
 def preview(service: Service, where: Layout) -> str:
@@ -344,7 +362,7 @@ def warnings(service: Service, where: Layout) -> list[str]:
 
 
 def install(service: Service, where: Layout, log: Log, show_progress: bool = False) -> Installed:
-    """Pull the model into the service's store, write the unit and env file, enable and start it."""
+    """Pull the models into the service's store, write the unit and env file, enable and start it."""
     for path in (where.unit, where.env_file, where.models_dir):
         if not _writable(path):
             raise LlmkitError(
@@ -353,7 +371,7 @@ def install(service: Service, where: Layout, log: Log, show_progress: bool = Fal
             )
     for warning in warnings(service, where):
         log(warning)
-    pulled = _pull(service.model, where, log, show_progress)
+    pulled = [_pull(model, where, log, show_progress) for model in service.models]
     if service.serve.embedding_model:  # the service runs offline: its files must be there
         _pull(service.serve.embedding_model, where, log, show_progress)
     if not where.user:
@@ -456,9 +474,10 @@ def _unreachable_for_service(service: Service, where: Layout) -> list[Path]:
 
     # The interpreter the console script starts (resolved: a venv links to it) and llmkit itself.
     paths = [Path(sys.executable).resolve(), Path(__file__).resolve()]
-    reference = _resolve(service.model, where)
-    if isinstance(reference, LocalModel):
-        paths.append(reference.path.resolve())
+    for model in service.models:
+        reference = _resolve(model, where)
+        if isinstance(reference, LocalModel):
+            paths.append(reference.path.resolve())
     return [p for p in paths if any(p.is_relative_to(home) for home in _HOMES)]
 
 

@@ -80,3 +80,14 @@ def requested_urls(driver: Any) -> list[str]:
         if message.get("method") == "Network.requestWillBeSent":
             urls.append(message["params"]["request"]["url"])
     return urls
+
+
+def sent_requests(driver: Any) -> list[dict[str, Any]]:
+    """Every request the page sent since the last call (method, url, postData if any), from the
+    performance log: what reached the network, whatever the page shows."""
+    sent = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            sent.append(message["params"]["request"])
+    return sent

@@ -19,7 +19,7 @@ import pytest
 from llmkit.bench.config import BenchConfig, Peer, configure, parse_levels, parse_peer
 from llmkit.bench.inprocess import InProcess
 from llmkit.bench.machine import parse_status
-from llmkit.bench.measure import Measured, Remote, complete
+from llmkit.bench.measure import Measured, Remote, complete, pick_model
 from llmkit.bench.report import problems, table
 from llmkit.bench.summary import compare, median, percentile, ratio, summarize
 from llmkit.bench.workloads import (
@@ -439,3 +439,9 @@ def test_a_server_that_refuses_the_tool_request_is_a_problem_and_the_run_goes_on
     assert figures["json_tokens_per_s"] > 0 and figures["tokens_per_s"] > 0
     assert "tool_tokens_per_s" not in figures
     assert result.levels[1].complete == 1
+
+
+def test_a_server_is_asked_for_the_benchmarked_model_when_it_lists_it_else_its_first() -> None:
+    assert pick_model(["qwen", "gemma-3-270m"], "gemma-3-270m") == "gemma-3-270m"
+    assert pick_model(["llama-server-model"], "gemma-3-270m") == "llama-server-model"
+    assert pick_model([], "gemma-3-270m") == "default"

@@ -310,7 +310,17 @@ def test_set_stats_and_help(llmkit_server: openai.OpenAI, chat_env: dict[str, st
     repl = Repl("--url", url_of(llmkit_server), env=chat_env)
     repl.prompt()
     help_text = repl.say("/help")
-    for command in ("/system", "/clear", "/save", "/load", "/set", "/stats", "/bye", '"""'):
+    for command in (
+        "/system",
+        "/clear",
+        "/save",
+        "/load",
+        "/model",
+        "/set",
+        "/stats",
+        "/bye",
+        '"""',
+    ):
         assert command in help_text
     assert "temperature = 0.0" in repl.say("/set temperature 0")
     assert "max_tokens = 6" in repl.say("/set max_tokens 6")
@@ -332,5 +342,27 @@ def test_set_stats_and_help(llmkit_server: openai.OpenAI, chat_env: dict[str, st
     ):
         assert line in stats, stats
     assert STATS.search(stats)
+    repl.child.sendline("/bye")
+    assert repl.exit_status() == 0
+
+
+def test_model_lists_the_servers_models_and_switches_keeping_the_conversation(
+    llmkit_server: openai.OpenAI, chat_env: dict[str, str], tmp_path: Path
+) -> None:
+    url = url_of(llmkit_server)
+    repl = Repl("--url", url, *SHORT, env=chat_env)
+    repl.prompt()
+    assert "/model NAME" in repl.say("/help")
+    # Today's server sends only the id: its one model is loaded, for as long as it runs.
+    assert "* gemma-3-270m: loaded · kept forever" in repl.say("/model")
+    repl.ask("Hello.")
+    refused = repl.say("/model gpt-4")
+    assert f"error: the server at {url} serves no model 'gpt-4'; /model lists them" in refused
+    assert "model = gemma-3-270m" in repl.say("/model gemma-3-270m")
+    repl.ask("And again.")
+    assert "messages     4" in repl.say("/stats")
+    repl.say(f"/save {tmp_path / 'chat.json'}")
+    saved_chat = json.loads((tmp_path / "chat.json").read_text())
+    assert saved_chat["model"] == "gemma-3-270m" and len(saved_chat["messages"]) == 4
     repl.child.sendline("/bye")
     assert repl.exit_status() == 0

@@ -157,7 +157,7 @@ def test_service_install_takes_the_model_from_llmkit_model(
     result = llmkit_cli("service", "install", "--dry-run", env=env)
 
     assert result.exit_code == 0, result.output
-    assert "\nLLMKIT_MODEL=gemma-3-270m\n" in result.stdout
+    assert "serve --model gemma-3-270m\n" in result.stdout  # on the unit's ExecStart
 
 
 # -- chat's messages --------------------------------------------------------------------------

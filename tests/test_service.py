@@ -67,9 +67,11 @@ def user(tmp_path: Path) -> Layout:
     )
 
 
-def service(command: tuple[str, ...] | None = None, **changes: object) -> Service:
+def service(
+    command: tuple[str, ...] | None = None, more_models: tuple[str, ...] = (), **changes: object
+) -> Service:
     settings = ServeSettings(**{"model": "gemma-3-270m", **changes})  # type: ignore[arg-type]
-    return Service(command or llmkit_command(), settings)
+    return Service(command or llmkit_command(), settings, more_models)
 
 
 def unit_entries(unit: str) -> dict[str, list[str]]:
@@ -119,7 +121,23 @@ def files_under(folder: Path) -> dict[str, tuple[int, int]]:
 def test_exec_start_is_the_running_llmkit_by_absolute_path(tmp_path: Path) -> None:
     argv = exec_start(render_unit(service(), system(tmp_path)))
     assert Path(argv[0]).is_absolute() and os.access(argv[0], os.X_OK)
-    assert argv[-1] == "serve"
+    assert argv[-3:] == ["serve", "--model", "gemma-3-270m"]
+
+
+def test_exec_start_passes_each_model_the_first_one_first(tmp_path: Path) -> None:
+    served = service(more_models=("smollm2-135m-instruct", "/srv/my models/x.gguf"))
+    unit = render_unit(served, system(tmp_path))
+    assert exec_start(unit)[-7:] == [
+        "serve",
+        "--model",
+        "gemma-3-270m",
+        "--model",
+        "smollm2-135m-instruct",
+        "--model",
+        "/srv/my models/x.gguf",
+    ]
+    # On ExecStart only: a variable would be read before the flags, or hold the first alone.
+    assert "LLMKIT_MODEL" not in env_file_values(render_env(served))
 
 
 def test_system_unit_runs_offline_as_a_notify_service_with_a_dynamic_user(tmp_path: Path) -> None:
@@ -181,7 +199,6 @@ def test_env_file_holds_the_settings_and_quotes_a_key_as_systemd_reads_it() -> N
     key = 'k3y with "quotes", $dollar, `tick` and \\backslash'
     values = env_file_values(render_env(service(host="::1", port=8123, api_key=key)))
     assert values == {
-        "LLMKIT_MODEL": "gemma-3-270m",
         "LLMKIT_HOST": "::1",
         "LLMKIT_PORT": "8123",
         "LLMKIT_API_KEY": key,
@@ -191,7 +208,7 @@ def test_env_file_holds_the_settings_and_quotes_a_key_as_systemd_reads_it() -> N
 def test_paths_with_spaces_and_percent_signs_survive_the_unit_syntax(tmp_path: Path) -> None:
     where = system(tmp_path, models_dir=tmp_path / "my models 100%", root=tmp_path / "r o o t")
     unit = render_unit(service(command=("/opt/my llmkit/bin/llmkit",)), where)
-    assert exec_start(unit) == ["/opt/my llmkit/bin/llmkit", "serve"]
+    assert exec_start(unit) == ["/opt/my llmkit/bin/llmkit", "serve", "--model", "gemma-3-270m"]
     assert unit_entries(unit)["EnvironmentFile"] == [str(where.env_file)]
     assert unit_environment(unit)["LLMKIT_MODELS_DIR"].replace("%%", "%") == str(where.models_dir)
 
@@ -334,6 +351,31 @@ def test_install_dry_run_prints_the_unit_and_env_file_and_changes_nothing(
     assert unit_entries(unit)["Type"] == ["notify"]
     assert "(mode 0600)" in env_file and "LLMKIT_PORT=8123" in env_file
     assert "the-secret-key" not in result.stdout  # the key is masked on the screen
+
+
+def test_install_serves_each_model_given(sandbox: dict[str, str], llmkit_cli: LlmkitCli) -> None:
+    result = llmkit_cli(
+        "service",
+        "install",
+        "--model",
+        "gemma-3-270m",
+        "-m",
+        "smollm2-135m-instruct",
+        "--model",
+        "gemma-3-270m",  # once is enough
+        "--dry-run",
+        env=sandbox,
+    )
+    assert result.exit_code == 0, result.stderr
+    unit = result.stdout.partition("# ---- ")[2].partition("# ---- ")[0]
+    assert exec_start(unit)[-5:] == [
+        "serve",
+        "--model",
+        "gemma-3-270m",
+        "--model",
+        "smollm2-135m-instruct",
+    ]
+    assert "(gemma-3-270m, smollm2-135m-instruct)" in unit_entries(unit)["Description"][0]
 
 
 def test_install_passes_the_embedding_model_to_the_service(

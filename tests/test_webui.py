@@ -490,6 +490,55 @@ def test_the_page_asks_for_the_api_key_once_and_keeps_typed_text_when_busy_or_go
         assert len(messages(driver)) == 2  # the turn that failed left nothing behind
 
 
+_PICKER = "return [...document.querySelectorAll('#model-picker option')].map((o) => o.textContent);"
+
+
+def models_asked(driver: Any) -> list[str]:
+    """The `model` of each chat request the page sent since the last look."""
+    return [
+        json.loads(r["postData"])["model"]
+        for r in browser.sent_requests(driver)
+        if r["method"] == "POST" and r["url"].endswith("/v1/chat/completions")
+    ]
+
+
+@pytest.mark.slow
+def test_the_model_picker_lists_the_servers_models_and_requests_name_the_picked_one(
+    llmkit_server: Any, driver: Any
+) -> None:
+    root = root_url(llmkit_server)
+    driver.get(root + "/")
+    # A model picked on an earlier visit that the server no longer serves: its first is asked.
+    driver.execute_script("localStorage.setItem('llmkit.model', 'gone-model')")
+    open_page(driver, root)
+    # Today's server says no state: its one model is loaded. One model: nothing to pick, so the
+    # picker stays hidden and the name is shown.
+    assert driver.execute_script(_PICKER) == ["gemma-3-270m (loaded)"]
+    assert not by_id(driver, "model-picker").is_displayed()
+    assert by_id(driver, "model").text == "gemma-3-270m"
+    set_setting(driver, "max-tokens", "3")
+    browser.sent_requests(driver)  # what loading the page sent
+    send(driver, "Hi")
+    wait(driver, lambda: answer_state(driver) == "done")
+    assert models_asked(driver) == ["gemma-3-270m"]
+    assert messages(driver)[-1].find_element("css selector", ".role").text == "gemma-3-270m"
+
+    # Picking (the list shows with several models) is kept in this browser and asked from then
+    # on, also after a reload.
+    driver.execute_script(
+        "const p = document.getElementById('model-picker');"
+        "p.value = 'gemma-3-270m'; p.dispatchEvent(new Event('change'));"
+    )
+    assert driver.execute_script("return localStorage.getItem('llmkit.model')") == "gemma-3-270m"
+    driver.refresh()
+    wait(driver, lambda: by_id(driver, "model-picker").get_attribute("value") == "gemma-3-270m", 30)
+    browser.sent_requests(driver)
+    send(driver, "Hello again")
+    wait(driver, lambda: answer_state(driver) == "done" and len(messages(driver)) == 4)
+    assert models_asked(driver) == ["gemma-3-270m"]
+    assert_no_alert(driver)
+
+
 @pytest.mark.slow
 def test_the_page_fits_a_phone_works_from_the_keyboard_and_follows_dark_mode(
     llmkit_server: Any, driver: Any

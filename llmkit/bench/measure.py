@@ -143,6 +143,12 @@ def _answers(url: str) -> bool:
         return False
 
 
+def pick_model(listed: list[str], wanted: str) -> str:
+    """The model to ask a server for: --model's when it lists it (a server serving several), else
+    its first (a peer names its one model its own way), else "default"."""
+    return wanted if wanted in listed else next(iter(listed), "default")
+
+
 class Remote:
     """The client-side measurements, through the openai SDK, of one OpenAI-compatible server."""
 
@@ -155,7 +161,7 @@ class Remote:
             base_url=url, api_key=resolve_api_key(), timeout=600.0, max_retries=0
         )
         try:
-            self.model = next(iter(m.id for m in self.client.models.list().data), "default")
+            self.model = pick_model([m.id for m in self.client.models.list().data], config.model)
         except openai.APIConnectionError:
             raise LlmkitError(f"no server answers at {url}") from None
         except openai.APIError:

@@ -1,8 +1,9 @@
 """The `llmkit` command: parses arguments, calls one function, prints the result.
 
-One module per command group, named for it (models: pull, list, rm; serve; chat; bench; service;
-lb; cache); options more than one command takes are declared once in options.py. This module is the app:
-the command table and the one place a user's mistake becomes a one-line error.
+One module per command group, named for it (models: pull, list, rm; serve; chat; running: ps,
+load, unload; bench; service; lb; cache); options more than one command takes are declared once
+in options.py. This module is the app: the command table and the one place a user's mistake
+becomes a one-line error.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import typer
 import typer.core
 
 from llmkit import settings
-from llmkit.cli import bench, cache, chat, lb, models, serve, service
+from llmkit.cli import bench, cache, chat, lb, models, running, serve, service
 from llmkit.cli.console import err
 from llmkit.errors import LlmkitError
 
@@ -45,6 +46,9 @@ app.command("list")(models.list_models)
 app.command()(models.rm)
 app.command()(serve.serve)
 app.command()(chat.chat)
+app.command()(running.ps)
+app.command()(running.load)
+app.command()(running.unload)
 app.command()(bench.bench)
 app.add_typer(service.service_app, name="service")
 app.add_typer(lb.lb_app, name="lb")

@@ -14,7 +14,13 @@ from llmkit.cli.options import ModelsDir
 
 def bench(
     model: Annotated[
-        str, typer.Option("--model", "-m", help="What to serve and measure.")
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="What to serve and measure; asked of a --peer-url too when it lists it "
+            "(else the peer's first model).",
+        ),
     ] = "gemma-3-270m",
     threads: Annotated[int, typer.Option(min=1, help="CPU threads, server and in-process.")] = 2,
     parallel: Annotated[

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from llmkit.cli.options import ApiKey, Url
+
 
 def chat(
     prompt: Annotated[
@@ -16,18 +18,8 @@ def chat(
             show_default=False,
         ),
     ] = None,
-    url: Annotated[
-        str | None,
-        typer.Option(
-            help="The server's API URL (else LLMKIT_URL, OPENAI_BASE_URL, "
-            "http://127.0.0.1:8000/v1).",
-            show_default=False,
-        ),
-    ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(help="API key (else LLMKIT_API_KEY, OPENAI_API_KEY).", show_default=False),
-    ] = None,
+    url: Url = None,
+    api_key: ApiKey = None,
     model: Annotated[
         str | None,
         typer.Option(

@@ -24,6 +24,18 @@ ModelsDir = Annotated[
     ),
 ]
 UserMode = Annotated[bool, typer.Option("--user", help="A user service (systemctl --user).")]
+# Reaching a running server: `llmkit chat`, `ps`, `load`, `unload`.
+Url = Annotated[
+    str | None,
+    typer.Option(
+        help="The server's API URL (else LLMKIT_URL, OPENAI_BASE_URL, http://127.0.0.1:8000/v1).",
+        show_default=False,
+    ),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(help="API key (else LLMKIT_API_KEY, OPENAI_API_KEY).", show_default=False),
+]
 
 
 def option(name: str, **changes: Any) -> Any:

@@ -18,8 +18,12 @@ service_app = typer.Typer(help="Run `llmkit serve` as a systemd service.", no_ar
 @service_app.command("install")
 def service_install(
     model: Annotated[
-        str | None,
-        option("model", help="What to serve (pulled now, into the store the service reads)."),
+        list[str] | None,
+        option(
+            "model",
+            help="What to serve, pulled now into the store the service reads; repeat it to serve "
+            "several (the first is loaded at start, the others when first asked).",
+        ),
     ] = None,
     host: Annotated[str, option("host", envvar=None)] = ServeSettings.host,
     port: Annotated[int, option("port", envvar=None, min=1)] = ServeSettings.port,
@@ -49,7 +53,13 @@ def service_install(
         return
     done = service.install(spec, where, log=note, show_progress=sys.stderr.isatty())
     out.print(
-        f"model     {done.model_path}\nunit      {done.unit}\nsettings  {done.env_file}",
+        "\n".join(
+            [
+                *(f"model     {path}" for path in done.model_paths),
+                f"unit      {done.unit}",
+                f"settings  {done.env_file}",
+            ]
+        ),
         highlight=False,
         soft_wrap=True,
     )

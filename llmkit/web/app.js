@@ -8,6 +8,7 @@
   const STORE = "llmkit.chats";
   const CURRENT = "llmkit.current";
   const KEY = "llmkit.apiKey";
+  const MODEL = "llmkit.model"; // the model picked, for every conversation of this browser
   const DEFAULTS = { system: "", temperature: "", max_tokens: "", top_p: "", seed: "", json: false };
   const NUMBERS = ["temperature", "max_tokens", "top_p", "seed"];
 
@@ -16,7 +17,7 @@
     sidebar: $("sidebar"), list: $("conversations"), newChat: $("new-chat"),
     openSidebar: $("open-sidebar"), closeSidebar: $("close-sidebar"),
     deleteChat: $("delete-chat"), exportChats: $("export-chats"), importFile: $("import-file"),
-    title: $("title"), model: $("model"), settingsToggle: $("settings-toggle"), settings: $("settings"),
+    title: $("title"), model: $("model"), picker: $("model-picker"), settingsToggle: $("settings-toggle"), settings: $("settings"),
     system: $("system"), temperature: $("temperature"), max_tokens: $("max-tokens"),
     top_p: $("top-p"), seed: $("seed"), json: $("json-mode"),
     messages: $("messages"), status: $("status"),
@@ -26,7 +27,7 @@
   };
 
   let apiKey = localStorage.getItem(KEY);
-  let model = null;
+  let model = null; // the id requests name: the one picked, if the server lists it, else its first
   let running = null; // {controller, chat, answer} while an answer streams
   const views = new WeakMap(); // message -> its <article>
 
@@ -408,18 +409,44 @@
     }
   }
 
-  async function loadModel() {
+  // The server's models into the picker, each with its state ("gemma-3-270m (unloaded)"); a
+  // server that says no state (one model, loaded for good) has its models shown as loaded. With
+  // one model there is nothing to pick: its name alone is shown.
+  async function loadModels(quiet) {
     try {
       const response = await api("/models");
       if (!response.ok) throw await httpError(response);
       const body = await response.json();
-      model = body.data && body.data[0] ? body.data[0].id : null;
+      const cards = (Array.isArray(body.data) ? body.data : []).filter((c) => c && typeof c.id === "string");
+      const ids = cards.map((c) => c.id);
+      const picked = localStorage.getItem(MODEL);
+      model = ids.includes(model) ? model : ids.includes(picked) ? picked : ids[0] || null;
+      const same = ui.picker.options.length === ids.length && ids.every((id, i) => ui.picker.options[i].value === id);
+      if (!same) ui.picker.replaceChildren(...ids.map((id) => node("option")));
+      // Texts changed in place: rebuilding the options would close the list while it is open.
+      cards.forEach((card, i) => {
+        const option = ui.picker.options[i];
+        option.value = card.id;
+        option.textContent = `${card.id} (${typeof card.state === "string" ? card.state : "loaded"})`;
+        if (card.state === "failed" && typeof card.error === "string") option.title = card.error;
+      });
+      if (model) ui.picker.value = model;
+      ui.picker.hidden = ids.length < 2;
+      ui.model.hidden = !ui.picker.hidden;
       ui.model.textContent = model || "no model";
-      if (current.messages.length === 0) renderMessages();
+      if (current.messages.length === 0 && !running) renderMessages();
     } catch (err) {
+      if (quiet) return; // a refresh of the states: the next request says what is wrong
       ui.model.textContent = "not connected";
       showStatus(explain(err));
     }
+  }
+
+  function pick() {
+    model = ui.picker.value;
+    localStorage.setItem(MODEL, model);
+    ui.model.textContent = model;
+    if (current.messages.length === 0 && !running) renderMessages();
   }
 
   function requestBody(chat, count) {
@@ -466,6 +493,11 @@
       for await (const event of events(response)) {
         if (event.error) throw new StreamError(event.error.message || "the server reported an error");
         if (event.usage) usage = event.usage;
+        // Who answered, as the server names it (with several served: the model it ran).
+        if (typeof event.model === "string" && event.model && answer.model !== event.model) {
+          answer.model = event.model;
+          views.get(answer)?.querySelector(".role")?.replaceChildren(event.model);
+        }
         for (const choice of event.choices || []) {
           const piece = choice.delta && choice.delta.content;
           if (piece) {
@@ -513,6 +545,7 @@
       setRunning(false);
       save();
       if (chat === current) renderAll();
+      loadModels(true); // the states changed: the one asked is loaded now, another may not be
     }
   }
 
@@ -672,6 +705,8 @@
     ui[name].addEventListener("input", () => { current.settings[name] = ui[name].value; save(); });
   }
   ui.json.addEventListener("change", () => { current.settings.json = ui.json.checked; save(); });
+  ui.picker.addEventListener("change", pick);
+  ui.picker.addEventListener("focus", () => loadModels(true)); // states as they are now
   document.addEventListener("keydown", (e) => {
     if (e.key.toLowerCase() === "o" && e.shiftKey && (e.ctrlKey || e.metaKey)) { // as other chat apps
       e.preventDefault();
@@ -682,5 +717,5 @@
   current = chats.find((c) => c.id === localStorage.getItem(CURRENT)) || chats[0] || newChat();
   renderAll();
   ui.composer.focus();
-  loadModel();
+  loadModels(false);
 })();
