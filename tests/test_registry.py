@@ -5,6 +5,7 @@ tiny models, a corrupt GGUF and one too big for the budget."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -209,8 +210,8 @@ def test_operators_load_and_unload_under_the_key_and_keep_alive_zero_unloads(
     anonymous = openai.OpenAI(base_url=str(client.base_url), api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         anonymous.post(f"/models/{SMOL}/load", cast_to=object)
-    loaded = client.post(f"/models/{SMOL}/load", cast_to=object)
-    assert loaded["state"] == "loaded"  # type: ignore[index]
+    loaded = client.post(f"/models/{SMOL}/load", body={"keep_alive": -1}, cast_to=object)
+    assert loaded["state"] == "loaded" and loaded["keep_alive"] is None  # type: ignore[index]
     unloaded = client.post(f"/models/{SMOL}/unload", cast_to=object)
     assert unloaded["state"] == "unloaded"  # type: ignore[index]
     assert get_json(url)[0] == 401  # the card is under the key too
@@ -273,3 +274,22 @@ def test_all_models_serves_every_model_in_the_store(store: Path) -> None:
     ) as client:
         assert set(cards(client)) == {GEMMA, SMOL}
         assert ask(client, SMOL).model == SMOL
+
+
+def test_llmkit_ps_load_and_unload_show_and_change_a_running_servers_models(
+    one_at_a_time: openai.OpenAI,
+) -> None:
+    reach = ["--url", str(one_at_a_time.base_url), "--api-key", KEY]
+    loaded = run_llmkit("load", SMOL, "--keep-alive", "10m", *reach)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.startswith(f"{SMOL}: loaded") and "unloads in" in loaded.stdout
+    shown = run_llmkit("ps", "--json", *reach)
+    assert shown.returncode == 0, shown.stderr
+    states = {card["id"]: card["state"] for card in json.loads(shown.stdout)}
+    assert states[SMOL] == "loaded" and states["corrupt"] == "failed"
+    table = run_llmkit("ps", *reach, env=clean_env(COLUMNS="200"))  # no wrapped names
+    assert SMOL in table.stdout and "failed" in table.stdout
+    unloaded = run_llmkit("unload", SMOL, *reach)
+    assert unloaded.returncode == 0 and unloaded.stdout.startswith(f"{SMOL}: unloaded")
+    missing = run_llmkit("load", "nope", *reach)
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1

@@ -169,6 +169,12 @@ class CompletionRequest(_Common, CreateCompletionRequest):  # type: ignore[misc]
     suffix: str | None = Field(default=None, max_length=0)
 
 
+class LoadRequest(Body):
+    """The body of POST /v1/models/{id}/load (optional): how long it stays once idle."""
+
+    keep_alive: KeepAlive = None
+
+
 class TokenizeRequest(Body):
     """The body of POST /extras/tokenize and /extras/tokenize/count."""
 

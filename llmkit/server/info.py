@@ -14,7 +14,12 @@ from starlette.concurrency import run_in_threadpool
 
 from llmkit.embeddings import encoded
 from llmkit.errors import BadRequest
-from llmkit.server.bodies import DetokenizeRequest, EmbeddingRequest, TokenizeRequest
+from llmkit.server.bodies import (
+    DetokenizeRequest,
+    EmbeddingRequest,
+    LoadRequest,
+    TokenizeRequest,
+)
 from llmkit.server.errors import busy
 from llmkit.server.registry import FAILED, LOADED, Model, Registry, registry_of
 from llmkit.server.respond import until_disconnect
@@ -139,11 +144,14 @@ async def model(request: Request, model_id: str) -> dict[str, Any]:
     return _model_card(found, model_id)
 
 
-async def load_model(request: Request, model_id: str) -> dict[str, Any]:
-    """POST /v1/models/{id}/load: load it now (an operator's warm-up); answers once loaded."""
+async def load_model(
+    request: Request, model_id: str, body: LoadRequest | None = None
+) -> dict[str, Any]:
+    """POST /v1/models/{id}/load: load it now (an operator's warm-up), to stay `keep_alive` once
+    idle (default: as when a request loads it); answers once loaded."""
     registry = registry_of(request)
     found = registry.lookup(model_id)
-    await registry.load(found)
+    await registry.load(found, body.keep_alive if body is not None else None)
     return _model_card(found, found.name)
 
 

@@ -113,6 +113,7 @@ class Model:
             if engine is None
             else {"total": engine.parallel, "active": engine.active},
             "context_length": self.plan.n_ctx,
+            "load_seconds": self.load_seconds,  # how long its last load took
             "error": self.too_big or self.error,
         }
 
@@ -269,9 +270,13 @@ class Registry:
             flush=True,
         )
 
-    async def load(self, model: Model) -> None:
+    async def load(self, model: Model, keep_alive: Any = None) -> None:
         """Load a model now (an operator's request), as a request would; a failed one is tried
-        again."""
+        again. `keep_alive` (a duration) is how long it then stays once idle."""
+        stay = _keep_alive(keep_alive)
+        if stay is not None:
+            model.keep_alive = None if stay == "forever" else stay
+            model.last_active = time.monotonic()
         if model.too_big is not None:
             raise ModelUnavailable(
                 f"{model.name} cannot be loaded: {model.too_big}", "model_too_big"
