@@ -109,7 +109,9 @@ def build_app(
 
         webui.add_routes(app, webui.Page.packaged())  # no API key: the page asks for it
     errors.install_handlers(app)
-    if registry.default.served is not None:
+    # The schema's token-id bounds are one model's: stated only when one model is served (each
+    # model checks its own ids in any case).
+    if len(registry.models) == 1 and registry.default.served is not None:
         _state_bounds(app, registry.default.served)
     app.add_middleware(Leases, registry=registry)
     app.add_middleware(Gate, api_key=api_key, max_body=max_body)
