@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# llama.cpp's compute buffers and Python's own footprint, beyond weights and KV cache.
+# llama.cpp's compute buffers and Python's own footprint, beyond weights, KV cache and logits
+# (ModelInfo.logits_bytes).
 OVERHEAD_BYTES = 256 * 1024 * 1024
 # Bytes a KV cache value takes, by --kv-type (q8_0: blocks of 32 values in 34 bytes).
 KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32}
@@ -28,6 +29,11 @@ class ModelInfo:
         """llama.cpp's KV cache for n_ctx tokens: K and V per layer, f16 by default."""
         per_token = self.n_layer * self.n_head_kv * (self.head_dim_k + self.head_dim_v)
         return int(n_ctx * per_token * KV_BYTES_PER_VALUE[kv_type])
+
+    def logits_bytes(self, rows: int) -> int:
+        """llama.cpp's logits for `rows` rows a decode, in float32: twice, as the graph's output in
+        the compute buffer and as the output buffer they are copied to (context.LOGITS_BYTES_MAX)."""
+        return 2 * rows * self.n_vocab * 4
 
     def needed_bytes(self, n_ctx: int, kv_type: str = "f16") -> int:
         return self.size + self.kv_cache_bytes(n_ctx, kv_type) + OVERHEAD_BYTES

@@ -141,7 +141,7 @@ def size_slots(
     return Sizing(
         slots,
         n_ctx,
-        f"{', '.join(why)}: {human_size(fixed_bytes)} model + {cache} KV cache, {where}",
+        f"{', '.join(why)}: {human_size(fixed_bytes)} model and buffers + {cache} KV cache, {where}",
     )
 
 
@@ -343,6 +343,8 @@ def _plan_model(
 ) -> Plan:
     """One model's plan, sized within `available` bytes (None: unchecked)."""
     from llmkit.catalog import load_catalog, resolve
+    from llmkit.engine import DEFAULT_N_BATCH
+    from llmkit.engine.context import logit_rows
     from llmkit.modelinfo import KV_BYTES_PER_VALUE, OVERHEAD_BYTES, read_model_info
 
     chat_template = shared.chat_template
@@ -378,7 +380,11 @@ def _plan_model(
     )
     cache_ram = None if config.cache_ram is None else _size(config.cache_ram, "--cache-ram")
     cache_disk = 0 if config.no_cache_disk else _size(config.cache_disk, "--cache-disk")
-    fixed_bytes = info.size + OVERHEAD_BYTES + embedding_bytes + (cache_ram or 0)
+    # The logits llama.cpp holds for the most rows one decode asks for, which depends on the slots:
+    # those asked for, else the most size_slots may pick.
+    rows = logit_rows(config.parallel or settings.DEFAULT_PARALLEL, info.n_vocab, DEFAULT_N_BATCH)
+    logits_bytes = info.logits_bytes(rows)
+    fixed_bytes = info.size + OVERHEAD_BYTES + logits_bytes + embedding_bytes + (cache_ram or 0)
     sizing = size_slots(
         fixed_bytes=fixed_bytes,
         kv_bytes_per_token=info.kv_cache_bytes(1, config.kv_type),

@@ -349,3 +349,26 @@ def test_a_q8_0_kv_cache_generates_with_flash_attention(gemma: llama_cpp.Llama) 
         assert text.strip()
     finally:
         e.close()
+
+
+def test_prompt_logprobs_and_drafts_never_ask_for_more_rows_of_logits_than_the_context_holds(
+    gemma: llama_cpp.Llama,
+) -> None:
+    echoed = tokens(gemma, RIVER)
+    drafting = tokens(gemma, ANIMALS)  # its answer goes on with the list: n-gram drafts
+    e = engine(gemma)
+    try:
+        # Gemma 3's 262,144-token vocabulary: 64 rows fit LOGITS_BYTES_MAX (512 would be 8 times).
+        assert e.logit_rows == 64 < len(echoed)
+        generating = e.submit([Choice(drafting, greedy(64))])
+        echo = e.submit([Choice(echoed, greedy(1, logprobs=0, prompt_logprobs=True))])
+        deltas = [item for item in echo.events(timeout=120) if isinstance(item, Delta)]
+        collect(generating)
+    finally:
+        e.close()
+    prompt_logprobs = [entry for d in deltas for entry in d.prompt_logprobs or []]
+    assert [entry.token for entry in prompt_logprobs] == echoed
+    assert all(math.isfinite(entry.logprob or 0.0) for entry in prompt_logprobs)
+    assert e.tokens_drafted > 0
+    # A decode asking for more would have aborted the process (llama.cpp's n_outputs_max).
+    assert e.batch_logit_rows_max == e.logit_rows

@@ -142,3 +142,70 @@ def test_bad_chat_logprobs_requests_are_400s(
 def test_completions_cap_logprobs_at_five(llmkit_server: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="logprobs: .*than or equal to 5"):
         llmkit_server.completions.create(model="x", prompt="Hi", max_tokens=1, logprobs=6)
+
+
+# More tokens than a batch holds (512): decoded in pieces of as many rows as the context reserves.
+LONG_PROMPT = " ".join(f"word{i}" for i in range(160))
+# What a request's own Python objects (its logprobs, the response) and the allocator may add to
+# the process, beyond the logits llama.cpp holds.
+RSS_MARGIN = 32 * 1024 * 1024
+
+
+def rss(pid: int) -> int:
+    """The process's resident memory (VmRSS), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_long_prompts_logprobs_stay_in_the_memory_the_plan_counts_and_are_llama_cpps(
+    server_models_dir: Path, gemma_gguf: Path
+) -> None:
+    import llmkit
+    from llmkit.engine import DEFAULT_N_BATCH
+    from llmkit.engine.context import logit_rows
+    from llmkit.modelinfo import read_model_info
+    from tests.helpers import clean_env
+
+    # A server of its own: the session's may have grown its buffers already.
+    with llmkit.serve(
+        "gemma-3-270m",
+        threads=2,
+        ctx=4096,
+        offline=True,
+        env=clean_env(LLMKIT_MODELS_DIR=str(server_models_dir)),
+    ) as client:
+        pid = client.llmkit_process.pid  # type: ignore[attr-defined]
+        # The same prompt without logprobs first: what any long prompt takes (activations).
+        client.completions.create(model="x", prompt=LONG_PROMPT, max_tokens=1)
+        before = rss(pid)
+        response = client.completions.create(
+            model="x", prompt=LONG_PROMPT, max_tokens=1, temperature=0, logprobs=1, echo=True
+        )
+        grown = rss(pid) - before
+    info = read_model_info(gemma_gguf)
+    counted = info.logits_bytes(logit_rows(4, info.n_vocab, DEFAULT_N_BATCH))
+    # 128 MiB for Gemma 3; it grew by over 1 GiB when a decode had a row for each of 512 tokens.
+    assert grown < counted + RSS_MARGIN, f"grew {grown / 2**20:.0f} MiB"
+
+    llama = llama_cpp.Llama(
+        model_path=str(gemma_gguf),
+        n_ctx=1024,
+        logits_all=True,
+        verbose=False,
+        n_threads=2,
+        flash_attn=True,
+    )
+    tokens = llama.tokenize(LONG_PROMPT.encode(), add_bos=True, special=True)
+    llama.eval(tokens)
+    expected = []
+    for i in range(1, len(tokens)):  # one row at a time: the whole log-softmax would be 1 GB
+        row = np.asarray(llama.scores[i - 1], dtype=np.float64)
+        peak = row.max()
+        expected.append(row[tokens[i]] - peak - np.log(np.exp(row - peak).sum()))
+    llama.close()
+    lp = response.choices[0].logprobs
+    assert lp is not None and lp.token_logprobs is not None
+    assert len(tokens) > DEFAULT_N_BATCH and response.usage.prompt_tokens == len(tokens)
+    assert lp.token_logprobs[1 : len(tokens)] == pytest.approx(expected, abs=0.01)

@@ -1,6 +1,9 @@
-"""Slots and context sized to the memory: `plan.size_slots` with given memory figures (no model)."""
+"""Slots and context sized to the memory: `plan.size_slots` with given memory figures (no model),
+and what `plan` counts for a real one."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +92,44 @@ def test_a_q8_cache_takes_about_half_the_memory_of_f16() -> None:
     from llmkit.modelinfo import KV_BYTES_PER_VALUE
 
     assert KV_BYTES_PER_VALUE["q8_0"] / KV_BYTES_PER_VALUE["f16"] == pytest.approx(0.53, abs=0.01)
+
+
+def test_the_logits_of_one_decode_fit_their_budget_whatever_the_vocabulary() -> None:
+    from llmkit.engine.context import LOGITS_BYTES_MAX, logit_rows
+    from llmkit.modelinfo import ModelInfo
+
+    gemma = ModelInfo(Path("gemma.gguf"), 253 * MB, "gemma3", 32768, 18, 1, 256, 256, None, 262_144)
+    # Gemma 3: 64 rows of 262,144 floats, twice (128 MiB, where 512 rows were 1 GiB); Llama 2's
+    # 32,000 tokens fit a whole batch of 512.
+    assert logit_rows(4, gemma.n_vocab, 512) == 64
+    assert gemma.logits_bytes(64) == 2 * LOGITS_BYTES_MAX
+    assert logit_rows(4, 32_000, 512) == 512
+    assert logit_rows(4, 32_000, 256) == 256  # never more than a batch holds
+    assert logit_rows(4, 2_000_000, 512) == 16  # a floor, that prompt logprobs still advance
+    assert logit_rows(100, gemma.n_vocab, 512) == 100  # every slot generating needs its row
+
+
+def test_the_plan_counts_the_logits_in_what_the_model_needs(
+    gemma_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmkit.embeddings import embedding_context_bytes
+    from llmkit.modelinfo import OVERHEAD_BYTES, read_model_info
+    from llmkit.plan import plan
+    from llmkit.settings import ServeSettings
+    from llmkit.sizes import human_size
+
+    monkeypatch.setenv("LLMKIT_SKIP_MEMORY_CHECK", "1")
+    config = ServeSettings(
+        model=str(gemma_gguf),
+        chat_format="gemma",
+        offline=True,
+        ctx=2048,
+        cache_ram="0",
+        no_cache_disk=True,
+    )
+    info = read_model_info(gemma_gguf)
+    logits = 2 * 64 * info.n_vocab * 4  # 64 rows: LOGITS_BYTES_MAX's share of Gemma 3's
+    embedding = info.kv_cache_bytes(2048) + embedding_context_bytes(info.n_vocab)
+    fixed = info.size + OVERHEAD_BYTES + logits + embedding
+    reason = plan(config, log=lambda _: None).sizing
+    assert f"{human_size(fixed)} model and buffers" in reason

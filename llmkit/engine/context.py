@@ -6,6 +6,24 @@ import llama_cpp
 
 # --kv-type: the ggml type of the K and V cache.
 KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
+# How much memory the logits of one decode may take. llama.cpp holds them twice, rows x n_vocab
+# floats each: as the graph's output in the compute buffer, reserved at context creation for
+# n_outputs_max rows (n_batch unless told), and in the output buffer they are copied to, grown to
+# the most rows a decode has had and never shrunk (llama_context::output_reserve). At n_batch 512
+# and Gemma 3's 262,144 tokens, that was 512 MiB each. Prompt logprobs, which need every row, take
+# fewer prompt tokens a step instead (64 for Gemma 3; 512 still for a 32,000-token vocabulary): the
+# same values, a slower decode. The memory plan counts them (ModelInfo.logits_bytes).
+LOGITS_BYTES_MAX = 64 * 1024 * 1024
+
+
+def logit_rows(parallel: int, n_vocab: int, n_batch: int) -> int:
+    """The most rows with logits in one decode: a power of two up to n_batch whose logits fit
+    LOGITS_BYTES_MAX, at least 16, and at least one a slot (every generating sequence needs its
+    row each step)."""
+    rows = n_batch
+    while rows > 16 and rows * n_vocab * 4 > LOGITS_BYTES_MAX:
+        rows //= 2
+    return max(rows, parallel)
 
 
 def make_context(
@@ -16,11 +34,16 @@ def make_context(
     n_batch: int,
     threads: int,
     kv_type: str,
+    logit_rows: int,
 ) -> llama_cpp.llama_context_p:
-    """A context of `cells` KV cells shared by `parallel` sequences; raises if llama.cpp can't."""
+    """A context of `cells` KV cells shared by `parallel` sequences; raises if llama.cpp can't.
+
+    It reserves logits for `logit_rows` rows a decode (at least `parallel`): a decode asking for
+    more aborts the process (a GGML_ASSERT in output_reserve), so the scheduler never sends one."""
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = cells
     params.n_batch = params.n_ubatch = n_batch
+    params.n_outputs_max = logit_rows
     params.n_seq_max = parallel
     params.n_threads = params.n_threads_batch = threads
     params.kv_unified = True  # one cache shared by all slots, as llama-server does

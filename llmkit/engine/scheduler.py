@@ -20,7 +20,7 @@ import numpy as np
 
 from llmkit import grammar, logprobs
 from llmkit.engine.admission import admit
-from llmkit.engine.context import make_context
+from llmkit.engine.context import logit_rows, make_context
 from llmkit.engine.disk_cache import Identity
 from llmkit.engine.jobs import (
     END,
@@ -83,6 +83,10 @@ class Engine:
         self.n_batch = n_batch
         self.observer = observer
         self.kv_type = kv_type
+        self.vocab = llama_cpp.llama_model_get_vocab(model)
+        n_vocab = self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        # What the context reserves; drafts and prompt logprobs stay within it (_step).
+        self.logit_rows = logit_rows(parallel, n_vocab, n_batch)
         # None once closed (freed): what reads it checks first.
         self.ctx: Any = make_context(
             model,
@@ -91,6 +95,7 @@ class Engine:
             n_batch=n_batch,
             threads=threads,
             kv_type=kv_type,
+            logit_rows=self.logit_rows,
         )
         self.kv_size = llama_cpp.llama_n_ctx(self.ctx)
         # llama.cpp lowers n_batch to a smaller cache; more tokens in one decode abort the process.
@@ -100,8 +105,6 @@ class Engine:
         cache = cache or CacheConfig()
         identity = Identity.of(cache.model_sha256, self.kv_size, kv_type)
         self.states = SequenceStates(self.ctx, self.memory, cache, identity)
-        self.vocab = llama_cpp.llama_model_get_vocab(model)
-        n_vocab = self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
         self._eog = set(self.eog)
         self._pieces: dict[int, bytes] = {}
@@ -118,6 +121,7 @@ class Engine:
         self.decode_calls = 0
         self.tokens_drafted = 0
         self.batch_tokens_max = 0  # the most tokens one decode held (never above n_batch)
+        self.batch_logit_rows_max = 0  # the most rows with logits it had (never above logit_rows)
         self.tokens_draft_accepted = 0
         self.tokens_forced = 0  # tokens a grammar forced, decoded as drafts that cannot fail
         self._thread = threading.Thread(target=self._run, name="llmkit-engine", daemon=True)
@@ -284,16 +288,25 @@ class Engine:
         for r, slot in generating:
             chunks.append((r, slot, [r.next_token]))
         budget = self.n_batch - len(chunks)
+        # Rows with logits beyond the one each sequence may need this step (its next token, or its
+        # prompt's last): n-gram drafts and prompt logprobs share them (context.LOGITS_BYTES_MAX).
+        rows = self.logit_rows - len(running)
         crowded = len(generating) == self.parallel > 1
         for r, slot, chunk in chunks:
             if r.drafter is not None and budget > 0:
-                draft = self._draft(r, slot, crowded, budget)
+                draft = self._draft(r, slot, crowded, budget, rows)
                 chunk.extend(draft)
                 budget -= len(draft)
+                if not r.forced or r.logprobs is not None:  # forced rows need no logits
+                    rows -= len(draft)
         for r, slot in running:
             if r.todo and budget > 0:
-                chunk = r.todo[:budget]
+                # With prompt logprobs, each token takes a row: its own, then the spare ones.
+                every_row = r.prompt_logprobs is not None
+                chunk = r.todo[: min(budget, rows + 1) if every_row else budget]
                 budget -= len(chunk)
+                if every_row:
+                    rows -= len(chunk) - 1
                 chunks.append((r, slot, chunk))
         for r, slot, chunk in chunks:
             pos = len(slot.cached)
@@ -318,6 +331,10 @@ class Engine:
                 r.row = n - 1
         batch.n_tokens = n
         self.batch_tokens_max = max(self.batch_tokens_max, n)
+        outputs = sum(batch.logits[:n])
+        if outputs > self.logit_rows:  # llama.cpp would abort the process: fail the step instead
+            raise RuntimeError(f"{outputs} rows of logits in one decode, {self.logit_rows} at most")
+        self.batch_logit_rows_max = max(self.batch_logit_rows_max, outputs)
         started = time.perf_counter()
         status = llama_cpp.llama_decode(self.ctx, batch)
         if not generating:  # a prompt-only decode: what computing a prompt token costs
@@ -340,8 +357,9 @@ class Engine:
             if r.row >= 0:
                 self._sample(r, slot, now, out)
 
-    def _draft(self, r: Running, slot: Slot, crowded: bool, budget: int) -> list[int]:
-        """This step's draft for a generating sequence, within the batch, its context and max_tokens.
+    def _draft(self, r: Running, slot: Slot, crowded: bool, budget: int, rows: int) -> list[int]:
+        """This step's draft for a generating sequence, within the batch, its context and max_tokens;
+        each drafted token takes a row of logits, of the `rows` left (unless forced, unread).
 
         Where its grammar allows only one continuation (a schema's keys, quotes, punctuation), the
         draft is those tokens, forced: they are taken without sampling, so they cannot be rejected.
@@ -355,10 +373,13 @@ class Engine:
             return []
         matcher = r.sampler.matcher
         if matcher is not None:  # it has consumed the next token: drafts come after it
-            forced = matcher.compute_ff_tokens()[:room]
+            forced = matcher.compute_ff_tokens()[: room if r.logprobs is None else min(room, rows)]
             if forced:
                 r.forced = len(forced)
                 return forced
+        room = min(room, rows)
+        if room <= 0:
+            return []
         k = min(r.draft_length.length(crowded), room)
         draft = r.drafter.draft(k, CROWDED_MATCH if crowded else MIN_MATCH, self.recall)[:room]
         if draft and matcher is not None:
