@@ -141,8 +141,8 @@ def test_the_service_env_file_parses_back_to_the_services_settings(
 
     values = env_file_values(render_env(Service(("llmkit",), settings)))
 
+    # The models are the unit's ExecStart arguments (--model, each), not the env file's.
     assert set(values) == {
-        "LLMKIT_MODEL",
         "LLMKIT_HOST",
         "LLMKIT_PORT",
         "LLMKIT_API_KEY",
@@ -151,7 +151,7 @@ def test_the_service_env_file_parses_back_to_the_services_settings(
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    assert parsed() == settings
+    assert parsed("--model", "gemma-3-270m") == settings
 
 
 def readme_options() -> list[tuple[list[str], list[str], str]]:
