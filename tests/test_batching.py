@@ -302,13 +302,17 @@ def test_the_tenth_turn_of_a_conversation_recomputes_only_its_new_tokens(
     for turn in range(1, 11):
         messages.append({"role": "user", "content": f"Tell me fact number {turn} about the moon."})
         if turn == 10:
-            computed_before = scrape(llmkit_server)["llmkit_prompt_tokens_total"]
+            computed_before = scrape(llmkit_server)[
+                "llmkit_prompt_tokens_total{model=gemma-3-270m}"
+            ]
         response = llmkit_server.chat.completions.create(
             model="x", messages=messages, max_tokens=12, temperature=0
         )
         usages.append(response.usage)
         messages.append({"role": "assistant", "content": response.choices[0].message.content})
-    computed = scrape(llmkit_server)["llmkit_prompt_tokens_total"] - computed_before
+    computed = (
+        scrape(llmkit_server)["llmkit_prompt_tokens_total{model=gemma-3-270m}"] - computed_before
+    )
     ninth, tenth = usages[-2], usages[-1]
     new = tenth.prompt_tokens - ninth.prompt_tokens  # turn 9's answer, turn 10's question, markup
     cached = tenth.prompt_tokens_details.cached_tokens

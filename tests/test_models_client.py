@@ -11,6 +11,7 @@ import httpx
 import openai
 
 from llmkit.models_client import ModelCard, describe, in_words, memory, refusal, slots, until
+from llmkit.sizes import human_size
 from tests.helpers import LlmkitCli, free_port
 
 NOW = 1_800_000_000
@@ -127,9 +128,11 @@ def test_ps_lists_the_servers_model_as_loaded(
     table = llmkit_cli("ps", "--url", url)
     assert table.exit_code == 0, table.output
     rows = [cells(line) for line in table.stdout.splitlines() if line[:1] in "┃│"]
+    card = llmkit_server.models.list().data[0].model_dump()
+    # The one model, loaded at start and kept; what it counts in memory, its idle slots.
     assert rows == [
         ["name", "state", "memory", "slots", "until"],
-        ["gemma-3-270m", "loaded", "—", "—", "forever"],  # an id only: today's one model
+        ["gemma-3-270m", "loaded", human_size(card["resident_bytes"]), "0/4", "forever"],
     ]
 
     listed = llmkit_cli("ps", "--url", url, "--json")
@@ -148,12 +151,11 @@ def test_ps_without_a_server_is_one_line_and_exit_1(llmkit_cli: LlmkitCli) -> No
     ]
 
 
-def test_load_on_a_server_that_cannot_says_so_in_one_line(
+def test_load_on_the_one_model_server_says_it_is_loaded_in_one_line(
     llmkit_server: openai.OpenAI, llmkit_cli: LlmkitCli
 ) -> None:
-    # A server that serves one model for good (today's llmkit, or another) has no load route.
-    for command in ("load", "unload"):
-        result = llmkit_cli(command, "gemma-3-270m", "--url", url_of(llmkit_server))
-        assert result.exit_code == 1, result.output
-        (line,) = result.stderr.strip().splitlines()
-        assert line.startswith("error: ") and f"cannot {command} models" in line, line
+    # The one model a server serves is loaded at start and kept: load says so.
+    result = llmkit_cli("load", "gemma-3-270m", "--url", url_of(llmkit_server))
+    assert result.exit_code == 0, result.output
+    (line,) = result.stdout.strip().splitlines()
+    assert line.startswith("gemma-3-270m: loaded") and "kept forever" in line, line

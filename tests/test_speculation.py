@@ -415,8 +415,8 @@ def test_metrics_count_drafted_and_accepted_tokens_and_a_request_can_turn_drafts
 ) -> None:
     from tests.helpers import scrape
 
-    drafted = "llmkit_spec_decode_draft_tokens_total"
-    accepted = "llmkit_spec_decode_accepted_tokens_total"
+    drafted = "llmkit_spec_decode_draft_tokens_total{model=gemma-3-270m}"
+    accepted = "llmkit_spec_decode_accepted_tokens_total{model=gemma-3-270m}"
     body = {"model": "m", "prompt": COPY, "max_tokens": 48, "temperature": 0}
     before = scrape(llmkit_server)
     plain = llmkit_server.completions.create(**body, extra_body={"speculation": False})
