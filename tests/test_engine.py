@@ -180,6 +180,35 @@ def test_requests_sharing_a_system_prompt_keep_each_others_caches(gemma: llama_c
     assert again[2].cached_tokens == len(first) - 1
 
 
+def test_a_slot_whose_window_cells_went_to_another_sequence_serves_no_prefix_behind_them(
+    gemma: llama_cpp.Llama,
+) -> None:
+    # Gemma 3's sliding-window layers attend to the last 512 positions only: llama.cpp gives a
+    # sequence's cells behind that window to other sequences' tokens (even with swa_full). A
+    # prefix reaching behind them (here the chat template's first tokens, with BOS) must be
+    # computed again: reused, the new tokens attended to no BOS, and the answer was empty.
+    chat = "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
+    question = tokens(gemma, chat.format("What is the capital of France?"))
+    long_chat = tokens(gemma, chat.format("A river: " + "water flows down the valley, " * 180))
+    note = tokens(gemma, "A short note: " + "cats sleep a lot, " * 20)
+    listing = tokens(gemma, "A long list: " + "one two three four five six seven, " * 90)
+    assert len(long_chat) > 1024 and 512 < len(listing) < 1024
+    e = engine(gemma, slot_ctx=2048)
+    try:
+        fresh = generate(e, [Choice(question, greedy(5))])
+    finally:
+        e.close()
+    e = engine(gemma, slot_ctx=2048)
+    try:
+        for prompt in (note, long_chat, listing):  # the listing takes the chat's oldest cells
+            generate(e, [Choice(prompt, greedy(2))])
+        again = generate(e, [Choice(question, greedy(5))])
+    finally:
+        e.close()
+    assert again[2].completion_tokens == 5
+    assert again[0] == fresh[0]
+
+
 def test_a_prompt_extending_one_being_generated_copies_its_cache(gemma: llama_cpp.Llama) -> None:
     base = tokens(gemma, RIVER)
     longer = base + tokens(gemma, "and then the sea.")[1:]  # without its BOS

@@ -103,6 +103,25 @@ def test_a_conversation_is_stored_once_at_its_longest() -> None:
     assert cache.covers([1, 2, 3]) and not cache.covers([1, 2, 3, 9])
 
 
+def test_an_entry_serves_no_prefix_shorter_than_its_min_reuse() -> None:
+    # A state of a sliding-window model holds, in those layers, only the window of its last
+    # tokens: cut back further, its next tokens would attend to cells it does not have.
+    cache = PromptCache(capacity=1000)
+    long = Entry(tuple(range(1, 11)), 100, min_reuse=8)
+    cache.put(long)
+
+    assert cache.best([1, 2, 3, 4, 0], limit=4) is None
+    match = cache.best([*range(1, 10), 0], limit=9)
+    assert match is not None and match.reuse == 9
+    # A state of a shorter prefix serves what the longer one does not: it is kept beside it.
+    assert not cache.covers([1, 2, 3, 4, 5]) and cache.covers(range(1, 10), min_reuse=8)
+    cache.put(entry([1, 2, 3, 4, 5], 50))
+    cache.put(Entry(tuple(range(1, 13)), 120, min_reuse=11))  # extends both, serves less
+    assert len(cache) == 3
+    cache.put(Entry(tuple(range(1, 14)), 130, min_reuse=8))  # serves all the longer ones did
+    assert [e.tokens for e in cache.entries()] == [(1, 2, 3, 4, 5), tuple(range(1, 14))]
+
+
 def test_restoring_wins_only_past_what_computing_the_saved_tokens_costs() -> None:
     costs = RestoreCosts(compute_per_token=1e-3, ram_per_byte=1e-9, fixed=2e-3)
 
@@ -151,13 +170,14 @@ def state(n: int, fill: int = 7) -> bytes:
 
 def test_a_state_written_to_disk_is_found_again_by_a_new_cache(tmp_path: Path) -> None:
     disk = DiskCache(tmp_path, IDENTITY, capacity=10**6)
-    disk.save((1, 2, 3, 4), state(1000), wait=True)
+    disk.save((1, 2, 3, 4), state(1000), min_reuse=3, wait=True)
     disk.close()
 
     again = DiskCache(tmp_path, IDENTITY, capacity=10**6)
     match = again.best([1, 2, 3, 4, 5], limit=4)
 
     assert match is not None and match.reuse == 4
+    assert again.best([1, 2, 0], limit=2) is None  # shorter than the state's min_reuse
     assert bytes(again.load(match.entry) or b"") == state(1000)
     assert again.stats().hits == 1
 
@@ -238,7 +258,9 @@ def test_two_caches_sharing_a_folder_see_each_others_states_and_write_whole_file
     a = DiskCache(tmp_path, IDENTITY, capacity=10**8)
     b = DiskCache(tmp_path, IDENTITY, capacity=10**8)
     writers = [
-        threading.Thread(target=c.save, args=((9, 9, i % 3), state(200_000, i), b"", True))
+        threading.Thread(
+            target=c.save, args=((9, 9, i % 3), state(200_000, i)), kwargs={"wait": True}
+        )
         for i, c in enumerate([a, b] * 6)
     ]
     for w in writers:
@@ -286,9 +308,9 @@ def gemma(gemma_gguf: Path) -> Iterator[llama_cpp.Llama]:
     llama.close()
 
 
-def document(llama: llama_cpp.Llama, topic: str) -> list[int]:
-    """A prompt of about 250 tokens about one topic."""
-    text = f"Notes about {topic}: " + f"the {topic} is described here in detail, " * 25
+def document(llama: llama_cpp.Llama, topic: str, repeat: int = 25) -> list[int]:
+    """A prompt of about 10 tokens a repeat (250 by default) about one topic."""
+    text = f"Notes about {topic}: " + f"the {topic} is described here in detail, " * repeat
     return llama.tokenize((text + f"\nQuestion: what is the {topic}?").encode(), add_bos=True)
 
 
@@ -352,6 +374,39 @@ def test_a_restored_prompt_generates_what_computing_it_generates(
     assert [t for t, _ in restored] == [t for t, _ in computed]
     for (_, got), (_, want) in zip(restored, computed, strict=True):
         assert got == pytest.approx(want, abs=0.2)  # another batch shape: other rounding
+
+
+def test_a_state_longer_than_the_sliding_window_is_not_cut_back_behind_it(
+    gemma: llama_cpp.Llama,
+) -> None:
+    # Gemma 3's sliding-window layers attend to the last 512 positions, and llama.cpp saves only
+    # those cells of them: the state of a long prompt serves its continuations, but cut back to a
+    # much shorter prefix it would lack the cells that prefix's next tokens attend to.
+    a, b = document(gemma, "river", 130), document(gemma, "mountain", 130)
+    assert len(a) > 1000
+    question = gemma.tokenize(b"\nQuestion: what flows here?", add_bos=False)
+    shorter = a[:600] + question
+    plain = cached_engine(gemma, None, ram=0, slot_ctx=2048)
+    try:
+        computed, _ = answer(plain, shorter)
+    finally:
+        plain.close()
+    e = cached_engine(gemma, None, slot_ctx=2048)
+    try:
+        generated, _ = answer(e, a)
+        answer(e, b)  # takes the one slot: a's state goes to the RAM tier
+        got, usage = answer(e, shorter)
+        assert usage.cached_tokens < 600  # not from a's state
+        # The next turn goes on from all that a's state holds: restored.
+        next_turn = a + [t for t, _ in generated] + question
+        _, usage = answer(e, next_turn)
+        assert usage.cached_tokens == len(a) + len(generated) - 1
+        assert e.states.stats()["ram"].hits == 1
+    finally:
+        e.close()
+    assert [t for t, _ in got] == [t for t, _ in computed]
+    for (_, lp), (_, want) in zip(got, computed, strict=True):
+        assert lp == pytest.approx(want, abs=0.05)
 
 
 def test_the_ram_tier_spills_by_bytes_to_disk_and_a_restart_finds_the_states(

@@ -14,6 +14,7 @@ class SlotState:
     cached: list[int] = field(default_factory=list)
     last_used: float = 0.0
     salt: bytes = b""
+    min_reuse: int = 0
 
 
 def plan(
@@ -118,3 +119,14 @@ def test_a_cache_serves_only_prompts_of_its_salt() -> None:
     assert (alice.slot, alice.reuse) == (0, 102)
     # No salt is a salt of its own: an unsalted request does not reuse a salted cache.
     assert plan_slot(slots, [0, 1], system + [7, 8, 9]).reuse == 0
+
+
+def test_a_cache_serves_no_prefix_behind_the_window_its_cells_keep() -> None:
+    # A sliding-window model keeps, in those layers, only the cells near the sequence's last
+    # tokens: a shorter prefix's next tokens would attend to cells that are gone.
+    held = SlotState(list(range(1, 1001)), last_used=5.0, min_reuse=600)
+    behind = [*range(1, 301), 7]
+    assert plan([held, SlotState()], behind) == SlotPlan(slot=1, reuse=0)  # nor copied
+    within = [*range(1, 801), 7]
+    assert plan([held, SlotState()], within) == SlotPlan(slot=0, reuse=800)
+    assert plan([held, SlotState()], within, free=[1]) == SlotPlan(slot=1, reuse=800, donor=0)

@@ -1,7 +1,8 @@
 """The prompt cache's disk tier: saved sequence states as files, found again after a restart.
 
 A file holds one state: a magic, a JSON header (what makes the state valid: the model file's
-sha256, the context, the KV type, llama.cpp's state format; the salt's digest; the tokens), the
+sha256, the context, the KV type, llama.cpp's state format; the salt's digest; the tokens and the
+shortest prefix of them the state serves), the
 state's bytes, and a sha256 of all that. The files of one identity live in a folder named for it,
 so that entries of several models (or of an unloaded one) stay side by side. A file that is
 partial, corrupt, or whose header names another identity is never loaded: it is removed. Writes go
@@ -29,10 +30,10 @@ from typing import Any
 
 import llama_cpp
 
-from llmkit.engine.prompt_cache import Entry, Match, PromptCache, TierStats
+from llmkit.engine.prompt_cache import Entry, Match, PromptCache, TierStats, extends
 
 MAGIC = b"LLMKITKV"
-FORMAT = 1
+FORMAT = 2  # 2: the header holds min_reuse
 SUFFIX = ".llkv"
 _DIGEST = 32
 _HEADER_LEN = struct.Struct("<I")
@@ -76,7 +77,7 @@ def file_name(digest: str, tokens: tuple[int, ...]) -> str:
 
 
 def encode(
-    identity: Identity, salt: bytes, tokens: tuple[int, ...], payload: Any
+    identity: Identity, salt: bytes, tokens: tuple[int, ...], payload: Any, min_reuse: int = 0
 ) -> Iterator[bytes | memoryview]:
     """A file's bytes, in pieces (the payload is not copied): magic, header, payload, sha256."""
     view = memoryview(payload).cast("B")
@@ -86,6 +87,7 @@ def encode(
             "identity": asdict(identity),
             "salt": salt_digest(salt),
             "tokens": list(tokens),
+            "min_reuse": min_reuse,
             "payload_bytes": view.nbytes,
         }
     ).encode()
@@ -198,12 +200,14 @@ class DiskCache:
             or header.get("format") != FORMAT
             or header.get("identity") != asdict(self.identity)
             or not tokens
+            or not isinstance(header.get("min_reuse"), int)
             or path.name != file_name(str(header.get("salt", "")), tokens)
         ):
             log.warning("prompt cache: removing %s (not a valid state for this model)", path)
             _unlink(path)
             return
-        entry = Entry(tokens, path.stat().st_size, path, salt=header["salt"].encode())
+        salt = header["salt"].encode()
+        entry = Entry(tokens, path.stat().st_size, path, salt, header["min_reuse"])
         self._names[path.name] = entry
         self.index.put(entry)
 
@@ -215,9 +219,9 @@ class DiskCache:
         with self._lock:
             return self.index.best(prompt, limit, salt_digest(salt).encode())
 
-    def covers(self, tokens: tuple[int, ...], salt: bytes = b"") -> bool:
+    def covers(self, tokens: tuple[int, ...], salt: bytes = b"", min_reuse: int = 0) -> bool:
         with self._lock:
-            return self.index.covers(tokens, salt_digest(salt).encode())
+            return self.index.covers(tokens, salt_digest(salt).encode(), min_reuse)
 
     def load(self, entry: Entry) -> memoryview | None:
         """An entry's state, checked; a file that fails a check is removed (None)."""
@@ -245,18 +249,23 @@ class DiskCache:
     # Writing --------------------------------------------------------------------------------
 
     def save(
-        self, tokens: tuple[int, ...], payload: Any, salt: bytes = b"", wait: bool = False
+        self,
+        tokens: tuple[int, ...],
+        payload: Any,
+        salt: bytes = b"",
+        min_reuse: int = 0,
+        wait: bool = False,
     ) -> None:
         """Write a state (in the background unless `wait`); the payload must not change meanwhile."""
         if wait:
-            self._write(tokens, payload, salt)
+            self._write(tokens, payload, salt, min_reuse)
             return
         with self._lock:
             self._pending = [f for f in self._pending if not f.done()]
-            self._pending.append(self._writer.submit(self._write, tokens, payload, salt))
+            self._pending.append(self._writer.submit(self._write, tokens, payload, salt, min_reuse))
 
-    def _write(self, tokens: tuple[int, ...], payload: Any, salt: bytes) -> None:
-        if self.covers(tokens, salt):
+    def _write(self, tokens: tuple[int, ...], payload: Any, salt: bytes, min_reuse: int) -> None:
+        if self.covers(tokens, salt, min_reuse):
             return
         name = file_name(salt_digest(salt), tokens)
         path = self.dir / name
@@ -264,18 +273,17 @@ class DiskCache:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:
-                for piece in encode(self.identity, salt, tokens, payload):
+                for piece in encode(self.identity, salt, tokens, payload, min_reuse):
                     fh.write(piece)
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("prompt cache: could not write %s: %s", path, exc)
             _unlink(tmp)
             return
-        entry = Entry(tokens, path.stat().st_size, path, salt=salt_digest(salt).encode())
+        entry = Entry(tokens, path.stat().st_size, path, salt_digest(salt).encode(), min_reuse)
         with self._lock:
             for old in self.index.entries():  # the states this one extends: nothing more in them
-                n = len(old.tokens)
-                if old.salt == entry.salt and n < len(tokens) and tokens[:n] == old.tokens:
+                if old is not entry and extends(entry, old) and old.payload != path:
                     self.index.remove(old)
                     self._names.pop(old.payload.name, None)
                     _unlink(old.payload)

@@ -5,8 +5,11 @@ and an opaque payload (a state in memory, or a file); the cache keeps entries wi
 budget, least recently used first out, and finds the entry sharing the longest prefix with a prompt.
 A state holds every cell of its sequence, so a restored entry that goes on past the prompt is cut
 back to the shared prefix: an entry serves any prompt that shares a prefix with it, not only those
-it is a prefix of. An entry that another extends (a conversation's earlier turn) serves nothing the
-longer one does not, so it is dropped: a conversation is stored once, at its longest.
+it is a prefix of, except the prefixes shorter than its `min_reuse`: a model's sliding-window
+layers keep, and a state saves, only the cells in the window of the sequence's last tokens, which a
+much shorter prefix's next tokens do not attend to, and those it does are missing. An entry that
+another extends (a conversation's earlier turn) serves nothing the longer one does not, so it is
+dropped, unless it serves shorter prefixes: a conversation is stored once, at its longest.
 `RestoreCosts` decides whether a restore beats computing the tokens it saves, from measured rates.
 The RAM tier (`states`) and the disk tier's index (`disk_cache`) are both a PromptCache.
 """
@@ -29,6 +32,7 @@ class Entry:
     nbytes: int
     payload: Any = None  # the state's bytes (RAM tier) or its file (disk tier)
     salt: bytes = b""  # entries serve only prompts of the same salt (per-client isolation)
+    min_reuse: int = 0  # the shortest prefix its state serves (its cells hold that one's window)
 
     @property
     def key(self) -> tuple[bytes, tuple[int, ...]]:
@@ -55,6 +59,17 @@ class TierStats:
     capacity: int = 0
 
 
+def extends(entry: Entry, old: Entry) -> bool:
+    """The entry serves every prefix the old one does: it goes on from it, as far back."""
+    n = len(old.tokens)
+    return (
+        old.salt == entry.salt
+        and n <= len(entry.tokens)
+        and entry.min_reuse <= old.min_reuse
+        and common_prefix(old.tokens, entry.tokens) == n
+    )
+
+
 class PromptCache:
     """Entries within `capacity` bytes, least recently used out first; longest-prefix lookup."""
 
@@ -78,11 +93,15 @@ class PromptCache:
             self.hits, self.misses, self.evictions, len(self), self.bytes, self.capacity
         )
 
-    def covers(self, tokens: Sequence[int], salt: bytes = b"") -> bool:
-        """Some entry holds these tokens already (the same, or a sequence they begin)."""
+    def covers(self, tokens: Sequence[int], salt: bytes = b"", min_reuse: int = 0) -> bool:
+        """Some entry holds these tokens already (the same, or a sequence they begin), and serves
+        every prefix of them that a state of them down to `min_reuse` tokens would."""
         n = len(tokens)
         return any(
-            e.salt == salt and len(e.tokens) >= n and common_prefix(e.tokens, tokens) == n
+            e.salt == salt
+            and len(e.tokens) >= n
+            and e.min_reuse <= min_reuse
+            and common_prefix(e.tokens, tokens) == n
             for e in self._entries.values()
         )
 
@@ -90,11 +109,10 @@ class PromptCache:
         """Keep an entry (unless one holds its tokens already); returns the entries evicted for
         its room, least recently used first (the caller may move them to a lower tier). An entry
         bigger than the whole budget is returned as evicted itself."""
-        if self.covers(entry.tokens, entry.salt):
+        if self.covers(entry.tokens, entry.salt, entry.min_reuse):
             return []
         for old in list(self._entries.values()):  # entries it extends hold nothing more
-            n = len(old.tokens)
-            if old.salt == entry.salt and common_prefix(old.tokens, entry.tokens) == n:
+            if extends(entry, old):
                 self.remove(old)
         if entry.nbytes > self.capacity:
             self.evictions += 1
@@ -129,7 +147,9 @@ class PromptCache:
             if e.salt != salt or not e.tokens or not prompt or e.tokens[0] != prompt[0]:
                 continue
             reuse = min(common_prefix(e.tokens, prompt), limit)
-            if reuse > 0 and (
+            if reuse <= 0 or reuse < e.min_reuse:  # its cells lack the window of that prefix
+                continue
+            if (
                 found is None
                 or reuse > found.reuse
                 or (reuse == found.reuse and e.nbytes < found.entry.nbytes)

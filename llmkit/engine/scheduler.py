@@ -104,7 +104,8 @@ class Engine:
         # The prompt cache: slots' states saved before they are overwritten, restored on a hit.
         cache = cache or CacheConfig()
         identity = Identity.of(cache.model_sha256, self.kv_size, kv_type)
-        self.states = SequenceStates(self.ctx, self.memory, cache, identity)
+        window = llama_cpp.llama_model_n_swa(model)
+        self.states = SequenceStates(self.ctx, self.memory, cache, identity, window)
         self.eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
         self._eog = set(self.eog)
         self._pieces: dict[int, bytes] = {}
@@ -569,6 +570,7 @@ class Engine:
         prompt = choice.prompt
         # Prompt logprobs need the logits of every prompt position: nothing is reused then.
         limit = 0 if params.prompt_logprobs else None
+        self.states.track(self._slots)
         plan = plan_slot(
             self._slots, [self._slots.index(s) for s in free], prompt, limit, choice.cache_salt
         )

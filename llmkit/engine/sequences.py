@@ -41,3 +41,6 @@ class Slot:
     running: Running | None = None
     last_used: float = 0.0
     salt: bytes = b""  # the cache salt of the choice that filled its cache
+    # The shortest prefix of its cache its cells serve: a sliding-window layer keeps only the
+    # window of its last tokens (kept up to date by `SequenceStates.track`).
+    min_reuse: int = 0

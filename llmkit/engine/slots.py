@@ -5,9 +5,11 @@ the free slot whose cache it continues (a chat's next turn, the same request aga
 whose cache matters least. A longer prefix held by another slot, busy or free (a shared system
 prompt, a sibling choice's prompt), is copied from there rather than taking that slot. A cache
 serves only prompts of the salt it was computed with (a request's `cache_salt`): a client cannot
-learn, from what the server reports as cached, what another client sent. Pure: it reads plain
-data (each slot's cached tokens, salt, and when it was last used) and returns the plan, which the
-scheduler carries out with llama.cpp's memory calls.
+learn, from what the server reports as cached, what another client sent. A model with
+sliding-window layers keeps in them only the cells in the window of a sequence's last tokens: a
+cache then serves only the prefixes that do not reach behind what it keeps (its `min_reuse`), or
+nothing. Pure: it reads plain data (each slot's cached tokens, salt, min_reuse, and when it was
+last used) and returns the plan, which the scheduler carries out with llama.cpp's memory calls.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ class Cached(Protocol):
         """The cache salt of the sequence that computed its cache."""
         ...
 
+    @property
+    def min_reuse(self) -> int:
+        """The shortest prefix of its cache that its cells serve (0: any)."""
+        ...
+
 
 @dataclass(frozen=True)
 class SlotPlan:
@@ -54,9 +61,13 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def shared_prefix(slot: Cached, prompt: Sequence[int], salt: bytes) -> int:
-    """How much of the prompt the slot's cache holds, for a prompt of this salt."""
-    return common_prefix(slot.cached, prompt) if slot.salt == salt else 0
+def shared_prefix(slot: Cached, prompt: Sequence[int], salt: bytes, limit: int) -> int:
+    """How much of the prompt the slot's cache serves, at most `limit` tokens, for a prompt of this
+    salt: 0 if its cells do not hold the window that prefix needs (`min_reuse`)."""
+    if slot.salt != salt:
+        return 0
+    n = min(common_prefix(slot.cached, prompt), limit)
+    return n if n >= slot.min_reuse else 0
 
 
 def slot_for(
@@ -71,7 +82,7 @@ def slot_for(
     limit = len(prompt) - 1  # the last prompt token is always decoded, for its logits
 
     def reuse(i: int) -> int:
-        return min(shared_prefix(slots[i], prompt, salt), limit)
+        return shared_prefix(slots[i], prompt, salt, limit)
 
     best = max(free, key=lambda i: (reuse(i), -slots[i].last_used))
     if slots[best].cached and (reuse(best) == limit or 2 * reuse(best) >= len(slots[best].cached)):
@@ -96,11 +107,11 @@ def plan_slot(
     target = slot_for(slots, free, prompt, salt)
     if limit is None:
         limit = len(prompt) - 1
-    reuse = min(shared_prefix(slots[target], prompt, salt), limit)
+    reuse = shared_prefix(slots[target], prompt, salt, limit)
     donor = None
     for i, slot in enumerate(slots):
         if i != target:
-            k = min(shared_prefix(slot, prompt, salt), limit)
+            k = shared_prefix(slot, prompt, salt, limit)
             if k > reuse:
                 donor, reuse = i, k
     return SlotPlan(target, reuse, donor)

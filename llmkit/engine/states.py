@@ -4,7 +4,11 @@
 slot's cache is overwritten, its sequence's state is saved (`llama_state_seq_get_data`) into the RAM
 tier, whose evictions go to the disk tier; a prompt that a saved state serves further than any
 slot, by enough to beat computing those tokens (`RestoreCosts`, measured), has it restored
-(`llama_state_seq_set_data`) and cut back to the shared prefix. `persist` writes the slots and the
+(`llama_state_seq_set_data`) and cut back to the shared prefix. A model's sliding-window layers
+keep only the cells in the window of a sequence's last tokens (llama.cpp's SWA cache gives the
+older ones to new tokens even with swa_full, and a saved state leaves them out): a prefix reaching
+further back than that window's start is then not served at all, for its next tokens would attend
+to missing cells (`min_reuse`). `persist` writes the slots and the
 RAM tier to disk when the engine closes, so that a restart finds them. Runs on the scheduler thread
 (and in `persist`, on the thread that closes the engine once the scheduler has stopped).
 """
@@ -27,6 +31,7 @@ from llmkit.engine.sequences import Slot
 from llmkit.engine.slots import SlotPlan
 
 log = logging.getLogger("llmkit")
+NEVER = 1 << 62  # the min_reuse of cells that serve no prefix
 
 
 @dataclass(frozen=True)
@@ -42,9 +47,12 @@ class CacheConfig:
 class SequenceStates:
     """The slots' sequences, saved to and restored from the prompt cache's tiers."""
 
-    def __init__(self, ctx: Any, memory: Any, config: CacheConfig, identity: Identity) -> None:
+    def __init__(
+        self, ctx: Any, memory: Any, config: CacheConfig, identity: Identity, window: int = 0
+    ) -> None:
         self.ctx = ctx
         self.memory = memory
+        self.window = window  # the sliding-window layers' window (llama_model_n_swa); 0: none
         self.ram = PromptCache(config.ram_bytes) if config.ram_bytes > 0 else None
         self.disk = (
             DiskCache(config.disk_dir, identity, config.disk_bytes)
@@ -66,6 +74,26 @@ class SequenceStates:
         if self.disk is not None:
             tiers["disk"] = self.disk.stats()
         return tiers
+
+    # What a sequence's cells serve -----------------------------------------------------------
+
+    def track(self, slots: Sequence[Slot]) -> None:
+        """Bring the slots' `min_reuse` up to date: any decode or restore may have given the cells
+        behind a sequence's window to another sequence's tokens."""
+        for slot in slots:
+            first = llama_cpp.llama_memory_seq_pos_min(self.memory, slot.seq_id)
+            slot.min_reuse = self.min_reuse(first) if first >= 0 or not slot.cached else NEVER
+
+    def min_reuse(self, first: int) -> int:
+        """The shortest prefix that a sequence's cells from position `first` on serve: the next
+        token attends, in a sliding-window layer, to the `window` positions up to its own."""
+        if first <= 0:
+            return 0
+        return first + self.window - 1 if self.window else NEVER
+
+    def _serves(self, seq_id: int, reuse: int) -> bool:
+        first = llama_cpp.llama_memory_seq_pos_min(self.memory, seq_id)
+        return reuse == 0 or 0 <= first and self.min_reuse(first) <= reuse
 
     def place(
         self,
@@ -101,6 +129,11 @@ class SequenceStates:
                 reuse = 0
         del target.cached[reuse:]
         target.salt = salt
+        if not self._serves(target.seq_id, reuse):  # never expected: the plan heeds min_reuse
+            log.warning("prompt cache: slot %d lacks cells of its prefix", target.seq_id)
+            llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
+            target.cached.clear()
+            reuse = 0
         return reuse
 
     # Saving ---------------------------------------------------------------------------------
@@ -111,19 +144,30 @@ class SequenceStates:
         tokens = tuple(slot.cached)
         if not tokens:
             return
+        least = self._saved_min_reuse(slot)
         tier: Any = self.ram if self.ram is not None else self.disk
-        if tier.covers(tokens, slot.salt):
+        if tier.covers(tokens, slot.salt, least):
             return
         state = self._read(slot.seq_id)
         if state is None or not self.costs.worth(len(tokens), len(state)):
             return
         if self.ram is None:
             assert self.disk is not None
-            self.disk.save(tokens, state, slot.salt)
+            self.disk.save(tokens, state, slot.salt, least)
             return
-        for evicted in self.ram.put(Entry(tokens, len(state), state, slot.salt)):
+        for evicted in self.ram.put(Entry(tokens, len(state), state, slot.salt, least)):
             if self.disk is not None:
-                self.disk.save(evicted.tokens, evicted.payload, evicted.salt)
+                self.disk.save(evicted.tokens, evicted.payload, evicted.salt, evicted.min_reuse)
+
+    def _saved_min_reuse(self, slot: Slot) -> int:
+        """The shortest prefix a saved state of the slot serves: llama.cpp saves, of a
+        sliding-window layer, only the cells in the window of the sequence's last token."""
+        first = llama_cpp.llama_memory_seq_pos_min(self.memory, slot.seq_id)
+        if first < 0:
+            return NEVER
+        if self.window:
+            first = max(first, len(slot.cached) - self.window)
+        return self.min_reuse(first)
 
     def _read(self, seq_id: int) -> Any:
         size = llama_cpp.llama_state_seq_get_size(self.ctx, seq_id)
@@ -142,12 +186,13 @@ class SequenceStates:
             return
         try:
             for entry in self.ram.entries() if self.ram is not None else []:
-                self.disk.save(entry.tokens, entry.payload, entry.salt, wait=True)
+                self.disk.save(entry.tokens, entry.payload, entry.salt, entry.min_reuse, wait=True)
             for slot in sorted(slots, key=lambda s: s.last_used):
-                if slot.cached and not self.disk.covers(tuple(slot.cached), slot.salt):
+                tokens, least = tuple(slot.cached), self._saved_min_reuse(slot)
+                if tokens and not self.disk.covers(tokens, slot.salt, least):
                     state = self._read(slot.seq_id)
-                    if state is not None and self.costs.worth(len(slot.cached), len(state)):
-                        self.disk.save(tuple(slot.cached), state, slot.salt, wait=True)
+                    if state is not None and self.costs.worth(len(tokens), len(state)):
+                        self.disk.save(tokens, state, slot.salt, least, wait=True)
         finally:
             self.disk.close()
 
