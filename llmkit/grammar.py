@@ -166,6 +166,12 @@ def warm_up(vocab: llama_cpp.llama_vocab_p, eog: list[int]) -> threading.Thread:
     return thread
 
 
+def forget(vocab: llama_cpp.llama_vocab_p) -> None:
+    """Drop the tokenizer built for a vocabulary about to be freed."""
+    with _lock:
+        _tokenizers.pop(int(vocab or 0), None)
+
+
 class GrammarError(ValueError):
     """llguidance could not build a matcher for this grammar."""
 

@@ -154,6 +154,8 @@ def run(config: ServeSettings) -> None:
     metrics = Metrics()
 
     def loader(planned: Plan) -> Served:
+        # A model loaded on demand builds llguidance's tokenizer on its first JSON request, not
+        # at once: an unload waits for that build, which would make every switch seconds slower.
         return load(
             planned,
             max_queue=config.max_queue,
@@ -162,6 +164,7 @@ def run(config: ServeSettings) -> None:
             observer=metrics.observer(planned.name),
             verbose=config.verbose,
             grammar_seconds=config.grammar_seconds,
+            warm=planned.name in fleet.preload,
         )
 
     registry = Registry(fleet, loader, max_waiting=config.max_queue)

@@ -58,6 +58,9 @@ class Served:
         self.embedder.close()
         if self.warming is not None:  # it reads the model's vocabulary
             self.warming.join()
+        # llguidance's view of the vocabulary is kept by its address: a model loaded again (several
+        # models, unloaded when idle) gets another, and this one would stay in memory for good.
+        grammar.forget(self.engine.vocab)
         # A scheduler that did not stop in time still uses the model: leave it to the process exit.
         if self.engine.ctx is None:
             self.llama.close()
@@ -72,8 +75,10 @@ def load(
     observer: Observer | None = None,
     verbose: bool = False,
     grammar_seconds: float = GRAMMAR_SECONDS,
+    warm: bool = True,
 ) -> Served:
-    """Load the plan's model: its tokenizer, its engine (the slots) and its embedder."""
+    """Load the plan's model: its tokenizer, its engine (the slots) and its embedder. `warm`
+    builds llguidance's tokenizer in the background at once (else on the first JSON request)."""
     llama = llama_cpp.Llama(
         model_path=str(plan.path),
         # This Llama tokenizes and renders chat templates; the engine makes its own context (with
@@ -106,7 +111,8 @@ def load(
     except BaseException:
         llama.close()
         raise
-    warming = grammar.warm_up(engine.vocab, engine.eog)  # before any JSON request needs it
+    # Before any JSON request needs it: seconds for a large vocabulary (Gemma 3's 262k tokens).
+    warming = grammar.warm_up(engine.vocab, engine.eog) if warm else None
     # Its context (and --embedding-model's weights) only once a request asks for embeddings;
     # half the threads, so that generation keeps cores of its own while vectors are computed.
     embedder = Embedder(
