@@ -231,6 +231,35 @@ def test_choices_beyond_what_the_server_holds_are_a_400(shared: openai.OpenAI) -
     assert 64 in bounds
 
 
+def test_a_large_invalid_body_is_refused_off_the_event_loop(shared: openai.OpenAI) -> None:
+    """100,000 prompts of token ids (3 MB, over the 64-prompt bound): building pydantic's 100,003
+    errors took the event loop 1.3 s, while /health waited. Now they are built on a worker thread,
+    and the answer is the one a small invalid body gets."""
+    quick = shared.with_options(max_retries=0)
+    with pytest.raises(openai.BadRequestError) as small:
+        quick.completions.create(model="m", prompt=[[1] * 10] * 65, max_tokens=1)
+    refused: dict[str, Any] = {}
+
+    def large() -> None:
+        with pytest.raises(openai.BadRequestError) as big:
+            quick.completions.create(model="m", prompt=[[1] * 10] * 100_000, max_tokens=1)
+        refused["error"] = big.value
+
+    sender = threading.Thread(target=large)
+    sender.start()
+    slowest = 0.0
+    while sender.is_alive():  # bounded: the request ends within the client's timeout
+        started = time.monotonic()
+        get_json(root_url(shared) + "/health", timeout=10)
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.02)
+    sender.join()
+    big, small_body = refused["error"].body, small.value.body
+    assert big["param"] == small_body["param"] == "prompt"  # type: ignore[index]
+    assert big["message"] == small_body["message"].replace("not 65", "not 100000")  # type: ignore[index]
+    assert slowest < 0.5
+
+
 def test_the_key_is_never_on_the_servers_command_line(shared: openai.OpenAI) -> None:
     pid = shared.llmkit_process.pid  # type: ignore[attr-defined]
     assert KEY.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()

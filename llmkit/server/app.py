@@ -54,30 +54,48 @@ ROUTES: list[Route] = [
     ("/extras/detokenize", ["POST"], info.detokenize, True),
     ("/metrics", ["GET"], info.metrics, False),  # Prometheus text, not an OpenAI route
 ]
-# A body this long or longer is parsed on a worker thread: parsing takes the event loop about
-# 10 ms a megabyte, and every stream and health check waits meanwhile.
+# A body this long or longer is parsed and checked on a worker thread: parsing takes the event
+# loop about 10 ms a megabyte, and refusing a large invalid body (its errors built, one per item)
+# a second or more, while every stream and health check waits.
 PARSE_ON_LOOP_BELOW = 64 * 1024
 
 
 class _OffLoopJson(Request):
+    body_field: Any = None  # the route's body (FastAPI's field), to check a large one against
+
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
             if len(body) < PARSE_ON_LOOP_BELOW:
                 self._json = json.loads(body)
             else:
-                self._json = await run_in_threadpool(json.loads, body)
+                self._json = await run_in_threadpool(_checked, body, self.body_field)
         return self._json
 
 
+def _checked(body: bytes, field: Any) -> Any:
+    """A large body parsed, and refused here (off the loop) if it is not valid: only a valid one
+    reaches FastAPI's own check, on the loop, where it is quick."""
+    parsed = json.loads(body)
+    if field is not None:
+        _, found = field.validate(parsed, {}, loc=("body",))
+        if found:
+            message, param = errors.invalid(found)
+            raise errors.InvalidBody(message, param)
+    return parsed
+
+
 class OffLoopRoute(APIRoute):
-    """A route whose JSON body, when large, is parsed on a worker thread."""
+    """A route whose JSON body, when large, is parsed and checked on a worker thread."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        field = self.body_field
 
         async def route(request: Request) -> Response:
-            return await handler(_OffLoopJson(request.scope, request.receive))
+            offloop = _OffLoopJson(request.scope, request.receive)
+            offloop.body_field = field
+            return await handler(offloop)
 
         return route
 

@@ -29,6 +29,14 @@ from llmkit.server.registry import ModelNotFound, ModelUnavailable
 RETRY_AFTER_SECONDS = 2
 
 
+class InvalidBody(HTTPException):
+    """A large body found invalid off the event loop (FastAPI passes an HTTPException through)."""
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__(400, message)
+        self.param = param
+
+
 class Unfinished(Exception):
     """A job ended without finishing every choice: the server is shutting down."""
 
@@ -187,6 +195,8 @@ def install_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 413:  # a body past --max-body (llmkit.server.gate)
             return error(request, 413, str(exc.detail), code="request_too_large")
+        if isinstance(exc, InvalidBody):
+            return error(request, 400, str(exc.detail), param=exc.param)
         headers = getattr(exc, "headers", None)
         return error(request, exc.status_code, str(exc.detail), headers=headers)
 
