@@ -17,17 +17,19 @@ def parse_duration(value: str | float | int) -> float | None:
         if math.isnan(value):
             raise ValueError("a duration cannot be NaN")
         return None if value < 0 else float(value)
-    text = value.strip().lower()
+    text = value
     negative = text.startswith("-")
-    rest = text.lstrip("+-")
+    rest = text[1:] if text[:1] in "+-" else text
     total, number = 0.0, ""
     i = 0
     try:
-        if rest and all(c.isdigit() or c == "." for c in rest):
+        if not rest.isascii() or not rest or rest[0] not in "0123456789.":
+            raise ValueError
+        if all(c in "0123456789." for c in rest):
             total = float(rest)
         else:
             while i < len(rest):
-                if rest[i].isdigit() or rest[i] == ".":
+                if rest[i] in "0123456789.":
                     number += rest[i]
                     i += 1
                     continue

@@ -83,11 +83,23 @@ class Body(BaseModel):
         return _integral(value)
 
 
+# What llmkit.durations reads: seconds, or numbers with units (5m, 1h30m, 250ms), maybe negative.
+KEEP_ALIVE_PATTERN = (
+    r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ms|s|m|h|d))+)$"
+)
 # Ollama's keep_alive: how long the model stays loaded once this request is done (seconds, or a
 # duration such as "5m"; 0: unload then; negative: keep it loaded).
 KeepAlive = Annotated[
     float | str | None,
-    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}]}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number"},
+                {"type": "string", "pattern": KEEP_ALIVE_PATTERN},
+                {"type": "null"},
+            ]
+        }
+    ),
 ]
 
 
