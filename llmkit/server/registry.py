@@ -199,17 +199,7 @@ class Registry:
                 "queue_full",
                 retry=True,
             )
-        model.waiting += 1
-        try:
-            while model.state != LOADED:
-                if model.state == FAILED:
-                    raise ModelUnavailable(
-                        f"{model.name} failed to load: {model.error}", "model_failed"
-                    )
-                self._start_loading(model)
-                await self._wait_change()
-        finally:
-            model.waiting -= 1
+        await self._loaded(model)
         assert model.served is not None
         model.leases += 1
         leases: list[tuple[Model, Any]] = request.scope.setdefault("llmkit_leases", [])
@@ -283,6 +273,10 @@ class Registry:
             )
         if model.state == FAILED:
             model.state = UNLOADED
+        await self._loaded(model)
+
+    async def _loaded(self, model: Model) -> None:
+        """Wait until the model is loaded, loading it (once) if no one has; counted as waiting."""
         model.waiting += 1
         try:
             while model.state != LOADED:
