@@ -4,7 +4,8 @@ One long-lived scheduler thread owns the context. Each step it admits waiting se
 slots, then makes ONE llama_decode holding the next token of every generating sequence plus prompt
 chunks of newly admitted ones, samples each sequence from its own row of logits and hands the text
 to each job's channel in one call a step. A finished sequence frees its slot at once; the next step fills it.
-Which slot a sequence goes to, and what of its prompt it reuses, is the plan of `slots`.
+Which slot a sequence goes to, and what of its prompt it reuses, is the plan of `slots`; how a
+step's chunks are written into llama.cpp's batch is `batch`'s.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from llmkit import grammar, logprobs
 from llmkit.engine.admission import admit
+from llmkit.engine.batch import fill
 from llmkit.engine.context import logit_rows, make_context
 from llmkit.engine.disk_cache import Identity
 from llmkit.engine.jobs import (
@@ -279,7 +281,7 @@ class Engine:
         running = [(s.running, s) for s in self._slots if s.running is not None]
         if not running:
             return
-        batch, n = self._batch, 0
+        batch = self._batch
         chunks: list[tuple[Running, Slot, list[int]]] = []
         # Generating sequences first (one token each, plus their drafts), then prompt chunks in the
         # room left.
@@ -309,28 +311,7 @@ class Engine:
                 if every_row:
                     rows -= len(chunk) - 1
                 chunks.append((r, slot, chunk))
-        for r, slot, chunk in chunks:
-            pos = len(slot.cached)
-            every_row = r.prompt_logprobs is not None and bool(r.todo)
-            r.prompt_rows = n if every_row else -1
-            # A generating sequence's rows: its next token, then each of its drafts.
-            every_row = every_row or not r.todo
-            first = n
-            # Rows whose next token is forced need no logits, unless their logprobs are asked for.
-            unread = r.forced if r.logprobs is None else 0
-            for j, token in enumerate(chunk):
-                batch.token[n] = token
-                batch.pos[n] = pos + j
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = slot.seq_id
-                batch.logits[n] = every_row and j >= unread
-                n += 1
-            if not r.todo:
-                r.row = first
-            elif len(chunk) == len(r.todo):  # its last prompt token
-                batch.logits[n - 1] = 1
-                r.row = n - 1
-        batch.n_tokens = n
+        n = fill(batch, chunks)
         self.batch_tokens_max = max(self.batch_tokens_max, n)
         outputs = sum(batch.logits[:n])
         if outputs > self.logit_rows:  # llama.cpp would abort the process: fail the step instead

@@ -1,7 +1,9 @@
 """`llmkit serve`: the HTTP layer. `run` plans, loads the model, builds the app and serves it with
 uvicorn until a signal, then drains and stops cleanly.
 
-The package, one job a module: `load` (the one model loader), `app` (the route table), `errors`
+The package, one job a module: `load` (the one model loader), `registry` (the served models:
+found by name, loaded on demand, unloaded when idle), `budget` (which idle models make room for
+another), `app` (the route table), `errors`
 (the one error mapping), `bodies` and `schemas` (request bodies), `choices` (a body into the
 engine's choices), `respond` (one request's life), a shaper per wire API (`chat`,
 `response_events`), `responses` (the Responses API into chat), `info` (the routes that generate
