@@ -21,7 +21,6 @@ from llmkit.server.schemas import (
     CHAT_BETWEEN_FIELDS,
     CHAT_TOOL_CHOICE,
     CHAT_TOOLS_SCHEMA,
-    ECHO_LOGPROBS_SCHEMA,
     EMBEDDING_INPUT_SCHEMA,
     EMBEDDING_SIZE,
     FUNCTION_CALL_SCHEMA,
@@ -165,9 +164,7 @@ class ChatRequest(_Common, CreateChatCompletionRequest):  # type: ignore[misc]
 
 
 class CompletionRequest(_Common, CreateCompletionRequest):  # type: ignore[misc]
-    model_config = ConfigDict(
-        json_schema_extra={"anyOf": BEST_OF_SCHEMA, "allOf": ECHO_LOGPROBS_SCHEMA}  # type: ignore[dict-item]
-    )
+    model_config = ConfigDict(json_schema_extra={"anyOf": BEST_OF_SCHEMA})  # type: ignore[dict-item]
 
     # Several prompts, each × n: a bounded list (the engine bounds prompts × n by its capacity).
     prompt: (

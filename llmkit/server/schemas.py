@@ -224,18 +224,6 @@ BEST_OF_SCHEMA = [
     ),
 ]
 
-# Echo with logprobs is one choice (each choice would compute the whole prompt again, with the
-# logits of every token): llmkit.server.choices refuses more.
-ECHO_LOGPROBS_SCHEMA: list[dict[str, Any]] = [
-    {
-        "if": {
-            "required": ["echo", "logprobs"],
-            "properties": {"echo": {"const": True}, "logprobs": {"type": "integer"}},
-        },
-        "then": {"properties": {"n": {"const": 1}}},
-    }
-]
-
 # -- embeddings ----------------------------------------------------------------------------------
 
 _INPUT_TEXT = {"type": "string", "minLength": 1}
