@@ -92,6 +92,15 @@ class Model:
             and (self.served is None or not self.served.engine.busy)
         )
 
+    def check_fits(self) -> None:
+        """Refuse at once a model that cannot load even alone."""
+        if self.too_big is not None:
+            raise ModelUnavailable(f"{self.name} cannot be loaded: {self.too_big}", "model_too_big")
+
+    def stay(self, keep_alive: Any) -> None:
+        """Keep it `keep_alive` (seconds, or "forever": a request's `_keep_alive`) once idle."""
+        self.keep_alive = None if keep_alive == "forever" else keep_alive
+
     def expires_at(self) -> float | None:
         """When it will be unloaded (wall clock), if it stays idle; None: not loaded, in use, or
         kept forever."""
@@ -188,10 +197,7 @@ class Registry:
         loads it first (making room) when needed. `keep_alive` is the request's own."""
         model = self.lookup(name)
         stay = _keep_alive(keep_alive)
-        if model.too_big is not None:
-            raise ModelUnavailable(
-                f"{model.name} cannot be loaded: {model.too_big}", "model_too_big"
-            )
+        model.check_fits()
         if model.state != LOADED and sum(m.waiting for m in self.models) >= self.max_waiting:
             raise ModelUnavailable(
                 f"server busy: {self.max_waiting} requests already wait for models to load; "
@@ -211,7 +217,7 @@ class Registry:
         model.leases -= 1
         model.last_active = time.monotonic()
         if keep_alive is not _UNSET and keep_alive is not None:
-            model.keep_alive = None if keep_alive == "forever" else keep_alive
+            model.stay(keep_alive)
         self._notify(model)
 
     # Loading and unloading ----------------------------------------------------------------------
@@ -265,12 +271,9 @@ class Registry:
         again. `keep_alive` (a duration) is how long it then stays once idle."""
         stay = _keep_alive(keep_alive)
         if stay is not None:
-            model.keep_alive = None if stay == "forever" else stay
+            model.stay(stay)
             model.last_active = time.monotonic()
-        if model.too_big is not None:
-            raise ModelUnavailable(
-                f"{model.name} cannot be loaded: {model.too_big}", "model_too_big"
-            )
+        model.check_fits()
         if model.state == FAILED:
             model.state = UNLOADED
         await self._loaded(model)
