@@ -91,7 +91,7 @@ def serve(
         )
     base = f"http://{url_host(host)}:{port}"
     try:
-        _wait_ready(proc, f"{base}/health", log, startup_timeout)
+        wait_ready(proc, f"{base}/health", log, startup_timeout)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=api_key or "llmkit")
         client.llmkit_log = log  # type: ignore[attr-defined]
         client.llmkit_process = proc  # type: ignore[attr-defined]
@@ -100,7 +100,7 @@ def serve(
         stop(proc)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], health: str, log: Path, timeout: float) -> None:
+def wait_ready(proc: subprocess.Popen[bytes], health: str, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -127,10 +127,10 @@ def install(lb: balancer.Balancer, where: Paths | None = None) -> Installed:
     balancer.check(balancer.render(dataclasses.replace(lb, socket=SOCKET)))  # the real cert
     config = balancer.render(service_config(lb))
     for path in (where.unit, where.config):
-        if not service._writable(path):
+        if not service.writable(path):
             raise LlmkitError(f"cannot write {path}: the balancer's service is installed by root")
-    service._write(where.config, config, 0o644)
-    service._write(where.unit, render_unit(lb, where.config, balancer.haproxy_binary()), 0o644)
+    service.write_file(where.config, config, 0o644)
+    service.write_file(where.unit, render_unit(lb, where.config, balancer.haproxy_binary()), 0o644)
     commands = [
         ["systemctl", "daemon-reload"],
         ["systemctl", "enable", NAME],
@@ -138,7 +138,7 @@ def install(lb: balancer.Balancer, where: Paths | None = None) -> Installed:
     ]
     if where.managed:
         for command in commands:
-            service._run(command)
+            service.run_command(command)
     return Installed(where.unit, where.config, commands, _not_run(where))
 
 
@@ -154,15 +154,15 @@ def uninstall(where: Paths | None = None) -> Uninstalled:
     where = where or paths()
     removed = [path for path in (where.unit, where.config) if path.exists()]
     for path in removed:
-        if not service._writable(path):
+        if not service.writable(path):
             raise LlmkitError(f"cannot remove {path}: the balancer's service is removed by root")
     commands = [["systemctl", "disable", "--now", NAME], ["systemctl", "daemon-reload"]]
     if where.managed and where.unit.exists():
-        service._run(commands[0])
+        service.run_command(commands[0])
     for path in removed:
         path.unlink()
     if where.managed:
-        service._run(commands[1])
+        service.run_command(commands[1])
     return Uninstalled(removed, commands, _not_run(where))
 
 

@@ -364,7 +364,7 @@ def warnings(service: Service, where: Layout) -> list[str]:
 def install(service: Service, where: Layout, log: Log, show_progress: bool = False) -> Installed:
     """Pull the models into the service's store, write the unit and env file, enable and start it."""
     for path in (where.unit, where.env_file, where.models_dir):
-        if not _writable(path):
+        if not writable(path):
             raise LlmkitError(
                 f"cannot write {path}: a system service is installed by root (sudo "
                 "llmkit service install ...), or pass --user for a user service"
@@ -376,8 +376,8 @@ def install(service: Service, where: Layout, log: Log, show_progress: bool = Fal
         _pull(service.serve.embedding_model, where, log, show_progress)
     if not where.user:
         _hand_over(where.models_dir)
-    _write(where.env_file, render_env(service), _env_mode(service))
-    _write(where.unit, render_unit(service, where, _systemd_version()), 0o644)
+    write_file(where.env_file, render_env(service), _env_mode(service))
+    write_file(where.unit, render_unit(service, where, _systemd_version()), 0o644)
     # restart, not `enable --now`: installing again over a running service must apply the changes.
     commands = [
         systemctl(where.user, "daemon-reload"),
@@ -386,7 +386,7 @@ def install(service: Service, where: Layout, log: Log, show_progress: bool = Fal
     ]
     if where.managed:
         for command in commands:
-            _run(command)
+            run_command(command)
     return Installed(
         where.unit, where.env_file, where.models_dir, pulled, commands, unmanaged_reason(where)
     )
@@ -407,12 +407,12 @@ def uninstall(where: Layout) -> Uninstalled:
         systemctl(where.user, "daemon-reload"),
     ]
     if where.managed and where.unit.exists():
-        _run(commands[0])
+        run_command(commands[0])
     removed = [p for p in (where.unit, where.env_file) if p.exists()]
     for path in removed:
         path.unlink()
     if where.managed:
-        _run(commands[1])
+        run_command(commands[1])
     return Uninstalled(removed, where.models_dir, commands, unmanaged_reason(where))
 
 
@@ -481,7 +481,7 @@ def _unreachable_for_service(service: Service, where: Layout) -> list[Path]:
     return [p for p in paths if any(p.is_relative_to(home) for home in _HOMES)]
 
 
-def _writable(path: Path) -> bool:
+def writable(path: Path) -> bool:
     """Whether path could be created or replaced: its nearest existing folder is writable."""
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
@@ -493,7 +493,7 @@ def _env_mode(service: Service) -> int:
     return 0o600 if service.serve.api_key is not None else 0o644
 
 
-def _write(path: Path, text: str, mode: int) -> None:
+def write_file(path: Path, text: str, mode: int) -> None:
     """Replace a file atomically; created with its final mode, so a key is never world-readable."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
@@ -515,7 +515,7 @@ def _systemd_version() -> int:
     return parse_systemd_version(result.stdout)
 
 
-def _run(argv: list[str]) -> None:
+def run_command(argv: list[str]) -> None:
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()

@@ -176,14 +176,14 @@ def run_benchmark(
         histories = fresh()
         server = launcher.start(str(model), options=options)
         try:
-            launcher._wait_ready(server.process, server.health, server.log, 300)
+            launcher.wait_ready(server.process, server.health, server.log, 300)
             client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0, timeout=600)
             turns(client, histories, [1, 2, 3], run, max_tokens, log)
         finally:
             launcher.stop(server.process)  # SIGTERM: the cached one writes its slots to disk
         server = launcher.start(str(model), options=options)
         try:
-            launcher._wait_ready(server.process, server.health, server.log, 300)
+            launcher.wait_ready(server.process, server.health, server.log, 300)
             client = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0, timeout=600)
             turns(client, histories, [4], run, max_tokens, log)
         finally:

@@ -202,7 +202,7 @@ def run(
         for name, extra in OPTIONS.items():
             servers[name] = launcher.start(model, options={**options, **extra})
         for name, launched in servers.items():
-            launcher._wait_ready(launched.process, launched.health, launched.log, 300.0)
+            launcher.wait_ready(launched.process, launched.health, launched.log, 300.0)
             urls[name] = launched.url
         api = {
             name: openai.OpenAI(base_url=url, api_key="none", timeout=600.0, max_retries=0)
