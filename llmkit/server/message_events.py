@@ -12,19 +12,13 @@ prompt, what count_tokens says), and no cache is ever written on request
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from llmkit.engine import Delta, Usage
+from llmkit.server.events import CallEvents, named_event, new_id
 from llmkit.tools.family import Family
 from llmkit.tools.parse import Call, CallParser
-
-_COMPACT = (",", ":")  # JSON separators for the stream's events
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:24]}"
 
 
 def messages_usage(usage: Usage) -> dict[str, Any]:
@@ -66,7 +60,7 @@ class Block:
         return {"type": "tool_use", "id": self.id, "name": self.call.name, "input": arguments}
 
 
-class MessageShaper:
+class MessageShaper(CallEvents):
     """One message, built from the engine's deltas: as stream events, or as one body at the end.
 
     Without tools the content is one text block, opened before the first token. With tools the
@@ -83,7 +77,8 @@ class MessageShaper:
         stop_sequences: list[str],
         family: Family | None = None,
     ) -> None:
-        self.id = _new_id("msg")
+        super().__init__()
+        self.id = new_id("msg", 24)
         self.model = model
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
@@ -93,7 +88,6 @@ class MessageShaper:
         self.finish: str | None = None
         self.stop: str | None = None  # the stop sequence that ended the answer, if one did
         self._calls: dict[int, Block] = {}  # by the parser's index of the call
-        self._pending = ""  # whitespace before any block: text only if no call follows
         self._delta_head: tuple[int, str] | None = None  # (block index, its events' fixed part)
 
     @property
@@ -153,8 +147,7 @@ class MessageShaper:
             self.finish, self.stop = delta.finish_reason, delta.stop
 
     def event(self, kind: str, **fields: Any) -> bytes:
-        data = json.dumps({"type": kind, **fields}, separators=_COMPACT)
-        return f"event: {kind}\ndata: {data}\n\n".encode()
+        return named_event(kind, {"type": kind, **fields})
 
     def opening(self) -> bytes:
         """The events before the first token: the message (and its text block, without tools),
@@ -192,50 +185,36 @@ class MessageShaper:
             self._delta_head = block.index, head
         return f"{self._delta_head[1]}{json.dumps(text)}}}}}\n\n".encode()
 
-    def _parsed(self, delta: Delta) -> bytes:
-        """A tool request's delta, parsed as chat's are: text, a call's start, its input."""
+    # A tool request's parts (CallEvents): text blocks and tool_use blocks --------------------
+
+    def _answered(self) -> bool:
+        return bool(self.blocks)
+
+    def _call_opened(self, index: int) -> bytes:
         assert self.parser is not None
-        events = self.parser.feed(delta.text)
-        if delta.finish_reason is not None:
-            events += self.parser.finish()
-            self._ended(delta)
-        out = []
-        for e in events:
-            if e.kind == "content":
-                out.append(self._content(e.text))
-            elif e.kind == "call":
-                out.append(self._close_open())
-                self._pending = ""
-                call = self.parser.calls[e.index]
-                block = Block(len(self.blocks), call=call, id=_new_id("toolu"))
-                self.blocks.append(block)
-                self._calls[e.index] = block
-                out.append(self._started(block))
-            else:
-                block = self._calls[e.index]
-                block.text += e.text
-                json_delta = {"type": "input_json_delta", "partial_json": e.text}
-                out.append(self.event("content_block_delta", index=block.index, delta=json_delta))
-        if delta.finish_reason is not None and not self.blocks:  # no call: the answer is text
-            out.append(self._text_block(self._pending))
-        return b"".join(out)
+        out = self._close_open()
+        block = Block(len(self.blocks), call=self.parser.calls[index], id=new_id("toolu", 24))
+        self.blocks.append(block)
+        self._calls[index] = block
+        return out + self._started(block)
 
-    def _content(self, text: str) -> bytes:
+    def _arguments(self, index: int, text: str) -> bytes:
+        block = self._calls[index]
+        block.text += text
+        json_delta = {"type": "input_json_delta", "partial_json": text}
+        return self.event("content_block_delta", index=block.index, delta=json_delta)
+
+    def _text_grown(self, text: str) -> bytes | None:
         block = self.blocks[-1] if self.blocks else None
-        if block is not None and block.call is None and not block.stopped:
-            block.text += text
-            return self._text_delta(block, text)
-        self._pending += text
-        if not self._pending.strip():  # held back: it may be only what precedes a call
-            return b""
-        return self._text_block(self._pending)
+        if block is None or block.call is not None or block.stopped:
+            return None
+        block.text += text
+        return self._text_delta(block, text)
 
-    def _text_block(self, text: str) -> bytes:
-        """Open a text block with this text."""
+    def _text_opened(self, text: str) -> bytes:
         out = self._close_open()
         block = Block(len(self.blocks), text)
         self.blocks.append(block)
-        self._pending = ""
         out += self._started(block)
         return out + (self._text_delta(block, text) if text else b"")
 

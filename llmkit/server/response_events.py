@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit.engine import Delta, Usage
 from llmkit.server.bodies import ChatRequest, ResponsesRequest
+from llmkit.server.events import COMPACT, CallEvents, named_event, new_id
 from llmkit.tools.family import Family
 from llmkit.tools.parse import Call, CallParser
 from llmkit.tools.request import ToolRequest
@@ -27,13 +27,6 @@ def responses_usage(usage: Usage) -> dict[str, Any]:
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
     }
-
-
-_COMPACT = (",", ":")  # JSON separators for the stream's events
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
 
 
 @dataclass
@@ -66,7 +59,7 @@ class FunctionCall:
     id: str
     index: int
     call: Call  # the parser's: its name, and whether its arguments are complete
-    call_id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")  # as chat's
+    call_id: str = field(default_factory=lambda: new_id("call", 24))  # as chat's
     arguments: str = ""
     status: str | None = None
 
@@ -99,7 +92,7 @@ def echoed_tools(tools: list[Any] | None) -> list[dict[str, Any]]:
     ]
 
 
-class ResponsesShaper:
+class ResponsesShaper(CallEvents):
     """One response, built from the engine's deltas: as stream events, or as one object at the end.
 
     Without tools the output is one message, opened before the first token. With tools the text
@@ -116,16 +109,16 @@ class ResponsesShaper:
         tools: ToolRequest | None = None,
         family: Family | None = None,
     ) -> None:
-        self.id = _new_id("resp")
+        super().__init__()
+        self.id = new_id("resp")
         self.created_at = int(time.time())
         self.finish: str | None = None
         self.sequence = 0
         self.parser = (
             CallParser.of(family, tools) if tools is not None and family is not None else None
         )
-        self.items: list[Item] = [] if self.parser else [Message(_new_id("msg"), 0)]
+        self.items: list[Item] = [] if self.parser else [Message(new_id("msg"), 0)]
         self._calls: dict[int, FunctionCall] = {}  # by the parser's index of the call
-        self._pending = ""  # whitespace before any item: a message only if no call follows
         self._echo = {
             "instructions": body.instructions,
             "max_output_tokens": body.max_output_tokens,
@@ -201,7 +194,7 @@ class ResponsesShaper:
     def event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.sequence, **fields}
         self.sequence += 1
-        return f"event: {kind}\ndata: {json.dumps(data, separators=_COMPACT)}\n\n".encode()
+        return named_event(kind, data)
 
     def _where(self, message: Message) -> dict[str, Any]:
         return {"item_id": message.id, "output_index": message.index, "content_index": 0}
@@ -270,58 +263,46 @@ class ResponsesShaper:
         if self._delta_head is None or self._delta_head[0] != message.id:
             fixed = json.dumps(
                 {"type": "response.output_text.delta", **self._where(message), "logprobs": []},
-                separators=_COMPACT,
+                separators=COMPACT,
             )
             self._delta_head = message.id, "event: response.output_text.delta\ndata: " + fixed[:-1]
         sequence, self.sequence = self.sequence, self.sequence + 1
         tail = f',"sequence_number":{sequence},"delta":{json.dumps(text)}}}\n\n'
         return (self._delta_head[1] + tail).encode()
 
-    def _parsed(self, delta: Delta) -> bytes:
-        """A tool request's delta, parsed as chat's are: text, a call's start, its arguments."""
+    # A tool request's parts (CallEvents): message items and function_call items --------------
+
+    def _ended(self, delta: Delta) -> None:
+        self.finish = delta.finish_reason
+
+    def _answered(self) -> bool:
+        return bool(self.items)
+
+    def _call_opened(self, index: int) -> bytes:
         assert self.parser is not None
-        events = self.parser.feed(delta.text)
-        if delta.finish_reason is not None:
-            events += self.parser.finish()
-            self.finish = delta.finish_reason
-        out = []
-        for e in events:
-            if e.kind == "content":
-                out.append(self._content(e.text))
-            elif e.kind == "call":
-                out.append(self._close_open())
-                self._pending = ""
-                call = FunctionCall(_new_id("fc"), len(self.items), self.parser.calls[e.index])
-                self.items.append(call)
-                self._calls[e.index] = call
-                out.append(self._added(call))
-            else:
-                call = self._calls[e.index]
-                call.arguments += e.text
-                where = {"item_id": call.id, "output_index": call.index}
-                out.append(
-                    self.event("response.function_call_arguments.delta", **where, delta=e.text)
-                )
-        if delta.finish_reason is not None and not self.items:  # no call: the answer is text
-            out.append(self._message(self._pending))
-        return b"".join(out)
-
-    def _content(self, text: str) -> bytes:
-        item = self.items[-1] if self.items else None
-        if isinstance(item, Message) and item.status is None:
-            item.text += text
-            return self._text_delta(item, text)
-        self._pending += text
-        if not self._pending.strip():  # held back: it may be only what precedes a call
-            return b""
-        return self._message(self._pending)
-
-    def _message(self, text: str) -> bytes:
-        """Open a message item with this text."""
         out = self._close_open()
-        message = Message(_new_id("msg"), len(self.items), text)
+        call = FunctionCall(new_id("fc"), len(self.items), self.parser.calls[index])
+        self.items.append(call)
+        self._calls[index] = call
+        return out + self._added(call)
+
+    def _arguments(self, index: int, text: str) -> bytes:
+        call = self._calls[index]
+        call.arguments += text
+        where = {"item_id": call.id, "output_index": call.index}
+        return self.event("response.function_call_arguments.delta", **where, delta=text)
+
+    def _text_grown(self, text: str) -> bytes | None:
+        item = self.items[-1] if self.items else None
+        if not isinstance(item, Message) or item.status is not None:
+            return None
+        item.text += text
+        return self._text_delta(item, text)
+
+    def _text_opened(self, text: str) -> bytes:
+        out = self._close_open()
+        message = Message(new_id("msg"), len(self.items), text)
         self.items.append(message)
-        self._pending = ""
         out += self._added(message)
         return out + (self._text_delta(message, text) if text else b"")
 
