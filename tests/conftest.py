@@ -14,8 +14,8 @@ from typer.testing import Result
 from tests.helpers import LlmkitCli, clean_env, run_llmkit
 
 # Every real model reaches a test through one of these: a test that uses one is slow (it loads a
-# model or starts a server), so that `pytest -m "not slow"` starts neither.
-MODEL_FIXTURES = {"gemma_gguf", "smollm2_models_dir"}
+# model, if only its vocabulary, or starts a server), so that `pytest -m "not slow"` does neither.
+MODEL_FIXTURES = {"gemma_gguf", "smollm2_models_dir", "smollm2_vocab"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
