@@ -10,14 +10,16 @@ from llmkit.engine.sequences import Running, Slot
 
 
 def fill(batch: Any, chunks: list[tuple[Running, Slot, list[int]]]) -> int:
-    """Write the chunks into `batch` (a llama_batch), in order; returns how many tokens it holds.
+    """Write the chunks into `batch` (a llama_batch), by sequence id; returns how many tokens
+    it holds. Each slot's cells are a stream of their own (`context.make_context`): llama.cpp
+    decodes a part of the batch at once only for consecutive sequence ids, listed in order.
 
     A generating sequence's chunk is its next token, then its drafts: each row's logits are read
     (to verify the drafts), but for the rows a grammar forced, unless their logprobs are asked
     for. A prompt chunk's last row is read when it ends the prompt, every row when the prompt's
     logprobs are asked for."""
     n = 0
-    for r, slot, chunk in chunks:
+    for r, slot, chunk in sorted(chunks, key=lambda c: c[1].seq_id):
         pos = len(slot.cached)
         every_row = r.prompt_logprobs is not None and bool(r.todo)
         r.prompt_rows = n if every_row else -1

@@ -1,4 +1,4 @@
-"""The llama.cpp context the engine's slots share: one KV cache for N sequences."""
+"""The llama.cpp context the engine's slots share: one KV cache, a stream of cells for each slot."""
 
 from __future__ import annotations
 
@@ -36,7 +36,14 @@ def make_context(
     kv_type: str,
     logit_rows: int,
 ) -> llama_cpp.llama_context_p:
-    """A context of `cells` KV cells shared by `parallel` sequences; raises if llama.cpp can't.
+    """A context of `cells` KV cells, a stream of cells/parallel for each of `parallel`
+    sequences; raises if llama.cpp can't.
+
+    One stream a sequence, as llama-server -np N has them: a token's attention reads its own
+    sequence's cells only. In one unified cache it reads every slot's cells, idle slots' cached
+    prompts included, so that a prompt beside three slots that keep long prompts took about 1.5x
+    the time. The price: llama.cpp splits a decode into equal parts by sequence (see
+    `batch.fill`), and copying a prefix between slots copies the whole stream.
 
     It reserves logits for `logit_rows` rows a decode (at least `parallel`): a decode asking for
     more aborts the process (a GGML_ASSERT in output_reserve), so the scheduler never sends one."""
@@ -46,7 +53,7 @@ def make_context(
     params.n_outputs_max = logit_rows
     params.n_seq_max = parallel
     params.n_threads = params.n_threads_batch = threads
-    params.kv_unified = True  # one cache shared by all slots, as llama-server does
+    params.kv_unified = False
     params.swa_full = True  # keep sliding-window layers whole, so a cached prefix can be reused
     params.no_perf = True
     if kv_type != "f16":  # a quantized V cache needs flash attention in llama.cpp

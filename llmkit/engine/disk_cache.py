@@ -51,12 +51,19 @@ class Identity:
     kv_type: str
     state_version: int  # llama.cpp's LLAMA_STATE_SEQ_VERSION
     llama_cpp: str  # llama-cpp-python's version: the state's layout follows llama.cpp's code
+    streams: int = 1  # the context's KV streams (one a slot): a state holds one entry for each
 
     @classmethod
-    def of(cls, model_sha256: str, kv_size: int, kv_type: str) -> Identity:
-        """The identity of a context of this model, size and KV type, with this llama.cpp."""
+    def of(cls, model_sha256: str, kv_size: int, kv_type: str, streams: int) -> Identity:
+        """The identity of a context of this model, size, KV type and streams, with this
+        llama.cpp."""
         return cls(
-            model_sha256, kv_size, kv_type, llama_cpp.LLAMA_STATE_SEQ_VERSION, llama_cpp.__version__
+            model_sha256,
+            kv_size,
+            kv_type,
+            llama_cpp.LLAMA_STATE_SEQ_VERSION,
+            llama_cpp.__version__,
+            streams,
         )
 
     @property

@@ -105,7 +105,7 @@ class Engine:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         # The prompt cache: slots' states saved before they are overwritten, restored on a hit.
         cache = cache or CacheConfig()
-        identity = Identity.of(cache.model_sha256, self.kv_size, kv_type)
+        identity = Identity.of(cache.model_sha256, self.kv_size, kv_type, parallel)
         window = llama_cpp.llama_model_n_swa(model)
         self.states = SequenceStates(self.ctx, self.memory, cache, identity, window)
         self.eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t)]
@@ -582,14 +582,9 @@ class Engine:
         # Roll back whatever part of the batch llama.cpp may have placed.
         for _, slot, _ in chunks:
             llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, len(slot.cached), -1)
-        # First free the caches idle slots keep for reuse; then give up on the biggest newcomer.
-        idle = [s for s in self._slots if s.running is None and s.cached]
-        if status == 1 and idle:
-            for slot in idle:
-                llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
-                slot.cached.clear()
-            return
-        victim = max(chunks, key=lambda c: (len(c[2]), len(c[1].cached)))[0]
+        # Each slot's cells are a stream of its own (no slot takes another's): the one that
+        # outgrew its stream is the longest.
+        victim = max(chunks, key=lambda c: len(c[1].cached) + len(c[2]))[0]
         error = (
             CacheFull(
                 "the server's KV cache is full: no room for this request's tokens; retry shortly"

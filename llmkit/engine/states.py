@@ -120,7 +120,10 @@ class SequenceStates:
             donor = slots[plan.donor]
             reuse = plan.reuse
             llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
-            llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, target.seq_id, 0, reuse)
+            # Slots are streams of their own: llama.cpp copies a stream whole, then the target
+            # keeps the shared prefix.
+            llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, target.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_rm(mem, target.seq_id, reuse, -1)
             target.cached = donor.cached[:reuse]
         else:
             reuse = min(plan.reuse, len(target.cached))
