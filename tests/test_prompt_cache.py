@@ -290,6 +290,7 @@ def test_cache_show_and_clear(llmkit_cli: LlmkitCli, tmp_path: Path) -> None:
     assert shown.exit_code == 0, shown.output
     (model,) = json.loads(shown.stdout)["models"]
     assert (model["model_sha256"], model["entries"], model["tokens"]) == ("ab" * 32, 2, 3)
+    assert model["streams"] == IDENTITY.streams == 1
     assert "abababab" in llmkit_cli("cache", "show", env=env).stdout
 
     cleared = llmkit_cli("cache", "clear", "--cache-dir", str(tmp_path))

@@ -42,11 +42,13 @@ def show(cache_dir: CacheDir = None, as_json: Json = False) -> None:
     if not rows:
         out.print(f"The prompt cache in {root} is empty.", highlight=False)
         return
-    table = Table("model sha256", "context", "kv", "states", "size", "longest", title=str(root))
+    table = Table(
+        "model sha256", "slots × context", "kv", "states", "size", "longest", title=str(root)
+    )
     for r in rows:
         table.add_row(
             r.model_sha256[:16],
-            str(r.kv_size),
+            f"{r.streams} × {r.kv_size // r.streams}" if r.streams > 1 else str(r.kv_size),
             r.kv_type,
             str(r.entries),
             human_size(r.bytes),

@@ -367,6 +367,7 @@ class FolderSummary:
     entries: int
     bytes: int
     tokens: int  # the longest entry's
+    streams: int = 1  # the context's slots, each with kv_size / streams cells
 
 
 def summarize(root: Path) -> list[FolderSummary]:
@@ -391,6 +392,7 @@ def summarize(root: Path) -> list[FolderSummary]:
                 len(files),
                 size,
                 longest,
+                ident.get("streams", 1),
             )
         )
     return rows
