@@ -217,7 +217,7 @@ def llmkit_server(model: Path, options: dict[str, Any]) -> Iterator[str]:
     options = {"threads": 2, "parallel": 1, "ctx": CTX, "drain_seconds": 0, **options}
     server = launcher.start(str(model), options=options)
     try:
-        launcher._wait_ready(server.process, server.health, server.log, 300)
+        launcher.wait_ready(server.process, server.health, server.log, 300)
         yield server.url.removesuffix("/v1")
     finally:
         launcher.stop(server.process)
