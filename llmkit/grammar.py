@@ -82,10 +82,7 @@ def schema_grammar(schema: Any) -> str:
         raise BadRequest("a JSON schema must be an object", param="response_format")
     check_depth(schema)
     try:
-        compiled = llguidance.LLMatcher.grammar_from_json_schema(
-            # Our whitespace bound, whatever the schema's own x-guidance says.
-            json.dumps({**bounded_integers(schema), "x-guidance": JSON_OPTIONS})
-        )
+        compiled = llguidance.LLMatcher.grammar_from_json_schema(enforced_schema(schema))
     except (ValueError, TypeError) as exc:
         raise BadRequest(f"response_format: {exc}", param="response_format") from None
     return _validated(compiled, "response_format")
@@ -104,6 +101,58 @@ def check_depth(schema: Any, param: str = "response_format") -> None:
         if not level:
             return
     raise BadRequest(f"the JSON schema is nested deeper than {MAX_DEPTH} levels", param=param)
+
+
+def enforced_schema(schema: dict[str, Any]) -> str:
+    """The schema as llguidance enforces it here: integers bounded, objects closed, and our
+    whitespace bound, whatever the schema's own x-guidance says."""
+    return json.dumps({**closed_objects(bounded_integers(schema)), "x-guidance": JSON_OPTIONS})
+
+
+# Keywords whose value is a schema, a list of schemas, or a map of names to schemas.
+_SCHEMA_KEYWORDS = (
+    "items", "additionalItems", "contains", "not", "if", "then", "else", "propertyNames",
+    "additionalProperties", "unevaluatedItems", "unevaluatedProperties",
+)  # fmt: skip
+_SCHEMA_LIST_KEYWORDS = ("anyOf", "oneOf", "prefixItems", "items")
+_SCHEMA_MAP_KEYWORDS = ("properties", "patternProperties", "$defs", "definitions")
+# What else decides which keys an object may have: such an object is left as it is.
+_OPEN_KEYWORDS = (
+    "additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "$ref",
+    "minProperties", "dependentRequired", "dependentSchemas", "dependencies",
+)  # fmt: skip
+
+
+def closed_objects(schema: Any) -> Any:
+    """The schema with every object that lists its properties, and says nothing else of its
+    keys, closed to those properties (`additionalProperties: false`), as llama.cpp's schema
+    grammars and OpenAI's strict mode read it. JSON Schema lets such an object hold any other
+    key, and a small model fills a forced call with keys of the schema itself until max_tokens
+    (`{"city": "Paris", "type": "object", "properties": ...`). The answer still satisfies the
+    schema as given. Parts of an allOf are left open (closing one would refuse another's keys),
+    as are objects that require a key they do not list."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SCHEMA_KEYWORDS:
+        if isinstance(out.get(key), dict):
+            out[key] = closed_objects(out[key])
+    for key in _SCHEMA_LIST_KEYWORDS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed_objects(item) for item in out[key]]
+    for key in _SCHEMA_MAP_KEYWORDS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: closed_objects(item) for name, item in out[key].items()}
+    listed = out.get("properties")
+    required = out.get("required", [])
+    if (
+        isinstance(listed, dict)
+        and not any(key in out for key in _OPEN_KEYWORDS)
+        and isinstance(required, list)
+        and all(name in listed for name in required)
+    ):
+        out["additionalProperties"] = False
+    return out
 
 
 def bounded_integers(schema: Any) -> Any:

@@ -88,6 +88,57 @@ def test_the_matcher_enforces_ranges_lengths_and_patterns(vocab: Any) -> None:
 
 
 @pytest.mark.slow
+def test_an_object_that_says_nothing_of_other_keys_is_answered_with_its_own_only(
+    vocab: Any,
+) -> None:
+    # Tools' input schemas rarely say additionalProperties: under a forced call, tiny models
+    # wrote the schema's own keywords into the input until max_tokens (issue 30's comparison).
+    v, llama, eog = vocab
+    weather = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    city = schema_grammar(weather)
+
+    def accepted(text: str) -> bool:
+        tokens = llama.tokenize(text.encode(), add_bos=False)
+        return grammar.matcher(v, eog, city).validate_tokens(tokens) == len(tokens)
+
+    assert accepted('{"city": "Paris"}')
+    assert not accepted('{"city": "Paris", "type": "object"}')
+
+
+def test_only_objects_that_list_their_keys_and_say_nothing_else_of_them_are_closed() -> None:
+    listed = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    closed = grammar.closed_objects(listed)
+    assert closed == {**listed, "additionalProperties": False}
+    # Nested: in properties, items, anyOf and $defs alike.
+    nested = {
+        "type": "object",
+        "properties": {"inner": listed, "many": {"type": "array", "items": listed}},
+        "anyOf": [listed],
+        "$defs": {"x": listed},
+    }
+    out = grammar.closed_objects(nested)
+    assert out["additionalProperties"] is False
+    assert out["properties"]["inner"]["additionalProperties"] is False
+    assert out["properties"]["many"]["items"]["additionalProperties"] is False
+    assert out["anyOf"][0]["additionalProperties"] is False
+    assert out["$defs"]["x"]["additionalProperties"] is False
+    # Left as they are: what says something else of the keys, allOf's parts (closing one would
+    # refuse another's keys), a required key not listed, a free object, data (enum, const).
+    for kept in (
+        {**listed, "additionalProperties": {"type": "string"}},
+        {**listed, "patternProperties": {"^x": {}}},
+        {"allOf": [listed, {"properties": {"b": {}}}]},
+        {**listed, "$ref": "#/$defs/y"},
+        {"type": "object", "properties": {"a": {}}, "required": ["a", "b"]},
+        {"type": "object"},
+        {"enum": [listed]},
+        {"const": listed},
+    ):
+        assert grammar.closed_objects(kept) == kept
+    assert listed == {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+
+
+@pytest.mark.slow
 def test_a_sampler_refuses_a_grammar_llguidance_cannot_build(vocab: Any) -> None:
     v, _, eog = vocab
     with pytest.raises(GrammarError):

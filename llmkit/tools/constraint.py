@@ -19,7 +19,7 @@ from typing import Any
 import llguidance
 
 from llmkit.errors import BadRequest
-from llmkit.grammar import JSON_OPTIONS, bounded_integers
+from llmkit.grammar import enforced_schema
 from llmkit.tools.family import GENERIC, Family
 from llmkit.tools.request import ToolRequest
 
@@ -34,7 +34,7 @@ def _literal(text: str) -> str:
 
 def _json(schema: dict[str, Any]) -> str:
     """A lark rule's body: JSON that satisfies the schema (llmkit.grammar's bounds and spacing)."""
-    return "%json " + json.dumps({**bounded_integers(schema), "x-guidance": JSON_OPTIONS})
+    return "%json " + enforced_schema(schema)
 
 
 def _regex_escape(text: str) -> str:
