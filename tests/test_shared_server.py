@@ -260,6 +260,42 @@ def test_a_large_invalid_body_is_refused_off_the_event_loop(shared: openai.OpenA
     assert slowest < 0.5
 
 
+def test_a_prompt_longer_than_the_context_can_hold_is_refused_before_it_is_tokenized(
+    shared: openai.OpenAI,
+) -> None:
+    """100,000 one-letter messages (2.9 MB rendered) or 350,000 <|im_end|> in one: llama.cpp's
+    tokenizer is superlinear in their special tokens (34 s for 40,000 messages, minutes for
+    these). No token stands for more bytes than the vocabulary's longest, so a text of more
+    bytes than the context's tokens × those is too long for it: refused untokenized."""
+    flood = "<|im_end|>" * 350_000
+    letters = [{"role": "user", "content": "a"}] * 100_000
+    one = [{"role": "user", "content": flood}]
+    requests = [  # each API, its body, and the parameter the refusal names
+        ("/v1/chat/completions", {"messages": letters, "max_tokens": 1}, "messages"),
+        ("/v1/chat/completions", {"messages": one, "max_tokens": 1}, "messages"),
+        ("/v1/completions", {"prompt": flood, "max_tokens": 1}, "prompt"),
+        ("/v1/responses", {"input": flood, "max_output_tokens": 16}, "input"),
+        ("/v1/messages", {"messages": one, "max_tokens": 1}, None),  # Anthropic's: no param
+    ]
+    for path, fields, param in requests:
+        body = json.dumps({"model": "m", **fields}).encode()
+        assert len(body) < 4 * 1024 * 1024  # under the body cap
+        with _connect(shared) as sock:  # raw: the openai SDK takes 17 s to send 100,000 messages
+            start = time.monotonic()
+            sock.sendall(_head(path, len(body), KEY) + body)
+            status, answer = _response(sock)
+        assert status == 400 and time.monotonic() - start < 5, (path, status)
+        assert answer["error"].get("param") == param
+        assert re.match(  # the words scripts/fuzz.py excuses
+            r"the prompt is \d+ bytes, more than this server's context holds \(1024 tokens of at "
+            r"most \d+ bytes each\)$",
+            answer["error"]["message"],
+        )
+    assert get_json(root_url(shared) + "/health")[0] == 200
+    # A prompt within the bound is tokenized and served as before.
+    assert chat(shared, "Say hi.", max_tokens=4).choices[0].finish_reason in ("stop", "length")
+
+
 def test_the_key_is_never_on_the_servers_command_line(shared: openai.OpenAI) -> None:
     pid = shared.llmkit_process.pid  # type: ignore[attr-defined]
     assert KEY.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -21,6 +21,7 @@ from llmkit import grammar
 from llmkit.embeddings import Embedder
 from llmkit.engine import CacheConfig, Engine, Observer
 from llmkit.plan import Plan
+from llmkit.prompts import TextLimit, longest_token_bytes
 from llmkit.sampling import GRAMMAR_SECONDS
 from llmkit.tools.family import Family
 from llmkit.tools.render import ChatTemplate, tool_family
@@ -40,6 +41,7 @@ class Served:
     template: ChatTemplate  # what tools are offered through
     embedder: Embedder
     warming: threading.Thread | None = None  # llguidance's tokenizer, built in the background
+    limit: TextLimit | None = None  # the most text a prompt can be (None: no bound is known)
     family: Family = field(init=False)  # how its template calls tools
 
     def __post_init__(self) -> None:
@@ -121,7 +123,9 @@ def load(
         threads=max(1, plan.threads // 2),
         max_queue=max_queue,
     )
-    return Served(plan.name, plan, llama, engine, template, embedder, warming)
+    token_bytes = longest_token_bytes(llama.model)
+    limit = None if token_bytes is None else TextLimit(plan.n_ctx, token_bytes)
+    return Served(plan.name, plan, llama, engine, template, embedder, warming, limit)
 
 
 def chat_template(llama: llama_cpp.Llama, plan: Plan) -> ChatTemplate:
