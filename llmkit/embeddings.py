@@ -156,12 +156,15 @@ class Embedder:
         with self._lock:
             self._closing = True
         self._worker.shutdown(wait=True, cancel_futures=True)
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
-        if self._owns_model and self._model:
-            llama_cpp.llama_model_free(self._model)
-        self._model = None
+        # The grace period's end and the server's exit may both close it: free once (freed twice,
+        # llama.cpp aborts).
+        with self._lock:
+            if self.ctx:
+                llama_cpp.llama_free(self.ctx)
+                self.ctx = None
+            if self._owns_model and self._model:
+                llama_cpp.llama_model_free(self._model)
+            self._model = None
 
     # The worker thread ----------------------------------------------------------------------
 

@@ -394,6 +394,35 @@ def test_sigterm_stops_a_long_embeddings_request_within_the_grace(
     assert "answered" not in outcome
 
 
+def test_sigterm_while_a_prompt_is_tokenized_frees_nothing_under_it(
+    smollm2_models_dir: Path,
+) -> None:
+    """A prompt within the context's bytes but full of special tokens takes llama.cpp seconds to
+    tokenize, on a worker thread that the shutdown's cancellation does not stop: the model was
+    freed under it (a crash, or an abort in llama_free). Now the model is freed once that thread
+    is done with it, or left to the process's exit."""
+    with llmkit.serve(
+        "smollm2-135m-instruct",
+        threads=2,
+        ctx=4096,
+        parallel=1,
+        grace=1,
+        offline=True,
+        env=clean_env(LLMKIT_MODELS_DIR=str(smollm2_models_dir)),
+    ) as server:
+        prompt = "<|im_end|>a" * 30_000  # 330,000 bytes: within 4096 tokens of 81 bytes
+        body = json.dumps({"model": "m", "prompt": prompt, "max_tokens": 1}).encode()
+        with _connect(server) as sock:
+            sock.sendall(_head("/v1/completions", len(body), None) + body)
+            time.sleep(1.5)  # it is being tokenized
+            process = server.llmkit_process  # type: ignore[attr-defined]
+            process.send_signal(signal.SIGTERM)
+            process.wait(120)
+        log = server.llmkit_log.read_text()  # type: ignore[attr-defined]
+    assert process.returncode == 0, log[-2000:]
+    assert "stopped" in log
+
+
 def test_echo_with_logprobs_is_one_choice(shared: openai.OpenAI) -> None:
     # Each choice would compute the whole prompt again with every position's logits.
     quick = shared.with_options(max_retries=0)

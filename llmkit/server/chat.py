@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from llmkit.engine import Choice, Delta, Usage
 from llmkit.logprobs import TokenLogprob
@@ -35,7 +34,7 @@ async def chat(request: Request, body: ChatRequest) -> Any:
     served = await registry.acquire(request, body.model, body.keep_alive)
     # Compiling the tools' schemas, rendering the template and tokenizing take time in proportion
     # to the request: off the event loop, so that the other streams' tokens keep flowing.
-    tools, choices = await run_in_threadpool(chat_choices, body, served)
+    tools, choices = await served.work(chat_choices, body, served)
     model = registry.reply_name(body.model, served)
     shaper: ChatShaper
     if tools is not None:
@@ -43,7 +42,7 @@ async def chat(request: Request, body: ChatRequest) -> Any:
     else:
         piece = served.engine.piece if any(c.params.logprobs is not None for c in choices) else None
         shaper = ChatShaper(model, len(choices), _usage_asked(body), piece)
-    return await respond(request, served.engine, choices, shaper, body.stream)
+    return await respond(request, served, choices, shaper, body.stream)
 
 
 def chat_choices(body: ChatRequest, served: Served) -> tuple[ToolRequest | None, list[Choice]]:
@@ -55,12 +54,12 @@ def chat_choices(body: ChatRequest, served: Served) -> tuple[ToolRequest | None,
 async def completions(request: Request, body: CompletionRequest) -> Any:
     registry = registry_of(request)
     served = await registry.acquire(request, body.model, body.keep_alive)
-    choices, echo = await run_in_threadpool(choices_for, body, served)
+    choices, echo = await served.work(choices_for, body, served)
     piece = served.engine.piece if any(c.params.logprobs is not None for c in choices) else None
     shaper = CompletionShaper(
         registry.reply_name(body.model, served), echo, _usage_asked(body), piece
     )
-    return await respond(request, served.engine, choices, shaper, body.stream)
+    return await respond(request, served, choices, shaper, body.stream)
 
 
 def _usage_asked(body: ChatRequest | CompletionRequest) -> bool:

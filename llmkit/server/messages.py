@@ -23,7 +23,6 @@ import re
 from typing import Any
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from llmkit.engine import Choice
 from llmkit.errors import BadRequest
@@ -42,7 +41,7 @@ async def create(request: Request, body: MessagesRequest) -> Any:
     registry = registry_of(request)
     served = await registry.acquire(request, chat.model, body.keep_alive)
     # The tools' schemas, the template and the tokens: off the event loop, as for chat.
-    tools, found = await run_in_threadpool(choices, chat, served)
+    tools, found = await served.work(choices, chat, served)
     shaper = MessageShaper(
         registry.reply_name(body.model, served),
         len(found[0].prompt),
@@ -50,14 +49,14 @@ async def create(request: Request, body: MessagesRequest) -> Any:
         body.stop_sequences or [],
         served.family if tools else None,
     )
-    return await respond(request, served.engine, found, shaper, body.stream)
+    return await respond(request, served, found, shaper, body.stream)
 
 
 async def count_tokens(request: Request, body: MessagesPrompt) -> dict[str, Any]:
     """POST /v1/messages/count_tokens: the prompt's length as /v1/messages would render it."""
     chat = to_chat(body)
     served = await registry_of(request).acquire(request, chat.model, body.keep_alive)
-    _, found = await run_in_threadpool(choices, chat, served)
+    _, found = await served.work(choices, chat, served)
     return {"input_tokens": len(found[0].prompt)}
 
 

@@ -19,7 +19,6 @@ import re
 from typing import Any
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from llmkit.engine import Choice
 from llmkit.errors import BadRequest
@@ -40,10 +39,10 @@ async def create(request: Request, body: ResponsesRequest) -> Any:
     registry = registry_of(request)
     served = await registry.acquire(request, chat.model, body.keep_alive)
     # The tools' schemas, the template and the tokens: off the event loop, as for chat.
-    tools, found = await run_in_threadpool(choices, chat, served)
+    tools, found = await served.work(choices, chat, served)
     family = served.family if tools else None
     shaper = ResponsesShaper(body, chat, registry.reply_name(body.model, served), tools, family)
-    return await respond(request, served.engine, found, shaper, body.stream)
+    return await respond(request, served, found, shaper, body.stream)
 
 
 async def stored(response_id: str) -> Any:
