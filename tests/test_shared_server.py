@@ -310,9 +310,10 @@ def test_a_grammar_that_fails_fails_its_own_request_never_a_silent_stop(
     with pytest.raises(openai.BadRequestError) as failed:
         chat(quick, "Write words.", max_tokens=200, extra_body=body)
     assert failed.value.body["code"] == "grammar_failed"  # type: ignore[index]
-    with pytest.raises(openai.APIError):  # streamed: an error event, not finish_reason "stop"
+    with pytest.raises(openai.APIError) as streamed:  # an error event, not finish_reason "stop"
         for _ in chat(quick, "Write words.", max_tokens=200, stream=True, extra_body=body):
             pass
+    assert streamed.value.code == "grammar_failed"  # as the answer that was not streamed
     # The others are served meanwhile and after.
     assert chat(shared, "Say hi.", max_tokens=4).choices[0].finish_reason in ("stop", "length")
 

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from llmkit.engine import Choice, Delta, Job, PromptTooLong, Usage, opened
 from llmkit.errors import BadRequest
-from llmkit.server.errors import Unfinished
+from llmkit.server.errors import Unfinished, event_code
 from llmkit.server.load import Served
 
 SHUT_DOWN = "the server shut down before this response finished"
@@ -157,7 +157,7 @@ async def _stream(
             return
         yield shaper.closing(usage)
     except Exception as exc:  # noqa: BLE001 - the status line is sent; report in-band
-        yield shaper.failed(str(exc), None, usage)
+        yield shaper.failed(str(exc), event_code(exc), usage)
     finally:
         job.cancel()  # a client that went away frees its slot within a step
 
