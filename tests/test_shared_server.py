@@ -13,6 +13,8 @@ import signal
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,6 +172,42 @@ def test_health_answers_while_1100_idle_connections_are_open(shared: openai.Open
     finally:
         for sock in idle:
             sock.close()
+
+
+def _health_status(client: openai.OpenAI) -> int:
+    try:  # past the connection bound uvicorn answers in plain text: the status is what counts
+        with urllib.request.urlopen(root_url(client) + "/health", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_past_the_connection_bound_health_is_a_503_until_connections_close(
+    smollm2_models_dir: Path,
+) -> None:
+    with llmkit.serve(
+        "smollm2-135m-instruct",
+        threads=2,
+        ctx=512,
+        parallel=1,
+        max_connections=16,  # the least it takes
+        offline=True,
+        env=clean_env(LLMKIT_MODELS_DIR=str(smollm2_models_dir)),
+    ) as server:
+        assert _health_status(server) == 200
+        idle = [_connect(server) for _ in range(16)]
+        try:
+            deadline = time.monotonic() + 5  # accepted by the server's event loop meanwhile
+            while (status := _health_status(server)) != 503 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert status == 503  # uvicorn's limit_concurrency: --max-connections
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + 5
+        while (status := _health_status(server)) != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status == 200
 
 
 def test_a_request_that_never_finishes_arriving_is_cut_at_the_deadline(
