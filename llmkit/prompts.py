@@ -44,6 +44,16 @@ class TextLimit:
                 param=param,
             )
 
+    def check_tokens(self, tokens: int, param: str) -> None:
+        """Refuse a prompt too long in tokens as the engine would, but at once: a request's
+        other prompts are not tokenized (each up to the bytes `check` lets through: seconds)."""
+        if tokens >= self.tokens:
+            raise BadRequest(
+                f"the prompt is {tokens} tokens; this server's context holds {self.tokens} per "
+                "request",
+                param=param,
+            )
+
 
 def longest_token_bytes(model: llama_cpp.llama_model_p) -> int | None:
     """The most bytes of text one token of this model's vocabulary stands for when a text is
@@ -169,6 +179,8 @@ def text_prompt(
         if limit is not None:
             limit.check(text, "prompt")
         tokens = llama.tokenize(text, add_bos=True, special=True)
+        if limit is not None:
+            limit.check_tokens(len(tokens), "prompt")
         if not tokens and llama.token_bos() >= 0:
             tokens = [llama.token_bos()]
         return Prompt(tokens=tokens, stop=[])

@@ -334,6 +334,27 @@ def test_a_prompt_longer_than_the_context_can_hold_is_refused_before_it_is_token
     assert chat(shared, "Say hi.", max_tokens=4).choices[0].finish_reason in ("stop", "length")
 
 
+def test_prompts_within_the_bytes_but_not_the_tokens_cost_one_tokenization_not_all(
+    shared: openai.OpenAI,
+) -> None:
+    """48 completion prompts of 82 kB of special tokens each (under the bytes 1024 tokens can
+    be, 15,000 tokens each): the first one too long is refused before the next is tokenized.
+    An embedding input too long in bytes is refused untokenized, as a prompt is."""
+    dense = "<|im_end|>a" * 7_500
+    requests = [
+        ("/v1/completions", {"prompt": [dense] * 48, "max_tokens": 1}, "tokens; this server's"),
+        ("/v1/embeddings", {"input": "<|im_end|>" * 350_000}, "bytes, longer than the embedding"),
+    ]
+    for path, fields, words in requests:
+        body = json.dumps({"model": "m", **fields}).encode()
+        with _connect(shared) as sock:
+            start = time.monotonic()
+            sock.sendall(_head(path, len(body), KEY) + body)
+            status, answer = _response(sock)
+        assert status == 400 and time.monotonic() - start < 5, (path, status)
+        assert words in answer["error"]["message"]
+
+
 def test_the_key_is_never_on_the_servers_command_line(shared: openai.OpenAI) -> None:
     pid = shared.llmkit_process.pid  # type: ignore[attr-defined]
     assert KEY.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
