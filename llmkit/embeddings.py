@@ -28,6 +28,7 @@ import numpy as np
 
 from llmkit.engine.jobs import QueueFull, ShuttingDown
 from llmkit.errors import BadRequest
+from llmkit.prompts import longest_token_bytes
 
 MAX_INPUTS = 2048  # as the OpenAI API
 MAX_TOKENS = 300_000  # a request's inputs in all, as the OpenAI API: the worker is shared
@@ -156,12 +157,15 @@ class Embedder:
         with self._lock:
             self._closing = True
         self._worker.shutdown(wait=True, cancel_futures=True)
-        if self.ctx:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
-        if self._owns_model and self._model:
-            llama_cpp.llama_model_free(self._model)
-        self._model = None
+        # The grace period's end and the server's exit may both close it: free once (freed twice,
+        # llama.cpp aborts).
+        with self._lock:
+            if self.ctx:
+                llama_cpp.llama_free(self.ctx)
+                self.ctx = None
+            if self._owns_model and self._model:
+                llama_cpp.llama_model_free(self._model)
+            self._model = None
 
     # The worker thread ----------------------------------------------------------------------
 
@@ -176,7 +180,11 @@ class Embedder:
                     param="dimensions",
                 )
             items: list[str | list[int]] = list(inputs)
-            sequences = [self._checked(i, item) for i, item in enumerate(items)]
+            sequences = []
+            for i, item in enumerate(items):  # each up to seconds: stopped between two
+                if stop.is_set() or self._closing:
+                    raise ShuttingDown("the request was stopped (its client left, or the server)")
+                sequences.append(self._checked(i, item))
             total = sum(len(s) for s in sequences)
             if total > MAX_TOKENS:
                 raise BadRequest(
@@ -206,6 +214,7 @@ class Embedder:
         self.vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_embd = llama_cpp.llama_model_n_embd_out(self._model)
+        self.token_bytes = longest_token_bytes(self._model)  # once: 0.1 to 0.3 s
         self.pooling = self._model_pooling()
         whole = self._whole
         if whole is None:
@@ -256,6 +265,16 @@ class Embedder:
         if isinstance(item, str):
             if not item:
                 raise BadRequest(f"{where} is an empty string", param="input")
+            raw = item.encode()
+            # Refused untokenized when too long for the context whatever its tokens: llama.cpp's
+            # tokenizer is superlinear in special tokens (a minute for a few MB of them).
+            if self.token_bytes is not None and len(raw) > self.n_ctx * self.token_bytes:
+                raise BadRequest(
+                    f"{where} is {len(raw)} bytes, longer than the embedding context holds "
+                    f"({self.n_ctx} tokens of at most {self.token_bytes} bytes each); shorten it "
+                    "or split it",
+                    param="input",
+                )
             tokens = self._tokenize(item)
         else:
             tokens = list(item)

@@ -375,7 +375,7 @@ def install(service: Service, where: Layout, log: Log, show_progress: bool = Fal
     if service.serve.embedding_model:  # the service runs offline: its files must be there
         _pull(service.serve.embedding_model, where, log, show_progress)
     if not where.user:
-        _hand_over(where.models_dir)
+        hand_over(where.models_dir)
     write_file(where.env_file, render_env(service), _env_mode(service))
     write_file(where.unit, render_unit(service, where, _systemd_version()), 0o644)
     # restart, not `enable --now`: installing again over a running service must apply the changes.
@@ -443,7 +443,7 @@ def _pull(model: str, where: Layout, log: Log, show_progress: bool) -> Path:
     return store.ensure(_resolve(model, where), log=log, show_progress=show_progress).path
 
 
-def _hand_over(models_dir: Path) -> None:
+def hand_over(models_dir: Path) -> None:
     """Give files root just pulled to the service's user, if the service ran before.
 
     systemd chowns /var/lib/llmkit to the dynamic user on the first start, but on later starts it

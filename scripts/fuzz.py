@@ -57,6 +57,7 @@ EXCUSED = re.compile(
     r"|the model's chat template refused these messages"
     r"|messages\[\d+\]: the last message is the assistant's"
     r"|the prompt is \d+ tokens; this server's context holds |.* longer than the embedding context"
+    r"|the prompt is \d+ bytes, more than this server's context holds "
     r"|the prompt is empty, and this model has no BOS token"
     r"|echo with logprobs takes n: 1 "
     r"|this request has \d+ choices \(prompts × n\); this server takes at most \d+ in one request)"

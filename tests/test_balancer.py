@@ -542,6 +542,14 @@ def test_the_lb_unit_passes_systemd_analyze_verify(tmp_path: Path, variant: str)
     assert ("LoadCredential=tls.pem:" in text) == (variant == "tls")
 
 
+def test_the_lb_unit_raises_the_open_files_limit(tmp_path: Path) -> None:
+    # Each client holds two sockets (its own and one to a replica): systemd's 1024 is ~500 clients.
+    lb = balancer.Balancer(REPLICAS, socket=tmp_path / "admin.sock")
+    unit = lb_service.render_unit(lb, tmp_path / "lb.cfg", "/usr/sbin/haproxy").splitlines()
+    assert "LimitNOFILE=65536" in unit
+    assert unit.index("LimitNOFILE=65536") > unit.index("[Service]")
+
+
 def test_lb_service_install_writes_the_config_and_unit_and_prints_the_commands(
     tmp_path: Path, llmkit_cli: LlmkitCli
 ) -> None:

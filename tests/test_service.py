@@ -24,6 +24,7 @@ import pytest
 from llmkit.service import (
     Layout,
     Service,
+    hand_over,
     llmkit_command,
     parse_exposure,
     parse_systemd_version,
@@ -169,6 +170,29 @@ def test_the_unit_bounds_memory_and_raises_the_open_files_limit(tmp_path: Path) 
     for where in (system(tmp_path), user(tmp_path)):
         entries = unit_entries(render_unit(service(), where))
         assert entries["LimitNOFILE"] == ["65536"] and entries["MemoryMax"] == ["90%"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing files over to another user needs root")
+def test_handing_the_models_over_never_follows_a_link_out_of_the_folder(tmp_path: Path) -> None:
+    """Root gives what it pulled to the service's user, inside a folder that user controls: a
+    link planted there must not make root give away what it points to."""
+    state = tmp_path / "state"
+    model = state / "models" / "org" / "repo" / "model.gguf"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"GGUF")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "shadow"
+    secret.write_text("root's own")
+    links = [model.parent / "link", state / "models" / "folder-link"]
+    links[0].symlink_to(secret)
+    links[1].symlink_to(outside)
+    nobody = 65534
+    os.chown(state, nobody, nobody)  # what systemd does on the service's first start
+    hand_over(state / "models")
+    for path in (state / "models", model.parent.parent, model.parent, model, *links):
+        assert path.lstat().st_uid == nobody, path
+    assert secret.stat().st_uid == 0 and outside.stat().st_uid == 0
 
 
 def test_only_a_loopback_server_is_fenced_to_localhost(tmp_path: Path) -> None:

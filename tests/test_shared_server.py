@@ -13,6 +13,8 @@ import signal
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,42 @@ def test_health_answers_while_1100_idle_connections_are_open(shared: openai.Open
             sock.close()
 
 
+def _health_status(client: openai.OpenAI) -> int:
+    try:  # past the connection bound uvicorn answers in plain text: the status is what counts
+        with urllib.request.urlopen(root_url(client) + "/health", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_past_the_connection_bound_health_is_a_503_until_connections_close(
+    smollm2_models_dir: Path,
+) -> None:
+    with llmkit.serve(
+        "smollm2-135m-instruct",
+        threads=2,
+        ctx=512,
+        parallel=1,
+        max_connections=16,  # the least it takes
+        offline=True,
+        env=clean_env(LLMKIT_MODELS_DIR=str(smollm2_models_dir)),
+    ) as server:
+        assert _health_status(server) == 200
+        idle = [_connect(server) for _ in range(16)]
+        try:
+            deadline = time.monotonic() + 5  # accepted by the server's event loop meanwhile
+            while (status := _health_status(server)) != 503 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert status == 503  # uvicorn's limit_concurrency: --max-connections
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + 5
+        while (status := _health_status(server)) != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status == 200
+
+
 def test_a_request_that_never_finishes_arriving_is_cut_at_the_deadline(
     shared: openai.OpenAI,
 ) -> None:
@@ -260,6 +298,63 @@ def test_a_large_invalid_body_is_refused_off_the_event_loop(shared: openai.OpenA
     assert slowest < 0.5
 
 
+def test_a_prompt_longer_than_the_context_can_hold_is_refused_before_it_is_tokenized(
+    shared: openai.OpenAI,
+) -> None:
+    """100,000 one-letter messages (2.9 MB rendered) or 350,000 <|im_end|> in one: llama.cpp's
+    tokenizer is superlinear in their special tokens (34 s for 40,000 messages, minutes for
+    these). No token stands for more bytes than the vocabulary's longest, so a text of more
+    bytes than the context's tokens × those is too long for it: refused untokenized."""
+    flood = "<|im_end|>" * 350_000
+    letters = [{"role": "user", "content": "a"}] * 100_000
+    one = [{"role": "user", "content": flood}]
+    requests = [  # each API, its body, and the parameter the refusal names
+        ("/v1/chat/completions", {"messages": letters, "max_tokens": 1}, "messages"),
+        ("/v1/chat/completions", {"messages": one, "max_tokens": 1}, "messages"),
+        ("/v1/completions", {"prompt": flood, "max_tokens": 1}, "prompt"),
+        ("/v1/responses", {"input": flood, "max_output_tokens": 16}, "input"),
+        ("/v1/messages", {"messages": one, "max_tokens": 1}, None),  # Anthropic's: no param
+    ]
+    for path, fields, param in requests:
+        body = json.dumps({"model": "m", **fields}).encode()
+        assert len(body) < 4 * 1024 * 1024  # under the body cap
+        with _connect(shared) as sock:  # raw: the openai SDK takes 17 s to send 100,000 messages
+            start = time.monotonic()
+            sock.sendall(_head(path, len(body), KEY) + body)
+            status, answer = _response(sock)
+        assert status == 400 and time.monotonic() - start < 5, (path, status)
+        assert answer["error"].get("param") == param
+        assert re.match(  # the words scripts/fuzz.py excuses
+            r"the prompt is \d+ bytes, more than this server's context holds \(1024 tokens of at "
+            r"most \d+ bytes each\)$",
+            answer["error"]["message"],
+        )
+    assert get_json(root_url(shared) + "/health")[0] == 200
+    # A prompt within the bound is tokenized and served as before.
+    assert chat(shared, "Say hi.", max_tokens=4).choices[0].finish_reason in ("stop", "length")
+
+
+def test_prompts_within_the_bytes_but_not_the_tokens_cost_one_tokenization_not_all(
+    shared: openai.OpenAI,
+) -> None:
+    """48 completion prompts of 82 kB of special tokens each (under the bytes 1024 tokens can
+    be, 15,000 tokens each): the first one too long is refused before the next is tokenized.
+    An embedding input too long in bytes is refused untokenized, as a prompt is."""
+    dense = "<|im_end|>a" * 7_500
+    requests = [
+        ("/v1/completions", {"prompt": [dense] * 48, "max_tokens": 1}, "tokens; this server's"),
+        ("/v1/embeddings", {"input": "<|im_end|>" * 350_000}, "bytes, longer than the embedding"),
+    ]
+    for path, fields, words in requests:
+        body = json.dumps({"model": "m", **fields}).encode()
+        with _connect(shared) as sock:
+            start = time.monotonic()
+            sock.sendall(_head(path, len(body), KEY) + body)
+            status, answer = _response(sock)
+        assert status == 400 and time.monotonic() - start < 5, (path, status)
+        assert words in answer["error"]["message"]
+
+
 def test_the_key_is_never_on_the_servers_command_line(shared: openai.OpenAI) -> None:
     pid = shared.llmkit_process.pid  # type: ignore[attr-defined]
     assert KEY.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -274,9 +369,10 @@ def test_a_grammar_that_fails_fails_its_own_request_never_a_silent_stop(
     with pytest.raises(openai.BadRequestError) as failed:
         chat(quick, "Write words.", max_tokens=200, extra_body=body)
     assert failed.value.body["code"] == "grammar_failed"  # type: ignore[index]
-    with pytest.raises(openai.APIError):  # streamed: an error event, not finish_reason "stop"
+    with pytest.raises(openai.APIError) as streamed:  # an error event, not finish_reason "stop"
         for _ in chat(quick, "Write words.", max_tokens=200, stream=True, extra_body=body):
             pass
+    assert streamed.value.code == "grammar_failed"  # as the answer that was not streamed
     # The others are served meanwhile and after.
     assert chat(shared, "Say hi.", max_tokens=4).choices[0].finish_reason in ("stop", "length")
 
@@ -356,6 +452,35 @@ def test_sigterm_stops_a_long_embeddings_request_within_the_grace(
         worker.join(60)
     assert process.returncode == 0 and stopped < 15, stopped
     assert "answered" not in outcome
+
+
+def test_sigterm_while_a_prompt_is_tokenized_frees_nothing_under_it(
+    smollm2_models_dir: Path,
+) -> None:
+    """A prompt within the context's bytes but full of special tokens takes llama.cpp seconds to
+    tokenize, on a worker thread that the shutdown's cancellation does not stop: the model was
+    freed under it (a crash, or an abort in llama_free). Now the model is freed once that thread
+    is done with it, or left to the process's exit."""
+    with llmkit.serve(
+        "smollm2-135m-instruct",
+        threads=2,
+        ctx=4096,
+        parallel=1,
+        grace=1,
+        offline=True,
+        env=clean_env(LLMKIT_MODELS_DIR=str(smollm2_models_dir)),
+    ) as server:
+        prompt = "<|im_end|>a" * 30_000  # 330,000 bytes: within 4096 tokens of 81 bytes
+        body = json.dumps({"model": "m", "prompt": prompt, "max_tokens": 1}).encode()
+        with _connect(server) as sock:
+            sock.sendall(_head("/v1/completions", len(body), None) + body)
+            time.sleep(1.5)  # it is being tokenized
+            process = server.llmkit_process  # type: ignore[attr-defined]
+            process.send_signal(signal.SIGTERM)
+            process.wait(120)
+        log = server.llmkit_log.read_text()  # type: ignore[attr-defined]
+    assert process.returncode == 0, log[-2000:]
+    assert "stopped" in log
 
 
 def test_echo_with_logprobs_is_one_choice(shared: openai.OpenAI) -> None:

@@ -91,7 +91,7 @@ class InProcess:
             request["response_format"] = {"type": "json_object"}
         body = ChatRequest.model_validate({**request, **fields})
         tools = tools_of(body)
-        choices, _ = choices_for(body, self.llama, self.template, tools)
+        choices, _ = choices_for(body, self.served, tools)
         job = self.engine.submit(choices)
         first: float | None = None
         pieces: list[str] = []

@@ -13,18 +13,17 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from llmkit.engine import Choice, Delta, Usage
 from llmkit.logprobs import TokenLogprob
 from llmkit.server.bodies import ChatRequest, CompletionRequest
 from llmkit.server.choices import choices_for, tools_of
 from llmkit.server.errors import error_event
+from llmkit.server.load import Served
 from llmkit.server.registry import registry_of
 from llmkit.server.respond import respond
 from llmkit.tools.family import Family
 from llmkit.tools.parse import CallParser, Event, parse
-from llmkit.tools.render import ChatTemplate
 from llmkit.tools.request import ToolRequest
 
 Piece = Callable[[int], bytes]  # a token's bytes (the engine's piece), for logprobs
@@ -35,7 +34,7 @@ async def chat(request: Request, body: ChatRequest) -> Any:
     served = await registry.acquire(request, body.model, body.keep_alive)
     # Compiling the tools' schemas, rendering the template and tokenizing take time in proportion
     # to the request: off the event loop, so that the other streams' tokens keep flowing.
-    tools, choices = await run_in_threadpool(chat_choices, body, served.llama, served.template)
+    tools, choices = await served.work(chat_choices, body, served)
     model = registry.reply_name(body.model, served)
     shaper: ChatShaper
     if tools is not None:
@@ -43,26 +42,24 @@ async def chat(request: Request, body: ChatRequest) -> Any:
     else:
         piece = served.engine.piece if any(c.params.logprobs is not None for c in choices) else None
         shaper = ChatShaper(model, len(choices), _usage_asked(body), piece)
-    return await respond(request, served.engine, choices, shaper, body.stream)
+    return await respond(request, served, choices, shaper, body.stream)
 
 
-def chat_choices(
-    body: ChatRequest, llama: Any, template: ChatTemplate | None
-) -> tuple[ToolRequest | None, list[Choice]]:
+def chat_choices(body: ChatRequest, served: Served) -> tuple[ToolRequest | None, list[Choice]]:
     """The request's tools (validated, their schemas compiled) and its choices."""
     tools = tools_of(body)
-    return tools, choices_for(body, llama, template, tools)[0]
+    return tools, choices_for(body, served, tools)[0]
 
 
 async def completions(request: Request, body: CompletionRequest) -> Any:
     registry = registry_of(request)
     served = await registry.acquire(request, body.model, body.keep_alive)
-    choices, echo = await run_in_threadpool(choices_for, body, served.llama, served.template)
+    choices, echo = await served.work(choices_for, body, served)
     piece = served.engine.piece if any(c.params.logprobs is not None for c in choices) else None
     shaper = CompletionShaper(
         registry.reply_name(body.model, served), echo, _usage_asked(body), piece
     )
-    return await respond(request, served.engine, choices, shaper, body.stream)
+    return await respond(request, served, choices, shaper, body.stream)
 
 
 def _usage_asked(body: ChatRequest | CompletionRequest) -> bool:

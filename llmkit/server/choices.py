@@ -10,8 +10,6 @@ import secrets
 from dataclasses import replace
 from typing import Any
 
-import llama_cpp
-
 from llmkit.engine import Choice
 from llmkit.errors import BadRequest
 from llmkit.grammar import format_schema, grammar_for, schema_grammar
@@ -19,9 +17,10 @@ from llmkit.logprobs import MAX_TOP
 from llmkit.prompts import chat_prompt, completion_prompts
 from llmkit.sampling import SamplingParams
 from llmkit.server.bodies import ChatRequest, CompletionRequest
+from llmkit.server.load import Served
 from llmkit.server.schemas import CHAT_ROLES, MAX_COMPLETION_LOGPROBS, MAX_STOP
 from llmkit.tools.constraint import calls_grammar
-from llmkit.tools.render import ChatTemplate, tool_family, tool_prompt
+from llmkit.tools.render import tool_family, tool_prompt
 from llmkit.tools.request import ToolRequest, tool_request
 
 NEVER = 2**62  # a min_tokens no generation reaches: the end-of-generation tokens stay banned
@@ -175,20 +174,19 @@ def _refuse_beside_tools(body: ChatRequest) -> None:
 
 
 def choices_for(
-    body: ChatRequest | CompletionRequest,
-    llama: llama_cpp.Llama,
-    template: ChatTemplate | None = None,
-    tools: ToolRequest | None = None,
+    body: ChatRequest | CompletionRequest, served: Served, tools: ToolRequest | None = None
 ) -> tuple[list[Choice], list[str]]:
-    """The engine's choices for this request, and the text each one's answer begins with.
+    """The engine's choices for this request to the served model, and the text each one's
+    answer begins with.
 
-    `tools` (from tools_of) are offered through `template`, the served model's chat template."""
+    `tools` (from tools_of) are offered through the model's chat template. A prompt's text
+    longer than the model's context can hold is refused before it is tokenized."""
     _refuse_unsupported(body)
+    llama, template, limit = served.llama, served.template, served.limit
     if isinstance(body, ChatRequest):
         messages = normalize_messages(body.messages)
-        template = template or ChatTemplate(None)
-        prompt = tool_prompt(llama, template, messages, tools)
-        prompts = [prompt or chat_prompt(llama, messages)]
+        prompt = tool_prompt(llama, template, messages, tools, limit)
+        prompts = [prompt or chat_prompt(llama, messages, limit)]
         texts = [""]
         max_tokens = body.max_completion_tokens or body.max_tokens
         grammar: str | None
@@ -200,7 +198,7 @@ def choices_for(
         top = chat_logprobs(body.logprobs, body.top_logprobs)
         prompt_logprobs = False
     else:
-        prompts, texts = completion_prompts(body.prompt, llama, echo=body.echo)
+        prompts, texts = completion_prompts(body.prompt, llama, echo=body.echo, limit=limit)
         max_tokens = body.max_tokens
         grammar = grammar_for(None, body.grammar)
         top = completion_logprobs(body.logprobs)

@@ -130,6 +130,16 @@ _BUSY: dict[type[Exception], tuple[str, str]] = {
     CacheFull: ("kv_cache_full", "{}"),
 }
 
+
+def event_code(exc: Exception) -> str | None:
+    """The code of the error event a stream ends with when `exc` stops it: the one the answer
+    would carry had it failed before its status line (grammar_failed, kv_cache_full, ...)."""
+    if isinstance(exc, GrammarFailed):
+        return "grammar_failed"
+    busy = _BUSY.get(type(exc))
+    return busy[0] if busy is not None else None
+
+
 _UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "[key]"}
 
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from llmkit.embeddings import encoded
 from llmkit.errors import BadRequest
@@ -166,20 +165,20 @@ async def unload_model(request: Request, model_id: str) -> dict[str, Any]:
 
 async def tokenize(request: Request, body: TokenizeRequest) -> dict[str, Any]:
     served = await registry_of(request).acquire(request, body.model)
-    return {"tokens": await run_in_threadpool(served.tokens, body.input)}
+    return {"tokens": await served.work(served.tokens, body.input)}
 
 
 async def count_tokens(request: Request, body: TokenizeRequest) -> dict[str, Any]:
     served = await registry_of(request).acquire(request, body.model)
-    return {"count": len(await run_in_threadpool(served.tokens, body.input))}
+    return {"count": len(await served.work(served.tokens, body.input))}
 
 
 async def detokenize(request: Request, body: DetokenizeRequest) -> dict[str, Any]:
-    llama = (await registry_of(request).acquire(request, body.model)).llama
-    n_vocab = llama.n_vocab()
+    served = await registry_of(request).acquire(request, body.model)
+    n_vocab = served.llama.n_vocab()
     if not all(0 <= t < n_vocab for t in body.tokens):
         raise BadRequest(f"token ids must be between 0 and {n_vocab - 1}", param="tokens")
-    text = await run_in_threadpool(llama.detokenize, body.tokens)
+    text = await served.work(served.llama.detokenize, body.tokens)
     return {"text": text.decode(errors="replace")}
 
 

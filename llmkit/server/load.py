@@ -3,30 +3,38 @@
 A model is served by a small `llama_cpp.Llama` that only tokenizes and renders chat templates,
 an Engine with its own context (the slots) for generation, and an Embedder that makes its context
 only once a request asks for embeddings. `Served` holds them, one value per loaded model, so that
-a route finds everything it needs by the request's model.
+a route finds everything it needs by the request's model; it frees them only once no request's
+work on a worker thread uses them (`Served.work`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from starlette.concurrency import run_in_threadpool
 
 from llmkit import grammar
 from llmkit.embeddings import Embedder
-from llmkit.engine import CacheConfig, Engine, Observer
+from llmkit.engine import CacheConfig, Engine, Observer, ShuttingDown
 from llmkit.plan import Plan
+from llmkit.prompts import TextLimit, longest_token_bytes
 from llmkit.sampling import GRAMMAR_SECONDS
 from llmkit.tools.family import Family
 from llmkit.tools.render import ChatTemplate, tool_family
 
 # The context of the Llama that only tokenizes and renders prompts (llama.cpp's minimum).
 TOKENIZER_CTX = 256
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(eq=False)
@@ -40,10 +48,34 @@ class Served:
     template: ChatTemplate  # what tools are offered through
     embedder: Embedder
     warming: threading.Thread | None = None  # llguidance's tokenizer, built in the background
+    limit: TextLimit | None = None  # the most text a prompt can be (None: no bound is known)
     family: Family = field(init=False)  # how its template calls tools
+    _users: int = field(default=0, init=False)  # work() calls running
+    _closed: bool = field(default=False, init=False)
+    _idle: threading.Condition = field(default_factory=threading.Condition, init=False)
 
     def __post_init__(self) -> None:
         self.family = tool_family(self.template)
+
+    async def work(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """fn on a worker thread (a prompt rendered and tokenized, grammars built), holding the
+        model until it returns: close() frees nothing of llama.cpp's under it.
+
+        The thread holds the model, not the request's task: the server's shutdown cancels the
+        tasks left after its grace, and their threads go on."""
+        return await run_in_threadpool(self._held, functools.partial(fn, *args, **kwargs))
+
+    def _held(self, call: Callable[[], R]) -> R:
+        with self._idle:
+            if self._closed:
+                raise ShuttingDown("the server is shutting down")
+            self._users += 1
+        try:
+            return call()
+        finally:
+            with self._idle:
+                self._users -= 1
+                self._idle.notify_all()
 
     def tool_support(self) -> dict[str, Any]:
         """How this model's template calls tools: natively (which family) or generic JSON."""
@@ -58,11 +90,15 @@ class Served:
         self.embedder.close()
         if self.warming is not None:  # it reads the model's vocabulary
             self.warming.join()
+        with self._idle:
+            self._closed = True  # no work() starts from now on
+            unused = self._idle.wait_for(lambda: self._users == 0, timeout)
         # llguidance's view of the vocabulary is kept by its address: a model loaded again (several
         # models, unloaded when idle) gets another, and this one would stay in memory for good.
         grammar.forget(self.engine.vocab)
-        # A scheduler that did not stop in time still uses the model: leave it to the process exit.
-        if self.engine.ctx is None:
+        # A scheduler that did not stop in time, or a prompt still tokenized after the timeout,
+        # uses the model: leave it to the process exit (freed under them, llama.cpp crashes).
+        if self.engine.ctx is None and unused:
             self.llama.close()
 
 
@@ -121,7 +157,9 @@ def load(
         threads=max(1, plan.threads // 2),
         max_queue=max_queue,
     )
-    return Served(plan.name, plan, llama, engine, template, embedder, warming)
+    token_bytes = longest_token_bytes(llama.model)
+    limit = None if token_bytes is None else TextLimit(plan.n_ctx, token_bytes)
+    return Served(plan.name, plan, llama, engine, template, embedder, warming, limit)
 
 
 def chat_template(llama: llama_cpp.Llama, plan: Plan) -> ChatTemplate:

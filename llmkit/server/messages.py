@@ -22,18 +22,16 @@ import json
 import re
 from typing import Any
 
-import llama_cpp
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from llmkit.engine import Choice
 from llmkit.errors import BadRequest
 from llmkit.server.bodies import ChatRequest, MessagesPrompt, MessagesRequest
 from llmkit.server.choices import choices_for, tools_of
+from llmkit.server.load import Served
 from llmkit.server.message_events import MessageShaper
 from llmkit.server.registry import registry_of
 from llmkit.server.respond import respond
-from llmkit.tools.render import ChatTemplate
 from llmkit.tools.request import ToolRequest
 
 
@@ -43,7 +41,7 @@ async def create(request: Request, body: MessagesRequest) -> Any:
     registry = registry_of(request)
     served = await registry.acquire(request, chat.model, body.keep_alive)
     # The tools' schemas, the template and the tokens: off the event loop, as for chat.
-    tools, found = await run_in_threadpool(choices, chat, served.llama, served.template)
+    tools, found = await served.work(choices, chat, served)
     shaper = MessageShaper(
         registry.reply_name(body.model, served),
         len(found[0].prompt),
@@ -51,14 +49,14 @@ async def create(request: Request, body: MessagesRequest) -> Any:
         body.stop_sequences or [],
         served.family if tools else None,
     )
-    return await respond(request, served.engine, found, shaper, body.stream)
+    return await respond(request, served, found, shaper, body.stream)
 
 
 async def count_tokens(request: Request, body: MessagesPrompt) -> dict[str, Any]:
     """POST /v1/messages/count_tokens: the prompt's length as /v1/messages would render it."""
     chat = to_chat(body)
     served = await registry_of(request).acquire(request, chat.model, body.keep_alive)
-    _, found = await run_in_threadpool(choices, chat, served.llama, served.template)
+    _, found = await served.work(choices, chat, served)
     return {"input_tokens": len(found[0].prompt)}
 
 
@@ -323,14 +321,12 @@ def tools_for(chat: ChatRequest) -> ToolRequest | None:
         raise _renamed(exc) from None
 
 
-def choices(
-    chat: ChatRequest, llama: llama_cpp.Llama, template: ChatTemplate | None = None
-) -> tuple[ToolRequest | None, list[Choice]]:
+def choices(chat: ChatRequest, served: Served) -> tuple[ToolRequest | None, list[Choice]]:
     """The tool request and choices_for's choices, with errors naming this route's parameters
     instead of the chat route's (the tools' schemas compiled here: off the event loop)."""
     tools = tools_for(chat)
     try:
-        return tools, choices_for(chat, llama, template, tools)[0]
+        return tools, choices_for(chat, served, tools)[0]
     except BadRequest as exc:
         raise _renamed(exc) from None
 

@@ -14,11 +14,11 @@ from typing import Any, Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
-from llmkit.engine import Choice, Delta, Engine, Job, PromptTooLong, Usage, opened
+from llmkit.engine import Choice, Delta, Job, PromptTooLong, Usage, opened
 from llmkit.errors import BadRequest
-from llmkit.server.errors import Unfinished
+from llmkit.server.errors import Unfinished, event_code
+from llmkit.server.load import Served
 
 SHUT_DOWN = "the server shut down before this response finished"
 
@@ -83,12 +83,13 @@ async def events(job: Job) -> AsyncIterator[Delta | Usage]:
 
 
 async def respond(
-    request: Request, engine: Engine, choices: list[Choice], shaper: Shaper, stream: bool
+    request: Request, served: Served, choices: list[Choice], shaper: Shaper, stream: bool
 ) -> Any:
-    """Run one request's choices on the engine and answer through its shaper.
+    """Run one request's choices on the served model's engine and answer through its shaper.
 
     Raises what the engine refuses with (QueueFull, ShuttingDown, CacheFull before the first
     event, Unfinished): the app's error table answers them."""
+    engine = served.engine
     if len(choices) > engine.capacity:
         raise BadRequest(
             f"this request has {len(choices)} choices (prompts × n); this server takes at most "
@@ -97,7 +98,7 @@ async def respond(
         )
     # Grammars are built on a worker thread: a large schema takes seconds, which the scheduler
     # thread (and so every stream) would otherwise wait on.
-    await run_in_threadpool(engine.prepare, choices)
+    await served.work(engine.prepare, choices)
     try:
         job = engine.submit(choices, LoopChannel(asyncio.get_running_loop()))
     except PromptTooLong as exc:
@@ -156,7 +157,7 @@ async def _stream(
             return
         yield shaper.closing(usage)
     except Exception as exc:  # noqa: BLE001 - the status line is sent; report in-band
-        yield shaper.failed(str(exc), None, usage)
+        yield shaper.failed(str(exc), event_code(exc), usage)
     finally:
         job.cancel()  # a client that went away frees its slot within a step
 

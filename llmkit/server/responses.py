@@ -18,20 +18,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import llama_cpp
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from llmkit.engine import Choice
 from llmkit.errors import BadRequest
 from llmkit.server.bodies import ChatRequest, ResponsesRequest, TextConfig
 from llmkit.server.choices import choices_for, tools_of
 from llmkit.server.errors import openai_error
+from llmkit.server.load import Served
 from llmkit.server.registry import registry_of
 from llmkit.server.respond import respond
 from llmkit.server.response_events import ResponsesShaper
 from llmkit.server.schemas import RESPONSES_ROLES, RESPONSES_TEXT_PARTS
-from llmkit.tools.render import ChatTemplate
 from llmkit.tools.request import MAX_TOOLS, ToolRequest
 
 
@@ -41,10 +39,10 @@ async def create(request: Request, body: ResponsesRequest) -> Any:
     registry = registry_of(request)
     served = await registry.acquire(request, chat.model, body.keep_alive)
     # The tools' schemas, the template and the tokens: off the event loop, as for chat.
-    tools, found = await run_in_threadpool(choices, chat, served.llama, served.template)
+    tools, found = await served.work(choices, chat, served)
     family = served.family if tools else None
     shaper = ResponsesShaper(body, chat, registry.reply_name(body.model, served), tools, family)
-    return await respond(request, served.engine, found, shaper, body.stream)
+    return await respond(request, served, found, shaper, body.stream)
 
 
 async def stored(response_id: str) -> Any:
@@ -307,14 +305,12 @@ def response_format_for(text: TextConfig | None) -> dict[str, Any] | None:
     )
 
 
-def choices(
-    chat: ChatRequest, llama: llama_cpp.Llama, template: ChatTemplate | None = None
-) -> tuple[ToolRequest | None, list[Choice]]:
+def choices(chat: ChatRequest, served: Served) -> tuple[ToolRequest | None, list[Choice]]:
     """The tool request and choices_for's choices, with errors naming this route's parameters
     instead of the chat route's."""
     tools = tools_for(chat)
     try:
-        return tools, choices_for(chat, llama, template, tools)[0]
+        return tools, choices_for(chat, served, tools)[0]
     except BadRequest as exc:
         raise _renamed(exc) from None
 

@@ -17,7 +17,7 @@ from typing import Any
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llmkit.errors import BadRequest
-from llmkit.prompts import TEMPLATE_ERRORS, Prompt, chat_prompt
+from llmkit.prompts import TEMPLATE_ERRORS, Prompt, TextLimit, chat_prompt
 from llmkit.tools.family import GENERIC, MISTRAL, Family, detect
 from llmkit.tools.request import ToolRequest
 
@@ -185,9 +185,10 @@ def tool_prompt(
     template: ChatTemplate,
     messages: list[dict[str, Any]],
     request: ToolRequest | None,
+    limit: TextLimit | None = None,
 ) -> Prompt | None:
     """The prompt for a request that offers tools or whose messages hold calls; None otherwise
-    (the ordinary chat prompt then)."""
+    (the ordinary chat prompt then). Refused before it is tokenized when longer than `limit`."""
     # Legacy calls and results are read as tool ones also where no functions are offered.
     messages = legacy_messages(messages)
     if request is None and not _mentions_tools(messages):
@@ -196,11 +197,14 @@ def tool_prompt(
     if family.native:
         offered = request or ToolRequest([], "auto")
         text, stop = render_native(template, messages, offered)
-        tokens = llama.tokenize(text.encode(), add_bos=False, special=True)
+        raw = text.encode()
+        if limit is not None:
+            limit.check(raw, "messages")
+        tokens = llama.tokenize(raw, add_bos=False, special=True)
         return Prompt(tokens, stop)
     if request is None:  # tools not offered: the calls and results as text all the same
         converted = generic_messages(messages, ToolRequest([], "auto"))[1:]
         system = [m for m in messages if m["role"] == "system"]
         converted = [m for m in converted if m["role"] != "system"]
-        return chat_prompt(llama, system + converted)
-    return chat_prompt(llama, generic_messages(messages, request))
+        return chat_prompt(llama, system + converted, limit)
+    return chat_prompt(llama, generic_messages(messages, request), limit)
