@@ -33,6 +33,9 @@ from llmkit.tools.render import ChatTemplate, tool_family
 # The context of the Llama that only tokenizes and renders prompts (llama.cpp's minimum).
 TOKENIZER_CTX = 256
 
+# Each model file's longest token in bytes (prompts.longest_token_bytes: 0.2-0.5 s of a load).
+_TOKEN_BYTES: dict[tuple[str, int], int | None] = {}
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -157,7 +160,10 @@ def load(
         threads=max(1, plan.threads // 2),
         max_queue=max_queue,
     )
-    token_bytes = longest_token_bytes(llama.model)
+    key = (str(plan.path), plan.path.stat().st_mtime_ns)
+    if key not in _TOKEN_BYTES:  # a model loaded again (several models) reads its vocabulary once
+        _TOKEN_BYTES[key] = longest_token_bytes(llama.model)
+    token_bytes = _TOKEN_BYTES[key]
     limit = None if token_bytes is None else TextLimit(plan.n_ctx, token_bytes)
     return Served(plan.name, plan, llama, engine, template, embedder, warming, limit)
 
