@@ -100,12 +100,19 @@ def serve(
         stop(proc)
 
 
-def wait_ready(proc: subprocess.Popen[bytes], health: str, log: Path, timeout: float) -> None:
+def wait_ready(
+    proc: subprocess.Popen[bytes],
+    health: str,
+    log: Path,
+    timeout: float,
+    name: str = "llmkit serve",
+) -> None:
+    """Wait for a server's health URL to answer 200; an LlmkitError if it exits or times out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-            raise LlmkitError(f"llmkit serve exited ({proc.returncode}): {' | '.join(tail)}")
+            raise LlmkitError(f"{name} exited ({proc.returncode}): {' | '.join(tail)}")
         try:
             with urllib.request.urlopen(health, timeout=1.0) as response:
                 if response.status == 200:
@@ -113,7 +120,7 @@ def wait_ready(proc: subprocess.Popen[bytes], health: str, log: Path, timeout: f
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)
-    raise LlmkitError(f"llmkit serve was not ready after {timeout:g} s (log: {log})")
+    raise LlmkitError(f"{name} was not ready after {timeout:g} s (log: {log})")
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

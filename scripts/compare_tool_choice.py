@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -236,18 +235,9 @@ def llama_server(binary: str, model: Path, template: Path | None) -> Iterator[st
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"llama-server exited ({process.returncode}); see {log}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"llama-server was not ready after 300 s; see {log}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
+        root = f"http://127.0.0.1:{port}"
+        launcher.wait_ready(process, f"{root}/health", log, 300, name="llama-server")  # type: ignore[arg-type]
+        yield root
     finally:
         launcher.stop(process)  # type: ignore[arg-type]
 

@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,16 +122,8 @@ class LlamaServer:
                 stderr=subprocess.STDOUT,
             )
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama-server exited; see {self.log}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"llama-server was not ready; see {self.log}")
+        health = f"http://127.0.0.1:{self.port}/health"
+        launcher.wait_ready(self.process, health, self.log, 300, name="llama-server")  # type: ignore[arg-type]
 
     def stop(self) -> None:
         launcher.stop(self.process)  # type: ignore[arg-type]
