@@ -109,17 +109,21 @@ def enforced_schema(schema: dict[str, Any]) -> str:
     return json.dumps({**closed_objects(bounded_integers(schema)), "x-guidance": JSON_OPTIONS})
 
 
-# Keywords whose value is a schema, a list of schemas, or a map of names to schemas.
+# Keywords whose value is a schema, a list of schemas, or a map of names to schemas, where a
+# narrower schema only narrows what the whole accepts. Not so under allOf (closing one part would
+# refuse another's keys), oneOf (a narrower branch can make an instance match one branch instead
+# of two), not and if: those are left as they are.
 _SCHEMA_KEYWORDS = (
-    "items", "additionalItems", "contains", "not", "if", "then", "else", "propertyNames",
-    "additionalProperties", "unevaluatedItems", "unevaluatedProperties",
+    "items", "additionalItems", "contains", "then", "else", "additionalProperties",
+    "unevaluatedItems", "unevaluatedProperties",
 )  # fmt: skip
-_SCHEMA_LIST_KEYWORDS = ("anyOf", "oneOf", "prefixItems", "items")
+_SCHEMA_LIST_KEYWORDS = ("anyOf", "prefixItems", "items")
 _SCHEMA_MAP_KEYWORDS = ("properties", "patternProperties", "$defs", "definitions")
-# What else decides which keys an object may have: such an object is left as it is.
+# What else decides which keys an object may have: such an object is left open.
 _OPEN_KEYWORDS = (
-    "additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "$ref",
-    "minProperties", "dependentRequired", "dependentSchemas", "dependencies",
+    "additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "anyOf",
+    "oneOf", "not", "if", "$ref", "minProperties", "dependentRequired", "dependentSchemas",
+    "dependencies",
 )  # fmt: skip
 
 
@@ -129,8 +133,8 @@ def closed_objects(schema: Any) -> Any:
     grammars and OpenAI's strict mode read it. JSON Schema lets such an object hold any other
     key, and a small model fills a forced call with keys of the schema itself until max_tokens
     (`{"city": "Paris", "type": "object", "properties": ...`). The answer still satisfies the
-    schema as given. Parts of an allOf are left open (closing one would refuse another's keys),
-    as are objects that require a key they do not list."""
+    schema as given: only objects where closing narrows the whole are closed (see
+    _SCHEMA_KEYWORDS), and not those that require a key they do not list."""
     if not isinstance(schema, dict):
         return schema
     out = dict(schema)

@@ -109,25 +109,34 @@ def test_only_objects_that_list_their_keys_and_say_nothing_else_of_them_are_clos
     listed = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     closed = grammar.closed_objects(listed)
     assert closed == {**listed, "additionalProperties": False}
-    # Nested: in properties, items, anyOf and $defs alike.
+    # Nested: in properties, items and $defs alike.
     nested = {
         "type": "object",
         "properties": {"inner": listed, "many": {"type": "array", "items": listed}},
-        "anyOf": [listed],
         "$defs": {"x": listed},
     }
     out = grammar.closed_objects(nested)
     assert out["additionalProperties"] is False
     assert out["properties"]["inner"]["additionalProperties"] is False
     assert out["properties"]["many"]["items"]["additionalProperties"] is False
-    assert out["anyOf"][0]["additionalProperties"] is False
     assert out["$defs"]["x"]["additionalProperties"] is False
-    # Left as they are: what says something else of the keys, allOf's parts (closing one would
-    # refuse another's keys), a required key not listed, a free object, data (enum, const).
+    # anyOf's branches are closed (each narrower: the union too), not the object beside them,
+    # whose keys the branches may add to.
+    beside = grammar.closed_objects({**listed, "anyOf": [listed]})
+    assert (
+        "additionalProperties" not in beside and beside["anyOf"][0]["additionalProperties"] is False
+    )
+    # Left as they are: what says something else of the keys; allOf's parts (closing one would
+    # refuse another's keys); oneOf's branches (a narrower one can turn an instance that matched
+    # two branches, refused, into one that matches one); not and if (a narrower one widens the
+    # whole); a required key not listed; a free object; data (enum, const).
     for kept in (
         {**listed, "additionalProperties": {"type": "string"}},
         {**listed, "patternProperties": {"^x": {}}},
         {"allOf": [listed, {"properties": {"b": {}}}]},
+        {"oneOf": [listed, {"properties": {"b": {}}}]},
+        {"not": listed},
+        {"if": listed, "then": {"type": "object"}},
         {**listed, "$ref": "#/$defs/y"},
         {"type": "object", "properties": {"a": {}}, "required": ["a", "b"]},
         {"type": "object"},
