@@ -25,6 +25,12 @@ USEFUL_CTX = 2048
 _CTX_STEP = 256
 
 
+def kv_cells(slots: int, tokens: int) -> int:
+    """The KV cells of `slots` slots of `tokens` each: llama.cpp pads each slot's stream to a
+    multiple of 256 cells (64-token slots take 256 cells each)."""
+    return slots * -(-tokens // _CTX_STEP) * _CTX_STEP
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to load and how."""
@@ -94,7 +100,7 @@ def size_slots(
     useful = min(USEFUL_CTX, longest) if ctx is None else ctx  # the least each slot must hold
 
     def needs(slots: int, tokens: int) -> int:
-        return int(fixed_bytes + slots * tokens * kv_bytes_per_token)
+        return int(fixed_bytes + kv_cells(slots, tokens) * kv_bytes_per_token)
 
     def fits(slots: int, tokens: int) -> bool:
         return available is None or needs(slots, tokens) <= available
@@ -137,7 +143,7 @@ def size_slots(
                 else f" (the longest that fits; the model's is {trained_ctx})"
             )
         )
-    cache = human_size(int(slots * n_ctx * kv_bytes_per_token))
+    cache = human_size(int(kv_cells(slots, n_ctx) * kv_bytes_per_token))
     return Sizing(
         slots,
         n_ctx,
@@ -404,7 +410,7 @@ def _plan_model(
     if chat_format is not None:
         _check_chat_format(chat_format)
     if cache_ram is None:  # the prompt cache takes part of what the slots leave
-        kv_bytes = sizing.parallel * sizing.n_ctx * info.kv_cache_bytes(1, config.kv_type)
+        kv_bytes = kv_cells(sizing.parallel, sizing.n_ctx) * info.kv_cache_bytes(1, config.kv_type)
         cache_ram = cache_ram_for(available, int(fixed_bytes + kv_bytes))
     cache_dir = None
     if cache_disk > 0:
@@ -431,7 +437,7 @@ def _plan_model(
         memory_bytes=int(
             fixed_bytes
             + (cache_ram if config.cache_ram is None else 0)
-            + sizing.parallel * sizing.n_ctx * info.kv_cache_bytes(1, config.kv_type)
+            + kv_cells(sizing.parallel, sizing.n_ctx) * info.kv_cache_bytes(1, config.kv_type)
         ),
         aliases=spec.aliases if spec else (),
     )

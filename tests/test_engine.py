@@ -75,6 +75,17 @@ RIVER = "The history of the river: " + "water flows down the valley, " * 30
 ANIMALS = "A list of animals: " + "cat dog bird fish horse cow, " * 30
 
 
+def test_the_cells_a_context_has_are_the_ones_the_plan_counts(gemma: llama_cpp.Llama) -> None:
+    from llmkit.plan import kv_cells
+
+    for parallel, slot_ctx in ((4, 64), (2, 1000), (1, 512)):
+        e = engine(gemma, parallel=parallel, slot_ctx=slot_ctx)
+        try:
+            assert e.kv_size == kv_cells(parallel, slot_ctx)
+        finally:
+            e.close()
+
+
 def test_a_full_kv_cache_fails_one_request_and_the_engine_keeps_serving(
     gemma: llama_cpp.Llama,
 ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llmkit.errors import NotEnoughSpace
-from llmkit.plan import USEFUL_CTX, size_slots
+from llmkit.plan import USEFUL_CTX, kv_cells, size_slots
 
 MB = 1_000_000
 GB = 1000 * MB
@@ -133,3 +133,13 @@ def test_the_plan_counts_the_logits_in_what_the_model_needs(
     fixed = info.size + OVERHEAD_BYTES + logits + embedding
     reason = plan(config, log=lambda _: None).sizing
     assert f"{human_size(fixed)} model and buffers" in reason
+
+
+def test_each_slots_cells_are_counted_as_llama_cpp_pads_them() -> None:
+    assert kv_cells(4, 4096) == 4 * 4096
+    assert kv_cells(4, 64) == 4 * 256  # a stream of cells a slot, each padded to 256
+    assert kv_cells(2, 1000) == 2 * 1024
+    sized = size_slots(
+        fixed_bytes=0, kv_bytes_per_token=1.0, available=None, trained_ctx=8192, parallel=4, ctx=64
+    )
+    assert sized.n_ctx == 64 and sized.parallel == 4
