@@ -18,6 +18,7 @@ import jinja2
 import llama_cpp
 from llama_cpp import llama_chat_format
 
+from llmkit.engine.jobs import PromptTooLong
 from llmkit.errors import BadRequest
 
 
@@ -48,11 +49,7 @@ class TextLimit:
         """Refuse a prompt too long in tokens as the engine would, but at once: a request's
         other prompts are not tokenized (each up to the bytes `check` lets through: seconds)."""
         if tokens >= self.tokens:
-            raise BadRequest(
-                f"the prompt is {tokens} tokens; this server's context holds {self.tokens} per "
-                "request",
-                param=param,
-            )
+            raise BadRequest(str(PromptTooLong.of(tokens, self.tokens)), param=param)
 
 
 def longest_token_bytes(model: llama_cpp.llama_model_p) -> int | None:

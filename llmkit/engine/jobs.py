@@ -33,6 +33,12 @@ class CacheFull(Exception):
 class PromptTooLong(ValueError):
     """A prompt that does not fit one slot's context."""
 
+    @classmethod
+    def of(cls, tokens: int, slot_ctx: int) -> PromptTooLong:
+        return cls(
+            f"the prompt is {tokens} tokens; this server's context holds {slot_ctx} per request"
+        )
+
 
 class EngineError(RuntimeError):
     """The engine could not run this job (a bug or a resource llama.cpp refused)."""

@@ -176,10 +176,7 @@ class Engine:
         with `job.events()`."""
         for choice in choices:
             if len(choice.prompt) >= self.slot_ctx:
-                raise PromptTooLong(
-                    f"the prompt is {len(choice.prompt)} tokens; this server's context holds "
-                    f"{self.slot_ctx} per request"
-                )
+                raise PromptTooLong.of(len(choice.prompt), self.slot_ctx)
         job = Job(choices=choices, channel=channel or _DEFAULT_CHANNEL)
         with self._cv:
             if self._closing:
